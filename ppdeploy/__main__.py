@@ -1,0 +1,5 @@
+import sys
+
+from ppdeploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,213 @@
+"""The one interface every backend sits behind (Polygraphy-style: a builder and a runner per backend).
+
+A backend turns a model (ONNX file, or a Paddle model directory for Paddle Inference) into an *artifact*
+directory — the thing the engine cache stores — and loads that artifact into a `Runner`. Everything
+above this layer (tasks, serving, benchmarks) sees only `Runner`.
+"""
+from __future__ import annotations
+
+import abc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ppdeploy.errors import InputError
+from ppdeploy.shapes import ShapeProfile
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[int | None, ...]  # None marks a dynamic dimension
+
+    @property
+    def dynamic(self) -> bool:
+        return any(d is None for d in self.shape)
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def default_threads() -> int:
+    """Threads a CPU backend should use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything that changes what a backend builds. All of it goes into the engine cache key."""
+
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8 — fp16/int8 arrive already in the ONNX graph
+    threads: int | None = None  # None: default_threads()
+    shapes: ShapeProfile = field(default_factory=ShapeProfile)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # backend-specific (workspace, tf32, cuda graphs...)
+
+    def resolved_threads(self) -> int:
+        return self.threads or default_threads()
+
+    def key_parts(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "threads": self.resolved_threads(),
+            "shapes": self.shapes.to_dict(),
+            "extra": {k: self.extra[k] for k in sorted(self.extra)},
+        }
+
+
+class Runner(abc.ABC):
+    """Loaded model that runs inference. `infer` validates, then calls the backend's `_infer`."""
+
+    backend: ClassVar[str] = "?"
+
+    def __init__(self, io: IOSpec, shapes: ShapeProfile | None = None):
+        self._io = io
+        self._shapes = shapes or ShapeProfile()
+        # Milliseconds per stage of the last call; backends add their own stages (h2d, compute, d2h, ...).
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def io(self) -> IOSpec:
+        return self._io
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self._io.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self._io.outputs]
+
+    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            if len(self._io.inputs) != 1:
+                raise InputError(f"model has {len(self._io.inputs)} inputs; pass a dict keyed by {self.input_names}")
+            feeds = {self._io.inputs[0].name: feeds}
+        feeds = validate_inputs(self._io, feeds, self._shapes)
+        start = time.perf_counter()
+        self.last_timings = {}
+        out = self._infer(feeds)
+        self.last_timings.setdefault("infer", (time.perf_counter() - start) * 1e3)
+        return out
+
+    @abc.abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ...
+
+    def close(self) -> None:
+        """Release backend resources. Safe to call twice."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def validate_inputs(io: IOSpec, feeds: Mapping[str, np.ndarray], shapes: ShapeProfile | None = None) -> dict[str, np.ndarray]:
+    """Check names, dtypes, ranks, fixed dims and profile ranges; return C-contiguous arrays.
+
+    Errors name the input and say what was expected, because a backend's own message for the same
+    mistake is often a crash or an unreadable shape-inference failure deep inside the graph.
+    """
+    expected = {t.name: t for t in io.inputs}
+    unknown = sorted(set(feeds) - set(expected))
+    if unknown:
+        raise InputError(f"unknown input(s) {unknown}; the model takes {sorted(expected)}")
+    missing = sorted(set(expected) - set(feeds))
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the model takes {[t.describe() for t in io.inputs]}")
+    out: dict[str, np.ndarray] = {}
+    for name, spec in expected.items():
+        arr = feeds[name]
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"input '{name}' must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype != np.dtype(spec.dtype):
+            raise InputError(
+                f"input '{name}' has dtype {arr.dtype}, the model expects {spec.dtype}",
+                hint=f"convert with array.astype(numpy.{spec.dtype})",
+            )
+        if arr.ndim != len(spec.shape):
+            raise InputError(f"input '{name}' has rank {arr.ndim} (shape {arr.shape}), expected {spec.describe()}")
+        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+            if want is not None and got != want:
+                raise InputError(f"input '{name}' dim {axis} is {got}, the model fixes it to {want} ({spec.describe()})")
+            if got == 0:
+                raise InputError(f"input '{name}' has an empty dim {axis} (shape {arr.shape})")
+        if shapes and name in shapes.ranges and not shapes.ranges[name].contains(arr.shape):
+            r = shapes.ranges[name]
+            raise InputError(
+                f"input '{name}' shape {tuple(arr.shape)} is outside the build profile min={r.min} max={r.max}",
+                hint="rebuild with a wider shape profile (--shapes) or resize/split the input",
+            )
+        out[name] = np.ascontiguousarray(arr)
+    return out
+
+
+class Backend(abc.ABC):
+    """Builds artifacts and loads runners for one backend. Subclasses import their library lazily."""
+
+    name: ClassVar[str]
+    consumes: ClassVar[str] = "onnx"  # "onnx" or "paddle" (a Paddle inference model directory)
+    device: ClassVar[str] = "cpu"  # "cpu" or "gpu": decides which device identity enters the cache key
+
+    @abc.abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when this backend can run here; otherwise why not and how to fix it."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        ...
+
+    @abc.abstractmethod
+    def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
+        """Write the artifact for `model_path` into the empty directory `out_dir`."""
+
+    @abc.abstractmethod
+    def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
+        ...
+
+    def key_parts(self) -> dict[str, Any]:
+        """Library identity for the cache key; GPU backends add their build-time switches here."""
+        return {"backend": self.name, "version": self.version()}
+
+
+def numpy_dtype(name: str) -> str:
+    """Normalise backend dtype spellings ('tensor(float)', 'FP32', 'f32', paddle's 'float32') to numpy names."""
+    table = {
+        "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+        "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+        "tensor(bool)": "bool", "f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64",
+        "i32": "int32", "i8": "int8", "u8": "uint8", "boolean": "bool", "fp32": "float32", "fp16": "float16",
+        "bf16": "bfloat16",
+    }
+    key = str(name).lower().replace("paddle.", "").replace("dtype.", "")
+    return table.get(key, key)
+
+
+def dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
+    """Backend shape → tuple with None for every symbolic, negative or missing dim."""
+    out: list[int | None] = []
+    for d in shape:
+        out.append(d if isinstance(d, int) and d > 0 else None)
+    return tuple(out)
