@@ -23,12 +23,13 @@ class ZooModel:
     subdir: str
     role: str  # det | rec | cls
     description: str
+    example_shape: tuple[int, ...]  # a typical input, used by verify/bench when the user gives none
 
 
 MODELS = {
-    "ppocrv4-det": ZooModel("ppocrv4-det", "ch_PP-OCRv4_det_infer", "det", "PP-OCRv4 mobile text detector (DB)"),
-    "ppocrv4-rec": ZooModel("ppocrv4-rec", "ch_PP-OCRv4_rec_infer", "rec", "PP-OCRv4 mobile text recognizer (SVTR-LCNet, CTC)"),
-    "ppocr-cls": ZooModel("ppocr-cls", "ch_ppocr_mobile_v2_cls_infer", "cls", "PP-OCR mobile v2 text direction classifier"),
+    "ppocrv4-det": ZooModel("ppocrv4-det", "ch_PP-OCRv4_det_infer", "det", "PP-OCRv4 mobile text detector (DB)", (1, 3, 640, 640)),
+    "ppocrv4-rec": ZooModel("ppocrv4-rec", "ch_PP-OCRv4_rec_infer", "rec", "PP-OCRv4 mobile text recognizer (SVTR-LCNet, CTC)", (1, 3, 48, 320)),
+    "ppocr-cls": ZooModel("ppocr-cls", "ch_ppocr_mobile_v2_cls_infer", "cls", "PP-OCR mobile v2 text direction classifier", (1, 3, 48, 192)),
 }
 
 

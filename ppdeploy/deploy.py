@@ -1,0 +1,201 @@
+"""The main entry point: any model -> a ready Runner on the best backend that works here.
+
+    source -> convert (cached) -> precision (cached) -> engine build (cached) -> runner
+
+Each stage is a plain call on plain data; each cache is keyed on content, so a second start of the same
+model converts and builds nothing. Backends are tried in order; every skip or failure is recorded with its
+reason (see ppdeploy.select).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ppdeploy import device
+from ppdeploy.backends import get_backend
+from ppdeploy.backends.base import BuildOptions, Runner
+from ppdeploy.cache import EngineCache
+from ppdeploy.errors import BackendUnavailable, BuildError, ConversionError, PPDeployError
+from ppdeploy.select import FAILED, SKIPPED, USED, Attempt, chain_for, format_attempts, record
+from ppdeploy.shapes import ShapeProfile
+from ppdeploy.source import ModelSource, detect
+
+log = logging.getLogger("ppdeploy.deploy")
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass
+class Deployment:
+    runner: Runner
+    backend: str
+    source: ModelSource
+    precision: str
+    attempts: list[Attempt]
+    onnx_path: Path | None = None
+    engine_dir: Path | None = None
+    cache_hit: bool = False  # True when neither conversion nor engine build ran now
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: convert, precision, build, load
+    precision_report: dict | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.source.name, "backend": self.backend, "precision": self.precision,
+            "cache_hit": self.cache_hit, "onnx": str(self.onnx_path) if self.onnx_path else None,
+            "engine": str(self.engine_dir) if self.engine_dir else None,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def load_model(
+    model: Any,
+    *,
+    backend: str | Sequence[str] = "auto",
+    precision: str = "fp32",
+    shapes: ShapeProfile | Mapping | None = None,
+    threads: int | None = None,
+    opset: int | None = None,
+    cache_dir: str | Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+    input_spec: Sequence[Any] | None = None,
+    calib: Any = None,
+    max_loss: float | None = None,
+    rebuild: bool = False,
+) -> Deployment:
+    """Prepare `model` (zoo name, Paddle model dir/file, .onnx, or paddle.nn.Layer + input_spec) and load it.
+
+    backend: "auto" (fallback chain), one name (forced: fails clearly if it cannot run), or a list (chain).
+    """
+    if precision not in PRECISIONS:
+        raise PPDeployError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
+    cache = EngineCache(cache_dir)
+    if shapes is not None and not isinstance(shapes, ShapeProfile):
+        shapes = ShapeProfile.from_dict(shapes)
+    options = BuildOptions(precision=precision, threads=threads, shapes=shapes or ShapeProfile(),
+                           extra=dict(extra or {}))
+    source = detect(model, input_spec, export_dir=None)
+    names, explicit = chain_for(backend)
+    attempts: list[Attempt] = []
+    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss)
+
+    for name in names:
+        start = time.perf_counter()
+        try:
+            be = get_backend(name)
+        except BackendUnavailable as exc:
+            attempts.append(record(Attempt(name, SKIPPED, str(exc))))
+            continue
+        reason = be.unavailable_reason() or _precision_mismatch(be, precision, source)
+        if reason:
+            attempts.append(record(Attempt(name, SKIPPED, reason)))
+            continue
+        try:
+            deployment = _deploy_on(be, prepared, options)
+        except (PPDeployError, OSError, RuntimeError) as exc:
+            attempts.append(record(Attempt(name, FAILED, _one_line(exc), time.perf_counter() - start)))
+            if explicit:
+                raise BuildError(f"backend {name} failed for {source.name}: {exc}") from exc
+            continue
+        attempts.append(record(Attempt(name, USED, "", time.perf_counter() - start)))
+        deployment.attempts = attempts
+        return deployment
+
+    if explicit and attempts and attempts[-1].status == SKIPPED:
+        raise BackendUnavailable(f"backend {names[0]} cannot run here: {attempts[-1].reason}")
+    raise BackendUnavailable(f"no backend could run {source.name}: {format_attempts(attempts)}",
+                             hint="`ppdeploy doctor` shows what each backend needs")
+
+
+class _Prepared:
+    """Lazily converted / precision-adjusted ONNX shared by all backends tried for one load_model call."""
+
+    def __init__(self, source, cache, opset, rebuild, calib, max_loss):
+        self.source, self.cache, self.opset, self.rebuild = source, cache, opset, rebuild
+        self.calib, self.max_loss = calib, max_loss
+        self._onnx = None
+        self._precision: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.conversion_hit = True
+
+    def onnx(self):
+        if self._onnx is None:
+            from ppdeploy.convert import to_onnx
+
+            result = to_onnx(self.source, opset=self.opset, cache=self.cache, rebuild=self.rebuild)
+            self.timings["convert"] = result.seconds
+            self.conversion_hit = result.cache_hit
+            self._onnx = result
+        return self._onnx
+
+    def for_precision(self, precision: str):
+        """(onnx path, precision key parts, report) for the graph a backend should build from."""
+        conv = self.onnx()
+        if precision == "fp32":
+            return conv.onnx_path, {"precision": "fp32"}, None
+        if precision not in self._precision:
+            from ppdeploy import precision as precision_mod
+
+            start = time.perf_counter()
+            res = precision_mod.apply(conv.onnx_path, precision, cache=self.cache, calib=self.calib,
+                                      max_loss=self.max_loss)
+            self.timings["precision"] = time.perf_counter() - start
+            self._precision[precision] = res
+        res = self._precision[precision]
+        return res.onnx_path, res.key_parts(), res.report
+
+
+def _precision_mismatch(be, precision: str, source: ModelSource) -> str | None:
+    if be.consumes == "paddle" and precision != "fp32":
+        return f"Paddle Inference runs the original FP32 program; {precision} is applied to the ONNX graph"
+    if be.consumes == "paddle" and not source.is_paddle:
+        return "Paddle Inference needs a Paddle model, not an ONNX file"
+    if precision == "bf16" and be.name != "openvino":
+        return "bf16 is offered through OpenVINO's CPU inference precision; use --backend openvino"
+    return None
+
+
+def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
+    source = prepared.source
+    precision_report = None
+    if be.consumes == "paddle":
+        model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
+    else:
+        model_path, precision_parts, precision_report = prepared.for_precision(options.precision)
+        onnx_path = model_path
+        from ppdeploy.cache import sha256_file
+
+        model_parts = {"onnx": sha256_file(model_path), "precision": precision_parts}
+    parts = {"model": model_parts, "backend": be.key_parts(), "options": options.key_parts(),
+             "device": device.identity(be.device)}
+    label = f"{source.name} {be.name} {options.precision}"
+    entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
+                                        label=label, rebuild=prepared.rebuild)
+    start = time.perf_counter()
+    try:
+        runner = be.load(entry.path, options)
+    except Exception as exc:  # a cached engine that does not load (driver/library drift) is rebuilt once
+        if not entry.hit:
+            raise
+        log.warning("cached %s engine in %s failed to load (%s); rebuilding once", be.name, entry.path, _one_line(exc))
+        entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
+                                            label=label, rebuild=True)
+        start = time.perf_counter()
+        runner = be.load(entry.path, options)
+    timings = dict(prepared.timings)
+    timings["build"] = entry.build_s
+    timings["load"] = time.perf_counter() - start
+    cache_hit = entry.hit and (be.consumes == "paddle" or prepared.conversion_hit)
+    return Deployment(runner, be.name, source, options.precision, [], onnx_path, entry.path, cache_hit, timings,
+                      precision_report)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__
