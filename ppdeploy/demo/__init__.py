@@ -1,0 +1,1 @@
+"""Small real models ppdeploy can create on any machine, offline, for demos and tests."""
