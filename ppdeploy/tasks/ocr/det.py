@@ -1,0 +1,273 @@
+"""Text detection with a DB (Differentiable Binarization) model, pre/post-processing as PaddleOCR does it.
+
+Mirrors PaddleOCR 2.x `tools/infer/predict_det.py` + `ppocr/postprocess/db_postprocess.py` for PP-OCRv4:
+`DetResizeForTest` (type 0), `NormalizeImage` (ImageNet mean/std on the BGR image, scale 1/255),
+`DBPostProcess`, then `filter_tag_det_res` and `sorted_boxes` from `predict_system.py`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ppdeploy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DetOptions:
+    """PaddleOCR's PP-OCRv4 detection defaults (`tools/infer/utility.py`)."""
+
+    limit_side_len: int = 960
+    """Resize so this side limit holds (see `limit_type`); both sides then round to multiples of 32."""
+    limit_type: str = "max"
+    """"max": the long side is at most limit_side_len (smaller images keep their size); "min": the short side is
+    at least limit_side_len."""
+    thresh: float = 0.3
+    """Probability above which a pixel of the DB map counts as text."""
+    box_thresh: float = 0.6
+    """Boxes whose mean probability is below this are dropped."""
+    unclip_ratio: float = 1.5
+    """How far each shrunk text region is expanded back (distance = area * ratio / perimeter)."""
+    use_dilation: bool = False
+    """Dilate the binary map with a 2x2 kernel before finding contours."""
+    score_mode: str = "fast"
+    """"fast": box score from the min-area rectangle; "slow": from the exact contour polygon."""
+    max_candidates: int = 1000
+    """At most this many contours are considered."""
+    min_size: int = 3
+    """Boxes whose short side (in the model's resolution) is below this are dropped."""
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.limit_type not in ("max", "min"):
+            raise ConfigError(f"det limit_type must be 'max' or 'min', got {self.limit_type!r}")
+        if self.score_mode not in ("fast", "slow"):
+            raise ConfigError(f"det score_mode must be 'fast' or 'slow', got {self.score_mode!r}")
+        if self.limit_side_len < 32:
+            raise ConfigError(f"det limit_side_len must be >= 32, got {self.limit_side_len}")
+        for name in ("thresh", "box_thresh"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"det {name} must be in [0, 1], got {value}")
+        if self.unclip_ratio <= 0:
+            raise ConfigError(f"det unclip_ratio must be > 0, got {self.unclip_ratio}")
+
+
+@dataclass
+class DetResult:
+    boxes: np.ndarray  # (N, 4, 2) float32 quads, clockwise from top-left, in image pixels, reading order
+    scores: list[float]
+    timings: dict[str, float] = field(default_factory=dict)  # det_pre, det_infer, det_post (ms)
+
+
+def resize_for_det(image: np.ndarray, options: DetOptions) -> tuple[np.ndarray, float, float]:
+    """DetResizeForTest type 0. Returns the resized image and the (h, w) ratios resized/original."""
+    import cv2
+
+    h, w = image.shape[:2]
+    limit = options.limit_side_len
+    if options.limit_type == "max":
+        ratio = float(limit) / max(h, w) if max(h, w) > limit else 1.0
+    else:
+        ratio = float(limit) / min(h, w) if min(h, w) < limit else 1.0
+    resize_h = max(int(round(int(h * ratio) / 32) * 32), 32)
+    resize_w = max(int(round(int(w * ratio) / 32) * 32), 32)
+    if (resize_h, resize_w) != (h, w):
+        image = cv2.resize(image, (resize_w, resize_h))
+    return image, resize_h / float(h), resize_w / float(w)
+
+
+def normalize_to_nchw(image: np.ndarray, mean, std, scale: float = 1.0 / 255.0) -> np.ndarray:
+    """(x * scale - mean) / std per channel, HWC uint8 -> 1xCxHxW float32, one output allocation."""
+    c = image.shape[2]
+    out = np.empty((1, c, image.shape[0], image.shape[1]), dtype=np.float32)
+    for ch in range(c):
+        plane = out[0, ch]
+        np.multiply(image[:, :, ch], np.float32(scale / std[ch]), out=plane, casting="unsafe")
+        plane -= np.float32(mean[ch] / std[ch])
+    return out
+
+
+def preprocess(image: np.ndarray, options: DetOptions) -> tuple[np.ndarray, tuple[int, int]]:
+    resized, _, _ = resize_for_det(image, options)
+    return normalize_to_nchw(resized, options.mean, options.std), image.shape[:2]
+
+
+class DBPostProcess:
+    """Probability map -> quadrilaterals in original-image pixels (PaddleOCR's DBPostProcess)."""
+
+    def __init__(self, options: DetOptions):
+        self.options = options
+        self.dilation_kernel = np.array([[1, 1], [1, 1]], dtype=np.uint8) if options.use_dilation else None
+
+    def __call__(self, pred: np.ndarray, src_shape: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
+        import cv2
+
+        prob = pred.reshape(pred.shape[-2], pred.shape[-1]) if pred.ndim > 2 else pred
+        mask = (prob > self.options.thresh).astype(np.uint8)
+        if self.dilation_kernel is not None:
+            mask = cv2.dilate(mask, self.dilation_kernel)
+        return self.boxes_from_bitmap(prob, mask, src_shape[1], src_shape[0])
+
+    def boxes_from_bitmap(self, pred: np.ndarray, bitmap: np.ndarray, dest_width: int, dest_height: int):
+        import cv2
+
+        opts = self.options
+        height, width = bitmap.shape
+        contours, _ = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)[-2:]
+        boxes: list[np.ndarray] = []
+        scores: list[float] = []
+        for contour in contours[: opts.max_candidates]:
+            points, sside = get_mini_boxes(contour)
+            if sside < opts.min_size:
+                continue
+            if opts.score_mode == "fast":
+                score = box_score_fast(pred, points)
+            else:
+                score = box_score_slow(pred, contour)
+            if opts.box_thresh > score:
+                continue
+            expanded = unclip(points, opts.unclip_ratio)
+            if expanded is None:
+                continue
+            box, sside = get_mini_boxes(expanded.reshape(-1, 1, 2))
+            if sside < opts.min_size + 2:
+                continue
+            box[:, 0] = np.clip(np.round(box[:, 0] / width * dest_width), 0, dest_width)
+            box[:, 1] = np.clip(np.round(box[:, 1] / height * dest_height), 0, dest_height)
+            boxes.append(box.astype(np.int32))
+            scores.append(float(score))
+        return (np.array(boxes, dtype=np.int32).reshape(-1, 4, 2)), scores
+
+
+def get_mini_boxes(contour: np.ndarray) -> tuple[np.ndarray, float]:
+    import cv2
+
+    bounding_box = cv2.minAreaRect(contour)
+    points = sorted(list(cv2.boxPoints(bounding_box)), key=lambda x: x[0])
+    if points[1][1] > points[0][1]:
+        index_1, index_4 = 0, 1
+    else:
+        index_1, index_4 = 1, 0
+    if points[3][1] > points[2][1]:
+        index_2, index_3 = 2, 3
+    else:
+        index_2, index_3 = 3, 2
+    box = np.array([points[index_1], points[index_2], points[index_3], points[index_4]], dtype=np.float32)
+    return box, min(bounding_box[1])
+
+
+def box_score_fast(bitmap: np.ndarray, box: np.ndarray) -> float:
+    import cv2
+
+    h, w = bitmap.shape[:2]
+    box = box.copy()
+    xmin = int(np.clip(np.floor(box[:, 0].min()), 0, w - 1))
+    xmax = int(np.clip(np.ceil(box[:, 0].max()), 0, w - 1))
+    ymin = int(np.clip(np.floor(box[:, 1].min()), 0, h - 1))
+    ymax = int(np.clip(np.ceil(box[:, 1].max()), 0, h - 1))
+    mask = np.zeros((ymax - ymin + 1, xmax - xmin + 1), dtype=np.uint8)
+    box[:, 0] -= xmin
+    box[:, 1] -= ymin
+    cv2.fillPoly(mask, box.reshape(1, -1, 2).astype(np.int32), 1)
+    return cv2.mean(bitmap[ymin:ymax + 1, xmin:xmax + 1], mask)[0]
+
+
+def box_score_slow(bitmap: np.ndarray, contour: np.ndarray) -> float:
+    import cv2
+
+    h, w = bitmap.shape[:2]
+    contour = contour.reshape(-1, 2).copy()
+    xmin = int(np.clip(contour[:, 0].min(), 0, w - 1))
+    xmax = int(np.clip(contour[:, 0].max(), 0, w - 1))
+    ymin = int(np.clip(contour[:, 1].min(), 0, h - 1))
+    ymax = int(np.clip(contour[:, 1].max(), 0, h - 1))
+    mask = np.zeros((ymax - ymin + 1, xmax - xmin + 1), dtype=np.uint8)
+    contour[:, 0] -= xmin
+    contour[:, 1] -= ymin
+    cv2.fillPoly(mask, contour.reshape(1, -1, 2).astype(np.int32), 1)
+    return cv2.mean(bitmap[ymin:ymax + 1, xmin:xmax + 1], mask)[0]
+
+
+def unclip(box: np.ndarray, unclip_ratio: float) -> np.ndarray | None:
+    import pyclipper
+    from shapely.geometry import Polygon
+
+    poly = Polygon(box)
+    if poly.length == 0:
+        return None
+    distance = poly.area * unclip_ratio / poly.length
+    offset = pyclipper.PyclipperOffset()
+    offset.AddPath(box.tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    expanded = offset.Execute(distance)
+    if len(expanded) != 1:  # PaddleOCR skips boxes that unclip into several (or no) polygons
+        return None
+    return np.array(expanded[0], dtype=np.float32)
+
+
+def order_points_clockwise(pts: np.ndarray) -> np.ndarray:
+    x_sorted = pts[np.argsort(pts[:, 0], kind="stable"), :]
+    left = x_sorted[:2, :]
+    right = x_sorted[2:, :]
+    tl, bl = left[np.argsort(left[:, 1], kind="stable"), :]
+    tr, br = right[np.argsort(right[:, 1], kind="stable"), :]
+    return np.array([tl, tr, br, bl], dtype=np.float32)
+
+
+def filter_boxes(boxes: np.ndarray, scores: list[float], image_shape: tuple[int, int]):
+    """Order each quad clockwise, clip to the image, drop boxes 3 px or thinner (PaddleOCR filter_tag_det_res)."""
+    h, w = image_shape
+    kept_boxes, kept_scores = [], []
+    for box, score in zip(boxes, scores):
+        box = order_points_clockwise(box.astype(np.float32))
+        box[:, 0] = np.clip(box[:, 0], 0, w - 1).astype(np.int32)
+        box[:, 1] = np.clip(box[:, 1], 0, h - 1).astype(np.int32)
+        rect_width = int(np.linalg.norm(box[0] - box[1]))
+        rect_height = int(np.linalg.norm(box[0] - box[3]))
+        if rect_width <= 3 or rect_height <= 3:
+            continue
+        kept_boxes.append(box)
+        kept_scores.append(score)
+    return kept_boxes, kept_scores
+
+
+def sort_reading_order(boxes: list[np.ndarray], scores: list[float]) -> tuple[list[np.ndarray], list[float]]:
+    """Top-to-bottom, then left-to-right for boxes whose tops are within 10 px (PaddleOCR sorted_boxes)."""
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0][1], boxes[i][0][0]))
+    for i in range(len(order) - 1):
+        for j in range(i, -1, -1):
+            a, b = boxes[order[j]], boxes[order[j + 1]]
+            if abs(b[0][1] - a[0][1]) < 10 and b[0][0] < a[0][0]:
+                order[j], order[j + 1] = order[j + 1], order[j]
+            else:
+                break
+    return [boxes[i] for i in order], [scores[i] for i in order]
+
+
+class TextDetector:
+    """One DB detector over any runner-like object (`.io`, `.infer(dict) -> dict`)."""
+
+    def __init__(self, runner: Any, options: DetOptions | None = None):
+        self.runner = runner
+        self.options = options or DetOptions()
+        self.input_name = runner.io.inputs[0].name
+        self.postprocess = DBPostProcess(self.options)
+
+    def __call__(self, image: np.ndarray) -> DetResult:
+        t0 = time.perf_counter()
+        blob, src_shape = preprocess(image, self.options)
+        t1 = time.perf_counter()
+        outputs = self.runner.infer({self.input_name: blob})
+        pred = next(iter(outputs.values()))
+        t2 = time.perf_counter()
+        boxes, scores = self.postprocess(pred[0, 0], src_shape)
+        boxes, scores = filter_boxes(boxes, scores, src_shape)
+        boxes, scores = sort_reading_order(boxes, scores)
+        t3 = time.perf_counter()
+        arr = np.array(boxes, dtype=np.float32).reshape(-1, 4, 2)
+        return DetResult(arr, scores, {
+            "det_pre": (t1 - t0) * 1e3, "det_infer": (t2 - t1) * 1e3, "det_post": (t3 - t2) * 1e3,
+        })

@@ -1,0 +1,220 @@
+"""PP-OCR end to end: decode -> detect (DB) -> crop -> direction classifier -> recognize (CTC).
+
+The pipeline only sees runner-like objects (`.io`, `.infer(dict) -> dict`); `OCR(...)` builds them with
+`ppdeploy.deploy.load_model` for the bundled PP-OCR models, `OCR.from_runners(...)` takes any you already have
+(the HTTP server passes runners whose `infer` goes through its dynamic batcher).
+
+Options (keyword arguments of `OCR` and `OCR.from_runners`; defaults are PaddleOCR's PP-OCRv4 ones):
+  det_limit_side_len=960, det_limit_type="max", det_thresh=0.3, det_box_thresh=0.6, det_unclip_ratio=1.5,
+  det_use_dilation=False, det_score_mode="fast", det_max_candidates=1000, det_min_size=3,
+  det_mean=(0.485, 0.456, 0.406), det_std=(0.229, 0.224, 0.225),
+  cls_thresh=0.9, cls_batch_size=6, cls_image_height=48, cls_image_width=192,
+  rec_batch_size=6, rec_image_height=48, rec_image_width=320, rec_dictionary=None, rec_use_space_char=True,
+  drop_score=0.5 (lines whose recognition score is below it are dropped), max_pixels=100e6 (input limit).
+See DetOptions / ClsOptions / RecOptions for what each does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ppdeploy.errors import ConfigError
+from ppdeploy.tasks.image_io import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from ppdeploy.tasks.ocr.cls import ClsOptions, TextDirectionClassifier
+from ppdeploy.tasks.ocr.crop import crop_all
+from ppdeploy.tasks.ocr.det import DetOptions, TextDetector
+from ppdeploy.tasks.ocr.rec import RecOptions, TextRecognizer
+
+STAGES = ("det", "cls", "rec")
+DEFAULT_MODELS = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
+TIMING_KEYS = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post",
+               "total")
+
+
+@dataclass
+class OCRLine:
+    text: str
+    score: float
+    box: list[list[int]]  # 4 [x, y] points, clockwise from top-left, in input-image pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "score": round(self.score, 5), "box": self.box}
+
+
+@dataclass
+class OCRResult:
+    lines: list[OCRLine]
+    timings: dict[str, float]  # milliseconds per stage, see TIMING_KEYS
+    width: int
+    height: int
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "lines": [line.to_dict() for line in self.lines],
+            "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass(frozen=True)
+class OCROptions:
+    det: DetOptions = field(default_factory=DetOptions)
+    cls: ClsOptions = field(default_factory=ClsOptions)
+    rec: RecOptions = field(default_factory=RecOptions)
+    drop_score: float = 0.5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> "OCROptions":
+        """Flat PaddleOCR-style names (det_thresh=..., rec_batch_size=...) -> nested options."""
+        groups: dict[str, dict[str, Any]] = {"det": {}, "cls": {}, "rec": {}}
+        top: dict[str, Any] = {}
+        valid = sorted(option_names())
+        for key, value in options.items():
+            if value is None:
+                continue  # "not given" (the CLI passes None for flags left out)
+            prefix, _, rest = key.partition("_")
+            if prefix in groups and rest in {f.name for f in dataclasses.fields(_GROUP_TYPES[prefix])}:
+                if rest in ("mean", "std", "labels"):
+                    value = tuple(value)
+                groups[prefix][rest] = value
+            elif key in ("drop_score", "max_pixels"):
+                top[key] = value
+            else:
+                raise ConfigError(f"unknown OCR option {key!r}", hint=f"valid options: {', '.join(valid)}")
+        return cls(det=DetOptions(**groups["det"]), cls=ClsOptions(**groups["cls"]), rec=RecOptions(**groups["rec"]),
+                   **top)
+
+
+_GROUP_TYPES = {"det": DetOptions, "cls": ClsOptions, "rec": RecOptions}
+
+
+def option_names() -> list[str]:
+    names = [f"{p}_{f.name}" for p, t in _GROUP_TYPES.items() for f in dataclasses.fields(t)]
+    return names + ["drop_score", "max_pixels"]
+
+
+def _per_stage(value: Any, what: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(STAGES)
+        if unknown:
+            raise ConfigError(f"{what} given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+        default = value.get("default")
+        return {s: value.get(s, default) for s in STAGES}
+    return {s: value for s in STAGES}
+
+
+class OCR:
+    """PP-OCR pipeline. `OCR(backend="auto").predict("page.png")` -> OCRResult.
+
+    backend / precision: one name for all stages, or a dict per stage, e.g.
+    `backend={"det": "openvino", "rec": "onnxruntime", "cls": "onnxruntime"}`.
+    """
+
+    def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
+                 det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
+                 cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
+                 **options: Any):
+        from ppdeploy.deploy import load_model
+
+        opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
+        backends = _per_stage(backend, "backend")
+        precisions = _per_stage(precision, "precision")
+        models = {"det": det_model, "rec": rec_model, "cls": cls_model}
+        self.deployments: dict[str, Any] = {}
+        for stage in STAGES:
+            if stage == "cls" and not use_cls:
+                continue
+            self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
+                                                 precision=precisions[stage] or "fp32", threads=threads)
+        runners = {s: d.runner for s, d in self.deployments.items()}
+        self._init(runners["det"], runners["rec"], runners.get("cls"), opts)
+
+    @classmethod
+    def from_runners(klass, det: Any, rec: Any, cls: Any = None, *, use_cls: bool = True,
+                     options: OCROptions | None = None, **kwargs: Any) -> "OCR":
+        """Build the pipeline on runner-like objects you already hold (no model loading).
+        cls=None or use_cls=False skips the direction classifier; kwargs are the same options as OCR(...)."""
+        self = klass.__new__(klass)
+        self.deployments = {}
+        self._init(det, rec, cls if use_cls else None, options or OCROptions.from_kwargs(**kwargs))
+        return self
+
+    def _init(self, det: Any, rec: Any, cls_runner: Any, options: OCROptions) -> None:
+        self.options = options
+        self.detector = TextDetector(det, options.det)
+        self.classifier = TextDirectionClassifier(cls_runner, options.cls) if cls_runner is not None else None
+        self.recognizer = TextRecognizer(rec, options.rec)
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """Stage -> backend that runs it ("?" for runners handed in without a backend name)."""
+        runners = {"det": self.detector.runner, "rec": self.recognizer.runner}
+        if self.classifier is not None:
+            runners["cls"] = self.classifier.runner
+        return {s: getattr(r, "backend", "?") for s, r in runners.items()}
+
+    def predict(self, image: ImageInput) -> OCRResult:
+        t0 = time.perf_counter()
+        bgr = load_image(image, max_pixels=self.options.max_pixels)
+        t1 = time.perf_counter()
+        result = self.predict_bgr(bgr)
+        result.timings["decode"] = (t1 - t0) * 1e3
+        result.timings["total"] += result.timings["decode"]
+        return result
+
+    def predict_bgr(self, bgr: np.ndarray) -> OCRResult:
+        """The pipeline on an already-decoded HxWx3 BGR uint8 image (no decode timing)."""
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        start = time.perf_counter()
+        det = self.detector(bgr)
+        timings.update(det.timings)
+        lines: list[OCRLine] = []
+        if len(det.boxes):
+            t = time.perf_counter()
+            crops = crop_all(bgr, det.boxes)
+            timings["crop"] = (time.perf_counter() - t) * 1e3
+            if self.classifier is not None:
+                t = time.perf_counter()
+                crops, _ = self.classifier(crops)
+                timings["cls"] = (time.perf_counter() - t) * 1e3
+            texts, rec_timings = self.recognizer(crops)
+            timings.update(dataclasses.asdict(rec_timings))
+            for box, (text, score) in zip(det.boxes, texts):
+                if score >= self.options.drop_score:
+                    lines.append(OCRLine(text, score, box.astype(np.int32).tolist()))
+        timings["total"] = (time.perf_counter() - start) * 1e3
+        return OCRResult(lines, timings, width=int(bgr.shape[1]), height=int(bgr.shape[0]))
+
+    __call__ = predict
+
+    def predict_many(self, images: Iterable[ImageInput]) -> list[OCRResult]:
+        return [self.predict(img) for img in images]
+
+    def close(self) -> None:
+        for dep in self.deployments.values():
+            dep.runner.close()
+        self.deployments = {}
+
+    def __enter__(self) -> "OCR":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def mean_timings(results: Iterable[OCRResult]) -> dict[str, float]:
+    """Average milliseconds per stage over results (what `ppdeploy bench ocr` reports per backend)."""
+    results = list(results)
+    if not results:
+        return dict.fromkeys(TIMING_KEYS, 0.0)
+    return {k: float(np.mean([r.timings.get(k, 0.0) for r in results])) for k in TIMING_KEYS}
