@@ -1,0 +1,62 @@
+"""Arguments shared by the commands that load a model, parsed the same way everywhere."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ppdeploy.errors import PPDeployError
+from ppdeploy.shapes import InputRange, ShapeProfile
+
+
+def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto", precision: bool = True) -> None:
+    p.add_argument("model", help="zoo name (ppocrv4-det, ppocrv4-rec, ppocr-cls), Paddle model dir/file, or .onnx")
+    p.add_argument("--backend", "-b", default=backend_default,
+                   help="auto (fallback chain), one backend, or a comma list: tensorrt, tensorrt-rtx, "
+                        "onnxruntime-cuda, openvino, onnxruntime, paddle")
+    if precision:
+        p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores available)")
+    p.add_argument("--shapes", default=None, metavar="NAME=MIN:OPT:MAX[,NAME=...]",
+                   help="shape profile per input, dims joined by x, e.g. x=1x3x48x32:1x3x48x320:8x3x48x1280")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 11; default per route: 14 legacy, 17 PIR)")
+    p.add_argument("--cache-dir", default=None, help="engine cache (default $PPDEPLOY_CACHE or ~/.cache/ppdeploy)")
+    p.add_argument("--rebuild", action="store_true", help="ignore cached conversions/engines and rebuild them")
+
+
+def parse_dims(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.lower().replace(",", "x").split("x") if d)
+    except ValueError as exc:
+        raise PPDeployError(f"bad shape '{text}'", hint="write dims joined by x, e.g. 1x3x48x320") from exc
+
+
+def parse_shapes(text: str | None) -> ShapeProfile | None:
+    if not text:
+        return None
+    ranges = {}
+    for item in text.split(","):
+        name, sep, spec = item.partition("=")
+        parts = spec.split(":")
+        if not sep or len(parts) not in (1, 3):
+            raise PPDeployError(f"bad --shapes entry '{item}'", hint="NAME=MIN:OPT:MAX, e.g. x=1x3x48x32:1x3x48x320:8x3x48x1280")
+        dims = [parse_dims(p) for p in parts]
+        try:
+            ranges[name.strip()] = InputRange(dims[0], dims[len(dims) // 2], dims[-1])
+        except ValueError as exc:
+            raise PPDeployError(f"bad --shapes entry '{item}': {exc}") from exc
+    return ShapeProfile(ranges)
+
+
+def load_from_args(args: argparse.Namespace, **overrides: Any):
+    from ppdeploy.deploy import load_model
+
+    kwargs = dict(backend=args.backend, precision=getattr(args, "precision", "fp32"), threads=args.threads,
+                  shapes=parse_shapes(args.shapes), opset=args.opset, cache_dir=args.cache_dir,
+                  rebuild=getattr(args, "rebuild", False))
+    kwargs.update(overrides)
+    return load_model(args.model, **kwargs)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))

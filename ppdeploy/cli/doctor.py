@@ -1,0 +1,41 @@
+"""`ppdeploy doctor`: versions, backends and why each one can or cannot run here."""
+from __future__ import annotations
+
+from ppdeploy.cli.common import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="show versions, backends, devices and what is missing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--install-routes", action="store_true",
+                   help="install the private paddle2onnx 1.3.1 used for legacy .pdmodel files now (needs PyPI)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ppdeploy.doctor import report
+
+    if args.install_routes:
+        from ppdeploy.convert.routes import ensure_legacy_installed
+
+        print(f"legacy route ready in {ensure_legacy_installed()}")
+    info = report()
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"python {info['python']} on {info['platform']}")
+    print(f"cpu: {info['cpu']['model']} ({info['cpu']['arch']}; {' '.join(info['cpu']['flags'])})")
+    print("gpus: " + (", ".join(f"{g['name']} cc{g['compute_capability']} driver {g['driver']}" for g in info["gpus"]) or "none"))
+    print("packages:")
+    for name, ver in info["packages"].items():
+        print(f"  {name:<28}{ver or '-'}")
+    print(f"onnxruntime providers: {', '.join(info['onnxruntime_providers']) or '-'}")
+    print("conversion routes:")
+    for fmt, desc in info["conversion_routes"].items():
+        print(f"  {fmt:<16}{desc}")
+    print("backends:")
+    for name, b in info["backends"].items():
+        print(f"  {name:<18}{'ok' if b['available'] else 'no: ' + str(b['reason'])}")
+    print(f"cache: {info['cache_dir']}")
+    print(f"bundled models: {info['bundled_models']}")
+    return 0

@@ -1,0 +1,59 @@
+"""`ppdeploy verify MODEL`: every backend against Paddle Inference on the same inputs; table + JSON report."""
+from __future__ import annotations
+
+from ppdeploy.cli.common import add_model_args, load_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("verify", help="compare backends with the Paddle Inference reference")
+    add_model_args(p, backend_default="openvino,onnxruntime")
+    p.add_argument("--input", "-i", nargs="*", default=[], help=".npy inputs (default: generated with --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="batch size of generated inputs")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--min-cosine", type=float, default=0.9999)
+    p.add_argument("--json", dest="json_out", default=None, help="write the report here")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    report = verify_model(args)
+    print(report.table())
+    if args.json_out:
+        report.write_json(args.json_out)
+        print(f"report written to {args.json_out}")
+    return 0 if report.passed else 1
+
+
+def verify_model(args):
+    from ppdeploy import zoo
+    from ppdeploy.deploy import load_model
+    from ppdeploy.select import chain_for
+    from ppdeploy.source import detect
+    from ppdeploy.verify import BackendComparison, Tolerance, generate_inputs, load_inputs, verify
+
+    source = detect(args.model)
+    ref_backend = "paddle" if source.is_paddle else "onnxruntime"
+    reference = load_model(args.model, backend=ref_backend, threads=args.threads, cache_dir=args.cache_dir).runner
+    names, _ = chain_for(args.backend)
+    runners, failures = {}, []
+    for name in names:
+        try:
+            runners[name] = load_from_args(args, backend=name).runner
+        except Exception as exc:  # report the backend as failed, keep verifying the others
+            failures.append(BackendComparison(name, error=str(exc).splitlines()[0][:300]))
+    if args.input:
+        feeds = load_inputs(args.input, reference.io)
+    else:
+        example = None
+        if args.model in zoo.MODELS:
+            shape = (args.batch,) + zoo.MODELS[args.model].example_shape[1:]
+            example = {reference.io.inputs[0].name: shape}
+        elif args.batch != 1:
+            example = {s.name: (args.batch,) + tuple(d or 224 for d in s.shape[1:]) for s in reference.io.inputs}
+        feeds = generate_inputs(reference.io, seed=args.seed, shapes=example)
+    tol = Tolerance(args.atol, args.rtol, args.min_cosine)
+    report = verify(runners, reference, feeds, tolerance=tol, model=source.name, reference_name=ref_backend)
+    report.backends.extend(failures)
+    return report
