@@ -1,0 +1,269 @@
+"""ONNX Runtime with the CUDA execution provider (the `onnxruntime-gpu` package).
+
+The artifact is the ONNX file itself: ORT's optimized graphs are tied to the execution provider that produced them,
+and this one can only be produced with a GPU present, so optimization happens at load (it takes well under a second
+for the OCR models). Inference goes through IO binding: per input shape, device buffers for inputs and outputs are
+allocated once and reused, so a steady stream of same-shaped requests does one host->device copy per input, the
+kernels, and one device->host copy per output. With `cuda_graph=True` (static shapes only) ORT captures the kernels
+into a CUDA graph on the first run and replays it.
+
+TF32 is off unless asked for: with it the PP-OCRv4 rec outputs move by up to 2e-2 (measured on the H100), which is
+an accuracy change the user should opt into, not get by default.
+
+Ran on hardware: onnxruntime-gpu 1.31.1 on an NVIDIA H100 (see bench/gpu/); the CPU tests here cover option
+parsing, build and the unavailable reasons.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
+from ppdeploy.errors import BuildError, InputError
+
+ARTIFACT = "model.onnx"
+PROVIDER = "CUDAExecutionProvider"
+# CUDA 12/13 builds of onnxruntime-gpu ship kernels for Volta (7.0) and newer at best; older GPUs fail at first run.
+MIN_COMPUTE_CAPABILITY = 7.0
+
+
+@dataclass(frozen=True)
+class CudaSettings:
+    device_id: int = 0
+    use_tf32: bool = False
+    cuda_graph: bool = False  # needs fixed input shapes: the graph replays the same kernels on the same buffers
+    conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE tries every cuDNN algorithm once per shape (slow first call)
+    gpu_mem_limit_mib: int | None = None
+    max_cached_shapes: int = 16  # IO-binding buffer sets kept (LRU); one set per distinct input shape
+
+    KEYS = ("device_id", "use_tf32", "cuda_graph", "conv_algo_search", "gpu_mem_limit_mib", "max_cached_shapes")
+
+    @classmethod
+    def from_options(cls, options: BuildOptions) -> "CudaSettings":
+        extra = dict(options.extra or {})
+        if "tf32" in extra and "use_tf32" not in extra:
+            extra["use_tf32"] = extra["tf32"]
+        try:
+            settings = cls(**{k: extra[k] for k in cls.KEYS if k in extra})
+        except TypeError as exc:
+            raise BuildError(f"bad onnxruntime-cuda option: {exc}") from exc
+        if settings.conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
+            raise BuildError(f"conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT, got {settings.conv_algo_search!r}")
+        if int(settings.max_cached_shapes) < 1:
+            raise BuildError("max_cached_shapes must be >= 1")
+        return settings
+
+    def provider_options(self) -> dict[str, str]:
+        opts = {
+            "device_id": str(int(self.device_id)),
+            "use_tf32": "1" if self.use_tf32 else "0",
+            "cudnn_conv_algo_search": self.conv_algo_search,
+            "enable_cuda_graph": "1" if self.cuda_graph else "0",
+            "arena_extend_strategy": "kSameAsRequested",
+        }
+        if self.gpu_mem_limit_mib:
+            opts["gpu_mem_limit"] = str(int(self.gpu_mem_limit_mib) << 20)
+        return opts
+
+
+def io_spec(session) -> IOSpec:
+    def spec(t) -> TensorSpec:
+        return TensorSpec(t.name, numpy_dtype(t.type), dims(t.shape))
+
+    return IOSpec(tuple(spec(t) for t in session.get_inputs()), tuple(spec(t) for t in session.get_outputs()))
+
+
+def check_cuda_graph_shapes(io: IOSpec, options: BuildOptions) -> None:
+    """CUDA graphs replay fixed kernels on fixed buffers: every input shape must be pinned by the model or profile."""
+    loose = []
+    for spec in io.inputs:
+        rng = options.shapes.ranges.get(spec.name) if options.shapes else None
+        fixed_by_profile = rng is not None and rng.min == rng.max
+        if spec.dynamic and not fixed_by_profile:
+            loose.append(spec.describe())
+    if loose:
+        raise BuildError(f"cuda_graph needs fixed input shapes, but {', '.join(loose)} can vary",
+                         hint="give shapes with min == opt == max for these inputs, or turn cuda_graph off")
+
+
+class _BufferSet:
+    """Device-resident inputs (and, after the first run, outputs) for one input-shape combination."""
+
+    def __init__(self, inputs: dict[str, Any]):
+        self.inputs = inputs
+        self.outputs: list[Any] | None = None
+
+
+class OnnxRuntimeCUDARunner(Runner):
+    backend = "onnxruntime-cuda"
+
+    def __init__(self, session, options: BuildOptions, settings: CudaSettings):
+        super().__init__(io_spec(session), options.shapes)
+        self._session = session
+        self._settings = settings
+        self._binding = session.io_binding()
+        self._sets: OrderedDict[tuple, _BufferSet] = OrderedDict()
+        self._bound: tuple | None = None
+        self._graph_shape: tuple | None = None
+        self._lock = threading.Lock()
+
+    def _buffer_set(self, key: tuple, feeds: dict[str, np.ndarray]) -> _BufferSet:
+        import onnxruntime as ort
+
+        found = self._sets.get(key)
+        if found is not None:
+            self._sets.move_to_end(key)
+            return found
+        dev = int(self._settings.device_id)
+        inputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, "cuda", dev) for n, a in feeds.items()}
+        found = self._sets[key] = _BufferSet(inputs)
+        while len(self._sets) > int(self._settings.max_cached_shapes):
+            evicted, _ = self._sets.popitem(last=False)
+            if evicted == self._bound:
+                self._bound = None
+        return found
+
+    def _bind(self, key: tuple, bufs: _BufferSet) -> None:
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        for name, value in bufs.inputs.items():
+            b.bind_ortvalue_input(name, value)
+        if bufs.outputs is None:  # first run at this shape: let ORT allocate on the device, then keep those buffers
+            for name in self.output_names:
+                b.bind_output(name, "cuda", int(self._settings.device_id))
+        else:
+            for name, value in zip(self.output_names, bufs.outputs):
+                b.bind_ortvalue_output(name, value)
+        self._bound = key
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = tuple((n, a.shape, a.dtype.str) for n, a in sorted(feeds.items()))
+        with self._lock:
+            if self._settings.cuda_graph:
+                if self._graph_shape is None:
+                    self._graph_shape = key
+                elif key != self._graph_shape:
+                    raise InputError(f"this runner replays a CUDA graph captured for {self._graph_shape}; got {key}",
+                                     hint="use fixed-size inputs or load without cuda_graph")
+            t0 = time.perf_counter()
+            bufs = self._buffer_set(key, feeds)
+            for name, arr in feeds.items():
+                bufs.inputs[name].update_inplace(arr)  # synchronous host->device copy into the reused buffer
+            t1 = time.perf_counter()
+            if self._bound != key or bufs.outputs is None:
+                self._bind(key, bufs)
+            self._session.run_with_iobinding(self._binding)  # returns after the stream is synchronized
+            t2 = time.perf_counter()
+            values = self._binding.get_outputs()
+            if bufs.outputs is None:
+                bufs.outputs = list(values)
+                self._bound = None  # rebind next time to the kept buffers
+            out = {name: value.numpy() for name, value in zip(self.output_names, values)}
+            t3 = time.perf_counter()
+        self.last_timings.update(h2d=(t1 - t0) * 1e3, compute=(t2 - t1) * 1e3, d2h=(t3 - t2) * 1e3)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._sets.clear()
+            self._binding = None
+            self._session = None
+
+
+def _cuda_available(ort) -> bool:
+    return PROVIDER in ort.get_available_providers()
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from the nvidia-* pip packages; without them it relies on the
+    system's libraries. Failing here is fine: session creation below reports what is really missing."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:
+            pass
+
+
+class OnnxRuntimeCUDABackend(Backend):
+    name = "onnxruntime-cuda"
+    device = "gpu"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "library missing: onnxruntime-gpu is not installed (pip install onnxruntime-gpu)"
+        import onnxruntime as ort
+
+        if not _cuda_available(ort):
+            return (f"library missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider (it is the CPU "
+                    "build; pip uninstall onnxruntime && pip install onnxruntime-gpu)")
+        from ppdeploy.device import gpu_info
+
+        gpus = gpu_info()
+        if not gpus:
+            return f"no GPU: onnxruntime-gpu {ort.__version__} is installed but no NVIDIA GPU is visible (nvidia-smi)"
+        cc = str(gpus[0].get("compute_capability", ""))
+        try:
+            if float(cc) < MIN_COMPUTE_CAPABILITY:
+                return (f"unsupported GPU: {gpus[0].get('name')} has compute capability {cc}; onnxruntime-gpu's CUDA "
+                        f"kernels need >= {MIN_COMPUTE_CAPABILITY}")
+        except ValueError:
+            pass
+        return None
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def key_parts(self, options: BuildOptions | None = None) -> dict[str, Any]:
+        parts: dict[str, Any] = {"backend": self.name, "library": "onnxruntime-gpu", "version": self.version()}
+        if options is not None:
+            s = CudaSettings.from_options(options)
+            # Only what changes the artifact or its numerics; the buffer cache size does not.
+            parts["cuda"] = {"use_tf32": s.use_tf32, "cuda_graph": s.cuda_graph, "conv_algo_search": s.conv_algo_search}
+        return parts
+
+    def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
+        import onnx
+
+        CudaSettings.from_options(options)  # reject bad options at build time, not at first inference
+        try:
+            onnx.checker.check_model(str(model_path))
+        except Exception as exc:
+            raise BuildError(f"{model_path} is not a valid ONNX model: {exc}") from exc
+        shutil.copyfile(model_path, Path(out_dir) / ARTIFACT)
+
+    def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
+        import onnxruntime as ort
+
+        reason = self.unavailable_reason()
+        if reason:
+            raise BuildError(f"onnxruntime-cuda cannot run here: {reason}")
+        settings = CudaSettings.from_options(options)
+        _preload_cuda_libraries(ort)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = [(PROVIDER, settings.provider_options()), "CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(Path(artifact_dir) / ARTIFACT), so, providers=providers)
+        except Exception as exc:
+            raise BuildError(f"onnxruntime-cuda could not load {artifact_dir}: {exc}") from exc
+        if PROVIDER not in session.get_providers():
+            # ORT silently drops to CPU when libcudart/cuDNN fail to load; a "GPU" runner on the CPU is a lie.
+            raise BuildError("onnxruntime created the session without CUDAExecutionProvider (CUDA or cuDNN libraries "
+                             "failed to load; run with ORT logging at level 0 to see which)")
+        runner = OnnxRuntimeCUDARunner(session, options, settings)
+        if settings.cuda_graph:
+            check_cuda_graph_shapes(runner.io, options)
+        return runner
