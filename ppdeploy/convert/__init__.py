@@ -101,26 +101,34 @@ def _run_route(route: routes.Route, source: ModelSource, save_file: Path, opset:
         raise ConversionError(f"{route.name} did not finish converting {source.model_file} in {WORKER_TIMEOUT_S}s") from exc
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0 or not save_file.is_file():
-        raise ConversionError(_explain_failure(route, source, output, proc.returncode), hint=_hint(route, source))
+        message, ops = _explain_failure(route, source, output, proc.returncode)
+        raise ConversionError(message, hint=_hint(route, source, ops))
     line = next((ln for ln in output.splitlines() if ln.startswith("PPDEPLOY_RESULT ")), None)
     info = json.loads(line.split(" ", 1)[1]) if line else {}
     return {"route": route.name, "paddle2onnx": info.get("paddle2onnx"), "source_kind": source.kind}
 
 
-def _explain_failure(route: routes.Route, source: ModelSource, output: str, code: int) -> str:
+def _explain_failure(route: routes.Route, source: ModelSource, output: str, code: int) -> tuple[str, list[str]]:
     """Name the Paddle op at fault when paddle2onnx says which; otherwise show the tail of its output."""
     unsupported = re.findall(r"=+\s*([\w.]+)\s*=+", output)
-    lines = [f"{route.name} (paddle2onnx {route.version()}) failed on {source.model_file} (exit {code})"]
-    if unsupported:
-        lines.append(f"unsupported Paddle op(s): {', '.join(sorted(set(unsupported)))}")
-    else:
+    line = next((ln for ln in output.splitlines() if ln.startswith("PPDEPLOY_SUSPECTS ")), None)
+    suspects = json.loads(line.split(" ", 1)[1]) if line else []
+    how = "killed by a signal" if code < 0 else f"exit {code}"
+    lines = [f"{route.name} (paddle2onnx {route.version()}) failed on {source.model_file} ({how})"]
+    ops = sorted(set(unsupported) | set(suspects))
+    if ops:
+        lines.append(f"unsupported Paddle op(s): {', '.join(ops)}")
+    if not unsupported:
         errs = [ln for ln in output.splitlines() if re.search(r"error|Error|ERROR|MUST|not support", ln)]
         tail = errs[-6:] if errs else output.strip().splitlines()[-6:]
         lines.extend("  " + ln.strip()[:300] for ln in tail)
-    return "\n".join(lines)
+    return "\n".join(lines), ops
 
 
-def _hint(route: routes.Route, source: ModelSource) -> str:
+def _hint(route: routes.Route, source: ModelSource, ops: list[str]) -> str:
+    if ops:
+        return (f"paddle2onnx {route.version()} has no ONNX mapping for {', '.join(ops)}: rewrite that part of the "
+                "model with supported ops, or serve it with --backend paddle (Paddle Inference needs no ONNX)")
     if source.kind == PDMODEL:
         return ("legacy .pdmodel files convert with paddle2onnx 1.3.1; if an op is unsupported, try --opset 16, "
                 "or re-export the model with Paddle 3 (PIR) and convert that")
