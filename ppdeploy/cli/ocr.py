@@ -1,0 +1,102 @@
+"""`ppdeploy ocr IMAGE...`: PP-OCR (det -> cls -> rec) on images, printed as text or JSON, optionally drawn."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ppdeploy.errors import PPDeployError
+
+# CLI flag -> OCR option (defaults live in the option dataclasses; None here means "keep the default")
+_OPTION_FLAGS = [
+    ("--det-limit-side-len", int, "det_limit_side_len", "detector resize limit (default 960)"),
+    ("--det-limit-type", str, "det_limit_type", "max: long side <= limit; min: short side >= limit (default max)"),
+    ("--det-thresh", float, "det_thresh", "DB binarization threshold (default 0.3)"),
+    ("--det-box-thresh", float, "det_box_thresh", "minimum mean box score (default 0.6)"),
+    ("--det-unclip-ratio", float, "det_unclip_ratio", "box expansion ratio (default 1.5)"),
+    ("--cls-thresh", float, "cls_thresh", "flip a line when its 180-degree score is above this (default 0.9)"),
+    ("--cls-batch-size", int, "cls_batch_size", "direction classifier batch size (default 6)"),
+    ("--rec-batch-size", int, "rec_batch_size", "recognizer batch size (default 6)"),
+    ("--drop-score", float, "drop_score", "drop lines recognised with a lower score (default 0.5)"),
+]
+
+
+def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
+    """Backend/precision/option flags shared by `ocr` and `eval ocr`."""
+    p.add_argument("--backend", default="auto", help="backend for every stage (auto, onnxruntime, openvino, paddle, ...)")
+    for stage in ("det", "cls", "rec"):
+        p.add_argument(f"--{stage}-backend", default=None, help=f"backend for the {stage} model (overrides --backend)")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 for every stage")
+    for stage in ("det", "cls", "rec"):
+        p.add_argument(f"--{stage}-precision", default=None, help=f"precision of the {stage} model")
+    p.add_argument("--det-model", default="ppocrv4-det", help="detector: zoo name, Paddle model dir or .onnx")
+    p.add_argument("--rec-model", default="ppocrv4-rec", help="recognizer: zoo name, Paddle model dir or .onnx")
+    p.add_argument("--cls-model", default="ppocr-cls", help="direction classifier: zoo name, dir or .onnx")
+    p.add_argument("--rec-dictionary", default=None, help="character list of the recognizer (default ppocr_keys_v1.txt)")
+    p.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: all cores)")
+    for flag, typ, _, help_text in _OPTION_FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+
+
+def build_ocr(args: argparse.Namespace):
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    backend = {s: getattr(args, f"{s}_backend") or args.backend for s in ("det", "cls", "rec")}
+    precision = {s: getattr(args, f"{s}_precision") or args.precision for s in ("det", "cls", "rec")}
+    options = {dest: getattr(args, flag[2:].replace("-", "_")) for flag, _, dest, _ in _OPTION_FLAGS}
+    options["rec_dictionary"] = args.rec_dictionary
+    return OCR(backend=backend, precision=precision, det_model=args.det_model, rec_model=args.rec_model,
+               cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads, **options)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ocr", help="read text in images with PP-OCR (det -> cls -> rec)",
+                              description=__doc__)
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, WebP, TIFF)")
+    add_ocr_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document with lines, boxes, scores, timings")
+    p.add_argument("--draw", metavar="OUT", default=None,
+                   help="write a visualisation (boxes + text); with several images OUT is a folder")
+    p.add_argument("--font", default=None, help="font for --draw (default: an installed CJK font)")
+    p.add_argument("--timings", action="store_true", help="print per-stage milliseconds")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ppdeploy.tasks.image_io import load_image
+
+    ocr = build_ocr(args)
+    outputs = []
+    draw_dir = None
+    if args.draw and len(args.images) > 1:
+        draw_dir = Path(args.draw)
+        draw_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for image in args.images:
+            result = ocr.predict(image)
+            outputs.append((image, result))
+            if args.draw:
+                from ppdeploy.tasks.ocr.draw import save_drawing
+
+                target = draw_dir / f"{Path(image).stem}_ocr.png" if draw_dir else Path(args.draw)
+                with_text = save_drawing(target, load_image(image), result.lines, args.font)
+                if not with_text:
+                    print(f"warning: no CJK font found, {target} shows boxes only", file=sys.stderr)
+    finally:
+        ocr.close()
+
+    if args.json:
+        doc = [{"image": str(img), "backends": ocr.backends, **res.to_dict()} for img, res in outputs]
+        print(json.dumps(doc[0] if len(doc) == 1 else doc, ensure_ascii=False, indent=1))
+        return 0
+    for img, res in outputs:
+        if len(outputs) > 1:
+            print(f"== {img}")
+        for line in res.lines:
+            print(f"{line.text}\t{line.score:.3f}")
+        if args.timings:
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
+            print(f"timings (ms): {stages}", file=sys.stderr)
+    return 0

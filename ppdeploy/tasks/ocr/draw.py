@@ -1,0 +1,61 @@
+"""Visualise an OCR result: the page with its boxes on the left, the recognised text at the same places on the
+right (PaddleOCR's draw_ocr_box_txt layout). Text needs a CJK-capable font; without one only boxes are drawn."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppdeploy.tasks.ocr.fonts import APT_HINT, find_cjk_font
+
+log = logging.getLogger("ppdeploy.ocr.draw")
+
+
+def draw_result(bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> tuple[np.ndarray, bool]:
+    """Return (BGR image twice as wide as the page, whether text was drawn). `lines` have .box and .text."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = bgr.shape[:2]
+    font_file = Path(font_path) if font_path else find_cjk_font()
+    if font_file is None or not font_file.is_file():
+        log.warning("no CJK font found: drawing boxes only (%s)", APT_HINT)
+        font_file = None
+    page = Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
+    overlay = page.copy()
+    right = Image.new("RGB", (w, h), (255, 255, 255))
+    draw_left, draw_right = ImageDraw.Draw(overlay), ImageDraw.Draw(right)
+    rng = random.Random(0)  # stable colours between runs
+    for line in lines:
+        color = (rng.randint(0, 200), rng.randint(0, 200), rng.randint(0, 200))
+        pts = [tuple(map(float, p)) for p in line.box]
+        draw_left.polygon(pts, fill=color)
+        draw_right.polygon(pts, outline=color, width=2)
+        if font_file is not None and line.text:
+            box = np.asarray(line.box, dtype=np.float32)
+            box_h = float(np.linalg.norm(box[0] - box[3]))
+            box_w = float(np.linalg.norm(box[0] - box[1]))
+            size = max(8, int(min(box_h * 0.8, box_w / max(len(line.text), 1) * 1.6)))
+            font = ImageFont.truetype(str(font_file), size)
+            draw_right.text((float(box[0][0]) + 3, float(box[0][1]) + max(0.0, (box_h - size) / 2)), line.text,
+                            fill=(0, 0, 0), font=font)
+    left = Image.blend(page, overlay, 0.5)
+    canvas = Image.new("RGB", (w * 2, h), (255, 255, 255))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (w, 0))
+    return np.asarray(canvas)[:, :, ::-1].copy(), font_file is not None
+
+
+def save_drawing(path: str | Path, bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> bool:
+    import cv2
+
+    from ppdeploy.errors import PPDeployError
+
+    image, with_text = draw_result(bgr, lines, font_path)
+    path = Path(path)
+    ok = cv2.imwrite(str(path), image)
+    if not ok:
+        raise PPDeployError(f"could not write {path} (unknown extension or unwritable folder?)")
+    return with_text
