@@ -1,0 +1,321 @@
+"""Open-loop HTTP load generator (Poisson or constant arrivals).
+
+Arrival times are drawn before the run starts and requests are sent at those times whether or not
+earlier ones have answered, so a slow server builds a queue and the queueing shows in the latencies
+(a closed loop would quietly send less instead). Each latency is measured from the request's
+*scheduled* send time, not from when the client got round to sending it: if the generator itself falls
+behind, that delay is charged to the measurement rather than hidden (coordinated omission). The lag
+between scheduled and actual send is reported separately so a saturated client is visible.
+
+Bounded on every side: a maximum request count, the run duration, a drain timeout after the last
+arrival, a per-request timeout and a cap on requests in flight. Only loopback addresses are allowed
+unless the caller passes `allow_remote=True` (a load test pointed at someone else's service is an attack).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import math
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ppdeploy.bench.stats import summarize
+from ppdeploy.errors import InputError, PPDeployError
+
+DISTRIBUTIONS = ("poisson", "constant")
+KINDS = ("v2", "ocr", "classify")
+
+
+def arrival_schedule(rate: float, duration_s: float, distribution: str = "poisson", *, seed: int = 0,
+                     max_requests: int | None = None) -> np.ndarray:
+    """Send offsets in seconds from the start, all below `duration_s`.
+
+    Poisson: exponential inter-arrival gaps with mean 1/rate (the first arrival after one gap too, so the
+    process is memoryless from t=0). Constant: one request every 1/rate seconds starting at 0.
+    """
+    if not (rate > 0 and math.isfinite(rate)):
+        raise InputError(f"rate must be a positive number of requests per second, got {rate}")
+    if not (duration_s > 0 and math.isfinite(duration_s)):
+        raise InputError(f"duration must be positive seconds, got {duration_s}")
+    if distribution not in DISTRIBUTIONS:
+        raise InputError(f"unknown arrival distribution '{distribution}'", hint=f"choose from {', '.join(DISTRIBUTIONS)}")
+    cap = max_requests if max_requests is not None else 10_000_000
+    if cap < 1:
+        raise InputError(f"max requests must be at least 1, got {max_requests}")
+    expected = rate * duration_s
+    if distribution == "constant":
+        n = min(int(math.ceil(expected - 1e-9)), cap)
+        return np.arange(n, dtype=np.float64) / rate
+    rng = np.random.default_rng(seed)
+    # Draw enough gaps that the sum almost surely passes the duration (mean + 6 sigma), then cut.
+    n_draw = int(min(expected + 6 * math.sqrt(expected) + 16, cap + 1))
+    times = np.cumsum(rng.exponential(1.0 / rate, size=n_draw))
+    while times[-1] < duration_s and times.size <= cap:
+        more = np.cumsum(rng.exponential(1.0 / rate, size=n_draw)) + times[-1]
+        times = np.concatenate([times, more])
+    times = times[times < duration_s]
+    return times[:cap]
+
+
+def ensure_loopback(url: str, allow_remote: bool = False) -> None:
+    """Refuse a target that resolves to anything but loopback, unless explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"'{url}' is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
+    if allow_remote:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve host '{parts.hostname}': {exc}") from exc
+    addrs = {info[4][0] for info in infos}
+    remote = sorted(a for a in addrs if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if remote:
+        raise InputError(
+            f"'{parts.hostname}' resolves to non-loopback address(es) {remote}; load tests only target this machine by default",
+            hint="pass --allow-remote if you own that service and mean to load it",
+        )
+
+
+@dataclass
+class RequestTemplate:
+    """What every request of a run sends (built once, so the generator spends no time per request on it)."""
+
+    method: str
+    path: str
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    describe: str = ""
+
+
+def v2_request(model: str, inputs: dict[str, np.ndarray]) -> RequestTemplate:
+    """KServe v2 JSON inference request for numpy inputs."""
+    dtypes = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+              "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+    body = {"inputs": []}
+    for name, arr in inputs.items():
+        if arr.dtype.name not in dtypes:
+            raise InputError(f"input '{name}' has dtype {arr.dtype}, which KServe v2 JSON cannot carry")
+        body["inputs"].append({"name": name, "shape": list(arr.shape), "datatype": dtypes[arr.dtype.name],
+                               "data": arr.ravel().tolist()})
+    content = json.dumps(body).encode()
+    return RequestTemplate("POST", f"/v2/models/{model}/infer", content, {"content-type": "application/json"},
+                           describe=f"v2 infer {model} " + ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items()))
+
+
+def image_request(kind: str, image: bytes, filename: str = "image.png", model: str | None = None) -> RequestTemplate:
+    """POST an image to /v1/ocr or /v1/classify as multipart form field `file`."""
+    if kind not in ("ocr", "classify"):
+        raise InputError(f"image requests are for 'ocr' or 'classify', not '{kind}'")
+    path = f"/v1/{kind}"
+    if model:
+        path += f"?model={model}"
+    mime = "image/png" if filename.lower().endswith(".png") else "image/jpeg"
+    return RequestTemplate("POST", path, files={"file": (filename, image, mime)},
+                           describe=f"{kind} {filename} ({len(image)} bytes)")
+
+
+@dataclass
+class RequestRecord:
+    scheduled_s: float  # offset from run start
+    sent_s: float | None  # when the client actually sent it (None: never sent)
+    done_s: float | None
+    status: int | None  # HTTP status; None for connection errors / timeouts
+    error: str | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.done_s is None else (self.done_s - self.scheduled_s) * 1e3
+
+
+@dataclass
+class RateResult:
+    offered_rate: float
+    distribution: str
+    duration_s: float
+    scheduled: int
+    sent: int
+    ok: int
+    http_429: int
+    http_errors: int  # other non-2xx
+    failures: int  # connection errors, timeouts, never completed
+    dropped: int  # not sent because too many were in flight (client cap)
+    achieved_rps: float  # successful responses per second over the window
+    window_s: float
+    latency_ms: dict[str, float] | None  # of successful requests, from scheduled send time
+    send_lag_ms: dict[str, float] | None  # actual send - scheduled send (generator health)
+    error_examples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_samples:
+            d.pop("latencies_ms")
+        else:
+            d["latencies_ms"] = [round(x, 3) for x in self.latencies_ms]
+        return d
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    timeout_s: float = 30.0  # per request
+    drain_s: float = 30.0  # after the last arrival, wait at most this long for stragglers
+    max_in_flight: int = 512
+    max_requests: int = 100_000
+    seed: int = 0
+    allow_remote: bool = False
+
+
+async def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, settings: LoadSettings) -> list[RequestRecord]:
+    import httpx
+
+    records = [RequestRecord(float(t), None, None, None) for t in schedule]
+    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight)
+    in_flight = 0
+    async with httpx.AsyncClient(base_url=base_url, timeout=settings.timeout_s, limits=limits) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def one(rec: RequestRecord) -> None:
+            nonlocal in_flight
+            rec.sent_s = loop.time() - start
+            try:
+                resp = await client.request(template.method, template.path, content=template.content,
+                                            headers=template.headers, files=template.files)
+                await resp.aread()
+                rec.done_s = loop.time() - start
+                rec.status = resp.status_code
+                if resp.status_code >= 400:
+                    rec.error = f"HTTP {resp.status_code}: {resp.text[:160]}"
+            except (httpx.HTTPError, OSError) as exc:
+                rec.error = f"{type(exc).__name__}: {exc}"[:200]
+            finally:
+                in_flight -= 1
+
+        tasks = []
+        for rec in records:
+            delay = rec.scheduled_s - (loop.time() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= settings.max_in_flight:
+                rec.error = "dropped: client in-flight cap reached"
+                continue
+            in_flight += 1  # counted here, not in the task, so the cap holds before tasks get to run
+            tasks.append(asyncio.ensure_future(one(rec)))
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=settings.drain_s + settings.timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+    for rec in records:
+        if rec.sent_s is not None and rec.done_s is None and rec.error is None:
+            rec.error = "did not complete before the drain timeout"
+    return records
+
+
+def summarize_records(records: Sequence[RequestRecord], rate: float, distribution: str, duration_s: float) -> RateResult:
+    ok = [r for r in records if r.status is not None and 200 <= r.status < 300]
+    latencies = [r.latency_ms for r in ok if r.latency_ms is not None]
+    sent = [r for r in records if r.sent_s is not None]
+    lags = [(r.sent_s - r.scheduled_s) * 1e3 for r in sent]
+    ends = [r.done_s for r in ok if r.done_s is not None]
+    # The window runs from the first scheduled arrival to the later of the last completion and the end of
+    # the arrival period, so an idle tail does not inflate throughput and a backlog does not hide.
+    window = max(max(ends) if ends else 0.0, duration_s) - (records[0].scheduled_s if records else 0.0)
+    examples: list[str] = []
+    for r in records:
+        if r.error and r.error not in examples:
+            examples.append(r.error)
+        if len(examples) >= 5:
+            break
+    return RateResult(
+        offered_rate=rate,
+        distribution=distribution,
+        duration_s=duration_s,
+        scheduled=len(records),
+        sent=len(sent),
+        ok=len(ok),
+        http_429=sum(1 for r in records if r.status == 429),
+        http_errors=sum(1 for r in records if r.status is not None and r.status >= 300 and r.status != 429),
+        failures=sum(1 for r in sent if r.status is None),
+        dropped=sum(1 for r in records if r.sent_s is None),
+        achieved_rps=round(len(ok) / window, 3) if window > 0 else 0.0,
+        window_s=round(window, 3),
+        latency_ms=summarize(latencies).to_dict() if latencies else None,
+        send_lag_ms=summarize(lags).to_dict() if lags else None,
+        error_examples=examples,
+        latencies_ms=latencies,
+    )
+
+
+def run_load(base_url: str, template: RequestTemplate, rates: Sequence[float], duration_s: float,
+             distribution: str = "poisson", settings: LoadSettings = LoadSettings(),
+             on_rate: Callable[[RateResult], None] | None = None) -> list[RateResult]:
+    """One open-loop run per offered rate, in order; returns a result per rate."""
+    ensure_loopback(base_url, settings.allow_remote)
+    if not rates:
+        raise InputError("no offered rate given")
+    results = []
+    for rate in rates:
+        schedule = arrival_schedule(rate, duration_s, distribution, seed=settings.seed, max_requests=settings.max_requests)
+        if schedule.size == 0:
+            raise InputError(f"rate {rate}/s over {duration_s}s schedules no request", hint="raise --rate or --duration")
+        records = asyncio.run(_run_rate(base_url, template, schedule, settings))
+        res = summarize_records(records, rate, distribution, duration_s)
+        results.append(res)
+        if on_rate:
+            on_rate(res)
+    return results
+
+
+def fetch_v2_inputs(base_url: str, model: str, batch: int = 1, timeout_s: float = 30.0,
+                    shape_overrides: dict[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """Ask a KServe v2 server for the model's inputs and make one random request body from them."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"{base_url.rstrip('/')}/v2/models/{model}", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise PPDeployError(f"cannot reach {base_url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise PPDeployError(f"GET /v2/models/{model} answered {resp.status_code}: {resp.text[:200]}")
+    meta = resp.json()
+    dtypes = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+              "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+    rng = np.random.default_rng(0)
+    out = {}
+    for spec in meta.get("inputs", []):
+        name = spec["name"]
+        if shape_overrides and name in shape_overrides:
+            shape = [batch, *shape_overrides[name]]
+        else:
+            dims_ = list(spec.get("shape", []))
+            if any(int(d) < 0 for d in dims_[1:]):
+                raise InputError(f"input '{name}' has dynamic dims {dims_}", hint=f"give its shape with --shape {name}=CxHxW")
+            shape = [batch, *[int(d) for d in dims_[1:]]]
+        dtype = dtypes.get(spec.get("datatype", "FP32"))
+        if dtype is None:
+            raise InputError(f"input '{name}' has unsupported datatype {spec.get('datatype')}")
+        out[name] = rng.random(shape).astype(dtype) if np.dtype(dtype).kind == "f" else np.zeros(shape, dtype)
+    if not out:
+        raise PPDeployError(f"model '{model}' metadata lists no inputs")
+    return out
+
+
+def load_image_bytes(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+    if not data:
+        raise InputError(f"image {path} is empty")
+    return data

@@ -1,0 +1,246 @@
+"""OCR pipeline benchmark: pages through ppdeploy's OCR on each backend/precision, and through the RapidOCR
+peers, in one run on the same images and the same det/cls/rec settings.
+
+Every run starts from the encoded image bytes already in memory (decode is part of the measured time for
+both ppdeploy and peers), warms up, then cycles over the pages until a minimum count and time. The texts
+of the first pass are kept so each entry's agreement with the reference (RapidOCR on Paddle Inference,
+the stand-in for PaddleOCR) is reported next to its speed: a fast pipeline that reads different text is
+not a win.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ppdeploy.bench.offline import MeasureSettings, PeakRSS
+from ppdeploy.bench.peers import PEERS, OCRSettings, run_peer
+from ppdeploy.bench.stats import stage_means, summarize
+from ppdeploy.errors import PPDeployError
+
+log = logging.getLogger("ppdeploy.bench.ocr")
+
+REFERENCE = "rapidocr-paddle"
+
+
+@dataclass
+class OCRConfig:
+    backend: str | dict[str, str]
+    precision: str | dict[str, str] = "fp32"
+
+    @property
+    def label(self) -> str:
+        def part(v: Any) -> str:
+            return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
+
+        return f"ppdeploy {part(self.backend)} {part(self.precision)}"
+
+
+@dataclass
+class OCREntry:
+    name: str
+    kind: str  # "ppdeploy" | "peer"
+    backend: str
+    precision: str
+    ok: bool
+    error: str | None = None
+    pages: int = 0  # timed page runs
+    latency_ms: dict[str, float] | None = None  # per page
+    pages_per_s: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: float | None = None
+    load_s: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    stage_backends: dict[str, str] = field(default_factory=dict)
+    texts: list[list[str]] = field(default_factory=list)  # per image, first pass
+    agreement: dict[str, Any] | None = None  # vs the reference
+    samples_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_samples:
+            d.pop("samples_ms")
+            d.pop("texts")
+        return d
+
+
+def line_agreement(reference: Sequence[Sequence[str]], candidate: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """How many of the reference's lines the candidate read identically, per image, as multisets.
+
+    Order-free on purpose: two pipelines may sort lines of the same row differently without reading
+    anything differently.
+    """
+    matched = ref_total = cand_total = 0
+    for ref, cand in zip(reference, candidate):
+        ref_c, cand_c = Counter(ref), Counter(cand)
+        matched += sum((ref_c & cand_c).values())
+        ref_total += sum(ref_c.values())
+        cand_total += sum(cand_c.values())
+    return {
+        "reference_lines": ref_total,
+        "candidate_lines": cand_total,
+        "matched_lines": matched,
+        "line_agreement": round(matched / ref_total, 4) if ref_total else None,
+    }
+
+
+def _cycle(images: Sequence[bytes], once: Callable[[bytes], tuple[dict[str, float], list[str]]],
+           settings: MeasureSettings) -> tuple[list[float], list[dict[str, float]], list[list[str]]]:
+    for data in images[: max(1, settings.warmup)]:
+        once(data)
+    samples, stages, texts = [], [], []
+    start = time.perf_counter()
+    i = 0
+    while True:
+        data = images[i % len(images)]
+        t0 = time.perf_counter()
+        timings, lines = once(data)
+        samples.append((time.perf_counter() - t0) * 1e3)
+        stages.append(timings)
+        if i < len(images):
+            texts.append(lines)
+        i += 1
+        elapsed = time.perf_counter() - start
+        if (i >= max(settings.min_runs, len(images)) and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
+            break
+    return samples, stages, texts
+
+
+def run_ppdeploy(config: OCRConfig, images: Sequence[bytes], settings: MeasureSettings, threads: int | None,
+                 options: dict[str, Any] | None = None) -> OCREntry:
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
+    ocr = None
+    try:
+        t0 = time.perf_counter()
+        ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **(options or {}))
+        entry.load_s = round(time.perf_counter() - t0, 3)
+        entry.stage_backends = dict(ocr.backends)
+
+        def once(data: bytes) -> tuple[dict[str, float], list[str]]:
+            result = ocr.predict(data)
+            return result.timings, [line.text for line in result.lines]
+
+        with PeakRSS() as rss:
+            samples, stages, texts = _cycle(images, once, settings)
+    except PPDeployError as exc:
+        entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return entry
+    except Exception as exc:
+        log.exception("OCR benchmark %s failed", config.label)
+        entry.error = f"{type(exc).__name__}: {exc}"
+        return entry
+    finally:
+        if ocr is not None:
+            ocr.close()
+        gc.collect()
+    _fill(entry, samples, stages, texts)
+    entry.peak_rss_mib = rss.peak_mib
+    return entry
+
+
+def run_peer_entry(name: str, image_paths: Sequence[Path], settings: MeasureSettings, threads: int | None,
+                   ocr_settings: OCRSettings, cache_root: Path) -> OCREntry:
+    peer = PEERS[name]
+    run = run_peer(name, image_paths, cache_root=cache_root, settings=ocr_settings, threads=threads,
+                   warmup=settings.warmup, min_runs=settings.min_runs, min_time_s=settings.min_time_s,
+                   max_time_s=settings.max_time_s)
+    entry = OCREntry(name, "peer", peer.backend, "as shipped", run.ok, run.error, load_s=run.load_s,
+                     versions=run.versions, peak_rss_mib=run.peak_rss_mib)
+    if run.ok:
+        texts = [[line["text"] for line in out["lines"]] for out in run.outputs]
+        _fill(entry, run.samples_ms, run.stages_ms, texts)
+    return entry
+
+
+def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], texts: list[list[str]]) -> None:
+    entry.ok = True
+    entry.pages = len(samples)
+    entry.samples_ms = samples
+    entry.latency_ms = summarize(samples).to_dict()
+    entry.pages_per_s = round(len(samples) / (sum(samples) / 1e3), 3)
+    entry.stages_ms = stage_means(stages)
+    entry.texts = texts
+
+
+def _flat(v: str | dict[str, str]) -> str:
+    return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
+
+
+def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, peers: Sequence[str] = tuple(PEERS),
+              threads: int | None = None, settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=4, min_time_s=5.0),
+              cache_root: Path | None = None, ocr_options: dict[str, Any] | None = None,
+              on_entry: Callable[[OCREntry], None] | None = None) -> dict[str, Any]:
+    """Run ppdeploy configs and peers over the same images; return a JSON-ready dict with agreement filled in."""
+    from ppdeploy.cache import default_root
+    from ppdeploy.tasks.ocr.pipeline import OCROptions
+
+    if not image_paths:
+        raise PPDeployError("no images to benchmark OCR on")
+    images = [Path(p).read_bytes() for p in image_paths]
+    options = dict(ocr_options or {})
+    ocr_settings = OCRSettings.from_ocr_options(OCROptions.from_kwargs(**options))
+    cache_root = Path(cache_root) if cache_root else default_root()
+    entries: list[OCREntry] = []
+    for name in peers:
+        entries.append(run_peer_entry(name, image_paths, settings, threads, ocr_settings, cache_root))
+        if on_entry:
+            on_entry(entries[-1])
+    for config in configs:
+        entries.append(run_ppdeploy(config, images, settings, threads, options))
+        if on_entry:
+            on_entry(entries[-1])
+    ref = next((e for e in entries if e.name == REFERENCE and e.ok), None)
+    if ref is None:  # no peer reference: agreement against ppdeploy on Paddle Inference fp32, if it ran
+        ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == "paddle" and e.precision == "fp32" and e.ok), None)
+    for e in entries:
+        if e.ok and ref is not None:
+            e.agreement = line_agreement(ref.texts, e.texts)
+    return {
+        "images": [str(p) for p in image_paths],
+        "threads": threads,
+        "settings": asdict(settings),
+        "ocr_settings": ocr_settings.to_dict(),
+        "reference": ref.name if ref else None,
+        "entries": [e.to_dict() for e in entries],
+    }
+
+
+def ocr_markdown(result: dict[str, Any]) -> str:
+    from ppdeploy.bench.report import markdown_table
+
+    entries = [e for e in result["entries"]]
+    base = next((e for e in entries if e["name"] == REFERENCE and e["ok"]), None)
+    peers_ok = [e for e in entries if e["kind"] == "peer" and e["ok"]]
+    fastest_peer = min(peers_ok, key=lambda e: e["latency_ms"]["mean"]) if peers_ok else None
+    rows = []
+    for e in entries:
+        if not e["ok"]:
+            rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None,
+                         f"skipped: {e['error']}"])
+            continue
+        lat = e["latency_ms"]
+        st = e["stages_ms"]
+        if e["kind"] == "peer":
+            stage_txt = ", ".join(f"{k} {st[k]:.0f}" for k in ("det", "cls", "rec") if k in st)
+        else:
+            keys = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post")
+            stage_txt = ", ".join(f"{k} {st[k]:.0f}" for k in keys if st.get(k))
+        agree = (e.get("agreement") or {}).get("line_agreement")
+        rows.append([
+            e["name"], e["backend"] if e["kind"] == "peer" else ", ".join(f"{k}:{v}" for k, v in e.get("stage_backends", {}).items()),
+            e["precision"], e["pages"], lat["mean"] / 1e3, lat["p90"] / 1e3, e["pages_per_s"],
+            round(base["latency_ms"]["mean"] / lat["mean"], 2) if base else None,
+            round(fastest_peer["latency_ms"]["mean"] / lat["mean"], 2) if fastest_peer else None,
+            f"{agree * 100:.1f} %" if agree is not None else None, stage_txt,
+        ])
+    fastest = f"fastest peer = {fastest_peer['name']}" if fastest_peer else "no peer ran"
+    return markdown_table(
+        ["pipeline", "backend", "precision", "pages timed", "s/page mean", "s/page p90", "pages/s",
+         f"× vs {REFERENCE}", f"× vs fastest peer", f"lines = {result.get('reference') or 'ref'}", "stages (mean ms)"],
+        rows) + f"\n\n({fastest}; speed-up = ratio of mean s/page measured in this run.)"

@@ -1,0 +1,282 @@
+"""Offline model benchmark: one model through backends x precisions x batch sizes x threads.
+
+Each case: load (through the engine cache, so build time is not measured here), warm up, then time
+`runner.infer` until both a minimum count and a minimum time are reached (bounded by a maximum time),
+recording per-call latency, the runner's own per-stage times (`last_timings`) and the peak resident
+memory during the case. A case that cannot run (backend missing, build failure) is recorded with its
+reason instead of aborting the matrix.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ppdeploy import zoo
+from ppdeploy.bench.stats import LatencySummary, stage_means, summarize
+from ppdeploy.errors import InputError, PPDeployError
+
+log = logging.getLogger("ppdeploy.bench")
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    warmup: int = 3
+    min_runs: int = 10
+    min_time_s: float = 1.0
+    max_time_s: float = 30.0  # stop even if min_runs is not reached (a very slow case)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_runs < 1 or self.min_time_s < 0 or self.max_time_s <= 0:
+            raise InputError(f"invalid measurement settings {self}")
+
+
+@dataclass
+class Measurement:
+    samples_ms: list[float]
+    stages: list[dict[str, float]]
+    wall_s: float
+
+
+class PeakRSS:
+    """Peak resident memory of this process over a block, in MiB.
+
+    Linux lets a process reset its high-water mark (write 5 to /proc/self/clear_refs), which makes the
+    peak per case exact without a sampling thread competing for the 2 cores. Elsewhere the lifetime peak
+    (getrusage) is reported and marked as such.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mib: float | None = None
+        self.exact = False
+
+    def __enter__(self) -> "PeakRSS":
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.exact = True
+        except OSError:
+            self.exact = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mib = _vm_hwm_mib() if self.exact else _ru_maxrss_mib()
+
+
+def _vm_hwm_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return _ru_maxrss_mib()
+
+
+def _ru_maxrss_mib() -> float | None:
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
+
+
+def measure(call: Callable[[], Mapping[str, float] | None], settings: MeasureSettings) -> Measurement:
+    """Time `call` (which may return per-stage ms) after warm-up until min count and min time are met."""
+    for _ in range(settings.warmup):
+        call()
+    samples: list[float] = []
+    stages: list[dict[str, float]] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        timings = call()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if timings:
+            stages.append(dict(timings))
+        elapsed = time.perf_counter() - start
+        if (len(samples) >= settings.min_runs and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
+            break
+    return Measurement(samples, stages, time.perf_counter() - start)
+
+
+@dataclass
+class ModelCase:
+    model: str
+    backend: str
+    precision: str
+    batch: int
+    threads: int | None
+
+
+@dataclass
+class CaseResult:
+    """One row of the matrix. `latency` is per call (one batch); throughput counts samples (batch items)."""
+
+    model: str
+    backend: str  # requested backend
+    precision: str
+    batch: int
+    threads: int | None
+    ok: bool
+    error: str | None = None
+    resolved_backend: str | None = None  # what actually ran (auto → openvino, ...)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    latency: dict[str, float] | None = None
+    throughput: float | None = None  # items per second
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: float | None = None
+    load_s: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_samples:
+            data.pop("samples_ms")
+        else:
+            data["samples_ms"] = [round(x, 4) for x in self.samples_ms]
+        return data
+
+
+def sample_shape_for(model: str, io, overrides: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape (without the batch dim) of each input.
+
+    Order of precedence: the user's override, the bundled model's representative shape, the model's own
+    fixed dims. A dynamic non-batch dim with nothing to fill it is an error that says how to give it.
+    """
+    overrides = dict(overrides or {})
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in io.inputs:
+        if spec.name in overrides:
+            out[spec.name] = tuple(int(d) for d in overrides[spec.name])
+            continue
+        if isinstance(model, str) and model in zoo.MODELS and len(io.inputs) == 1:
+            out[spec.name] = tuple(zoo.MODELS[model].example_shape[1:])
+            continue
+        rest = spec.shape[1:]
+        if any(d is None for d in rest):
+            raise InputError(
+                f"input '{spec.name}' has dynamic dims {spec.describe()} and no benchmark shape",
+                hint=f"pass --shape {spec.name}=" + "x".join(str(d or 224) for d in rest),
+            )
+        out[spec.name] = tuple(int(d) for d in rest)
+    return out
+
+
+def make_feeds(io, sample_shapes: Mapping[str, tuple[int, ...]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in io.inputs:
+        fixed_batch = spec.shape[0] if spec.shape else None
+        if fixed_batch is not None and fixed_batch != batch:
+            raise InputError(f"input '{spec.name}' fixes the batch dim to {fixed_batch}; batch size {batch} cannot run")
+        shape = (batch, *sample_shapes[spec.name])
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise InputError(f"cannot generate benchmark data for input '{spec.name}' of dtype {spec.dtype}")
+    return feeds
+
+
+@dataclass
+class LoadedModel:
+    runner: Any
+    backend: str  # the backend that actually loaded
+    close: Callable[[], None]
+
+
+def load_runner(model: str, backend: str, precision: str, threads: int | None) -> LoadedModel:
+    """Load through `ppdeploy.deploy.load_model` (engine cache, fallback chain); build time is not measured."""
+    from ppdeploy.deploy import load_model
+
+    dep = load_model(model, backend=backend, precision=precision, threads=threads)
+    return LoadedModel(dep.runner, dep.backend, dep.close)
+
+
+def expand_cases(models: Iterable[str], backends: Iterable[str], precisions: Iterable[str],
+                 batch_sizes: Iterable[int], threads: Iterable[int | None]) -> list[ModelCase]:
+    return [ModelCase(m, b, p, bs, t) for m in models for b in backends for p in precisions
+            for t in threads for bs in batch_sizes]
+
+
+def run_cases(
+    cases: Sequence[ModelCase],
+    settings: MeasureSettings = MeasureSettings(),
+    *,
+    shape_overrides: Mapping[str, Sequence[int]] | None = None,
+    on_case: Callable[[ModelCase, CaseResult], None] | None = None,
+    loader: Callable[[str, str, str, int | None], LoadedModel] = load_runner,
+) -> list[CaseResult]:
+    """Run every case; one loaded model serves all batch sizes of the same (model, backend, precision, threads)."""
+    results: list[CaseResult] = []
+    groups: dict[tuple, list[ModelCase]] = {}
+    for case in cases:
+        groups.setdefault((case.model, case.backend, case.precision, case.threads), []).append(case)
+    for (model, backend, precision, threads), group in groups.items():
+        loaded: LoadedModel | None = None
+        load_s = None
+        error = None
+        try:
+            t0 = time.perf_counter()
+            loaded = loader(model, backend, precision, threads)
+            load_s = round(time.perf_counter() - t0, 3)
+        except PPDeployError as exc:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        except Exception as exc:  # a backend library's own failure: record it, keep the matrix going
+            log.exception("loading %s on %s/%s failed", model, backend, precision)
+            error = f"{type(exc).__name__}: {exc}"
+        for case in group:
+            if loaded is None:
+                res = CaseResult(case.model, case.backend, case.precision, case.batch, case.threads, False, error)
+            else:
+                res = _run_one(case, loaded, settings, shape_overrides, load_s)
+            results.append(res)
+            if on_case:
+                on_case(case, res)
+        if loaded is not None:
+            loaded.close()
+        gc.collect()
+    return results
+
+
+def _run_one(case: ModelCase, loaded: LoadedModel, settings: MeasureSettings,
+             shape_overrides: Mapping[str, Sequence[int]] | None, load_s: float | None) -> CaseResult:
+    runner = loaded.runner
+    res = CaseResult(case.model, case.backend, case.precision, case.batch, case.threads, False,
+                     resolved_backend=loaded.backend, load_s=load_s)
+    try:
+        shapes = sample_shape_for(case.model, runner.io, shape_overrides)
+        feeds = make_feeds(runner.io, shapes, case.batch)
+        res.input_shapes = {k: list(v.shape) for k, v in feeds.items()}
+
+        def call() -> Mapping[str, float]:
+            runner.infer(feeds)
+            return runner.last_timings
+
+        with PeakRSS() as rss:
+            m = measure(call, settings)
+    except PPDeployError as exc:
+        res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return res
+    except Exception as exc:
+        log.exception("benchmarking %s failed", case)
+        res.error = f"{type(exc).__name__}: {exc}"
+        return res
+    summary: LatencySummary = summarize(m.samples_ms)
+    res.ok = True
+    res.latency = summary.to_dict()
+    res.throughput = round(case.batch * len(m.samples_ms) / (sum(m.samples_ms) / 1e3), 3)
+    res.stages_ms = stage_means(m.stages)
+    res.peak_rss_mib = rss.peak_mib
+    res.samples_ms = m.samples_ms
+    return res

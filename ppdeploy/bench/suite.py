@@ -1,0 +1,238 @@
+"""Benchmark runs as files: a model matrix or an OCR comparison written to an output folder (JSON, PNG plots,
+a markdown report embedding them), and the full suite behind `ppdeploy bench --all` that also regenerates
+the generated blocks of BENCHMARKS.md."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ppdeploy.bench import environment, report
+from ppdeploy.bench.offline import CaseResult, MeasureSettings, ModelCase, expand_cases, run_cases
+
+log = logging.getLogger("ppdeploy.bench")
+
+CPU_BACKENDS = ("onnxruntime", "openvino", "paddle")
+OCR_MODELS = ("ppocrv4-det", "ppocrv4-rec", "ppocr-cls")
+
+
+@dataclass
+class ModelRun:
+    env: dict[str, Any]
+    settings: MeasureSettings
+    results: list[CaseResult]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        return {"environment": self.env, "settings": asdict(self.settings),
+                "results": [r.to_dict(with_samples) for r in self.results]}
+
+
+def write_model_run(run: ModelRun, out_dir: Path, *, prefix: str = "models", with_samples: bool = True,
+                    title: str = "Model benchmark") -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict(True) for r in run.results]
+    files: dict[str, Path] = {"json": report.write_json(out_dir / f"{prefix}.json", run.to_dict(with_samples))}
+    plots = {
+        "latency_vs_batch": report.plot_latency_vs_batch(rows, out_dir / f"{prefix}_latency_vs_batch.png"),
+        "throughput": report.plot_throughput(rows, out_dir / f"{prefix}_throughput.png"),
+        "cdf": report.plot_cdf(report.model_cdf_series(rows), out_dir / f"{prefix}_latency_cdf.png",
+                               "latency CDF at batch 1 (per call)"),
+    }
+    files.update({k: v for k, v in plots.items() if v is not None})
+    md = [f"# {title}", "", environment.markdown(run.env), "", _settings_line(run.settings), "",
+          models_section(rows, out_dir, plots, out_dir)]
+    files["markdown"] = out_dir / f"{prefix}.md"
+    files["markdown"].write_text("\n".join(md) + "\n")
+    return files
+
+
+def models_section(rows: list[dict[str, Any]], out_dir: Path, plots: dict[str, Path | None], relative_to: Path) -> str:
+    parts = [report.models_markdown(rows), ""]
+    if any(r["ok"] and r["backend"] == "paddle" and r["batch"] == 1 for r in rows):
+        parts += ["Speed-up at batch 1 relative to Paddle Inference FP32 measured in the same run:", "",
+                  report.ratio_markdown(rows), ""]
+    for key, alt in (("latency_vs_batch", "latency vs batch size"), ("throughput", "throughput per backend/precision"),
+                     ("cdf", "latency CDF")):
+        link = report.image_link(plots.get(key), relative_to, alt)
+        if link:
+            parts += [link, ""]
+    return "\n".join(parts)
+
+
+def _settings_line(s: MeasureSettings) -> str:
+    return (f"Each case: {s.warmup} warm-up calls, then timed calls until at least {s.min_runs} calls and "
+            f"{s.min_time_s:g} s (at most {s.max_time_s:g} s); random inputs of the shape shown; engines loaded "
+            f"from the cache, so build time is not included. Throughput = batch × calls / summed latency.")
+
+
+def write_ocr_run(result: dict[str, Any], env: dict[str, Any], out_dir: Path, *, prefix: str = "ocr",
+                  with_samples: bool = True) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = dict(result, environment=env)
+    if not with_samples:
+        data["entries"] = [{k: v for k, v in e.items() if k not in ("samples_ms", "texts")} for e in result["entries"]]
+    files: dict[str, Path] = {"json": report.write_json(out_dir / f"{prefix}.json", data)}
+    series = {e["name"]: [x / 1e3 for x in e["samples_ms"]] for e in result["entries"] if e["ok"]}
+    cdf = report.plot_cdf(series, out_dir / f"{prefix}_latency_cdf.png", "OCR: seconds per page, CDF", "s/page")
+    bars = plot_ocr_bars(result["entries"], out_dir / f"{prefix}_pages_per_s.png")
+    files.update({k: v for k, v in {"cdf": cdf, "bars": bars}.items() if v is not None})
+    md = ["# OCR pipeline benchmark", "", environment.markdown(env), "", ocr_section(result, out_dir, cdf, bars, out_dir)]
+    files["markdown"] = out_dir / f"{prefix}.md"
+    files["markdown"].write_text("\n".join(md) + "\n")
+    return files
+
+
+def ocr_section(result: dict[str, Any], out_dir: Path, cdf: Path | None, bars: Path | None, relative_to: Path) -> str:
+    from ppdeploy.bench.ocr import ocr_markdown
+
+    s = result["ocr_settings"]
+    settings_txt = ", ".join(f"{k}={v}" for k, v in s.items())
+    lines = [
+        f"{len(result['images'])} page image(s), {result['threads'] or 'default'} threads. Every pipeline (ppdeploy and "
+        f"peers) starts from the encoded bytes in memory and runs the same settings: {settings_txt}. Peers are "
+        "configured to them through their config (RapidOCR's own defaults differ: det limit 736 'min', "
+        "mean/std 0.5, box_thresh 0.5, unclip 1.6, dilation on), and RapidOCR's adaptive det resize in 'max' mode "
+        "is pinned to the same limit, so all detect at the same resolution. Peers run as subprocesses in their own "
+        "virtual environments (rapidocr-openvino needs openvino 2024.0). `lines = ref` is the share of the "
+        "reference's lines read identically (multiset per page).",
+        "",
+        ocr_markdown(result),
+        "",
+    ]
+    for png, alt in ((bars, "pages per second"), (cdf, "seconds per page CDF")):
+        link = report.image_link(png, relative_to, alt)
+        if link:
+            lines += [link, ""]
+    return "\n".join(lines)
+
+
+def plot_ocr_bars(entries: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    ok = [e for e in entries if e["ok"]]
+    if not ok:
+        return None
+    plt = report._plt()
+    ok.sort(key=lambda e: e["pages_per_s"])
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(ok) + 1.2))
+    colors = ["tab:orange" if e["kind"] == "peer" else "tab:blue" for e in ok]
+    bars = ax.barh([e["name"] for e in ok], [e["pages_per_s"] for e in ok], color=colors)
+    for bar, e in zip(bars, ok):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {e['latency_ms']['mean'] / 1e3:.2f} s/page",
+                va="center", fontsize=7)
+    ax.set_xlabel("pages / s (blue: ppdeploy, orange: reference tools)")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.margins(x=0.3)
+    fig.tight_layout()
+    return report._save(fig, path)
+
+
+# ---------------------------------------------------------------- the whole suite (`ppdeploy bench --all`)
+
+@dataclass
+class SuitePlan:
+    """What `--all` measures. Defaults: the three OCR models on every CPU backend at batch 1 plus a rec batch
+    sweep, BF16/INT8 variants where the precision layer offers them, and the OCR pipeline against the peers."""
+
+    backends: tuple[str, ...] = CPU_BACKENDS
+    precision_cases: tuple[tuple[str, str, str], ...] = (
+        ("ppocrv4-det", "openvino", "bf16"), ("ppocrv4-rec", "openvino", "bf16"),
+        ("ppocrv4-det", "onnxruntime", "int8"), ("ppocrv4-rec", "onnxruntime", "int8"),
+        ("ppocrv4-det", "openvino", "int8"), ("ppocrv4-rec", "openvino", "int8"),
+    )
+    rec_batches: tuple[int, ...] = (1, 2, 4, 8)
+    threads: int | None = None
+    model_settings: MeasureSettings = MeasureSettings(warmup=3, min_runs=10, min_time_s=2.0, max_time_s=20.0)
+    ocr_settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=6, min_time_s=5.0, max_time_s=60.0)
+    ocr_configs: tuple[tuple[Any, str], ...] = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("paddle", "fp32"),
+                                                ("auto", "fp32"), ("openvino", "bf16"))
+    peers: tuple[str, ...] = ("rapidocr-paddle", "rapidocr-onnxruntime", "rapidocr-openvino")
+    pages: int = 4
+    models: bool = True
+    ocr: bool = True
+
+    def model_cases(self) -> list[ModelCase]:
+        t = [self.threads]
+        cases = expand_cases(OCR_MODELS, self.backends, ["fp32"], [1], t)
+        cases += [c for c in expand_cases(["ppocrv4-rec"], self.backends, ["fp32"], self.rec_batches, t) if c.batch != 1]
+        cases += [ModelCase(m, b, p, 1, self.threads) for m, b, p in self.precision_cases]
+        return cases
+
+
+def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: Path | None = None,
+              progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Path]:
+    """Run the plan, write results under out_dir, and refresh the generated blocks of markdown_path."""
+    from ppdeploy.bench.ocr import OCRConfig, bench_ocr
+    from ppdeploy.bench.pages import list_images, render_pages
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment.describe()
+    files: dict[str, Path] = {}
+    blocks: dict[str, str] = {"environment": environment.markdown(env)}
+    md_dir = Path(markdown_path).resolve().parent
+    if plan.models:
+        cases = plan.model_cases()
+        tick = progress("models", len(cases)) if progress else None
+        results = run_cases(cases, plan.model_settings, on_case=(lambda c, r: tick()) if tick else None)
+        run = ModelRun(env, plan.model_settings, results)
+        mfiles = write_model_run(run, out_dir, with_samples=False, title="Models")
+        files.update({f"models_{k}": v for k, v in mfiles.items()})
+        rows = [r.to_dict(True) for r in results]
+        plots = {"latency_vs_batch": mfiles.get("latency_vs_batch"), "throughput": mfiles.get("throughput"),
+                 "cdf": mfiles.get("cdf")}
+        blocks["models"] = _settings_line(plan.model_settings) + "\n\n" + models_section(rows, out_dir, plots, md_dir)
+    if plan.ocr:
+        if data_dir is not None:
+            images = list_images(data_dir)
+        else:
+            images = render_pages(_pages_dir(), plan.pages)
+        configs = [OCRConfig(b, p) for b, p in plan.ocr_configs]
+        tick = progress("OCR pipelines", len(configs) + len(plan.peers)) if progress else None
+        result = bench_ocr(images, configs, peers=plan.peers, threads=plan.threads, settings=plan.ocr_settings,
+                           on_entry=(lambda e: tick()) if tick else None)
+        ofiles = write_ocr_run(result, env, out_dir, with_samples=False)
+        files.update({f"ocr_{k}": v for k, v in ofiles.items()})
+        blocks["ocr"] = ocr_section(result, out_dir, ofiles.get("cdf"), ofiles.get("bars"), md_dir)
+    update_benchmarks_md(Path(markdown_path), blocks)
+    files["benchmarks_md"] = Path(markdown_path)
+    return files
+
+
+def _pages_dir() -> Path:
+    from ppdeploy.cache import default_root
+
+    return default_root() / "bench-pages"
+
+
+def update_benchmarks_md(path: Path, blocks: dict[str, str]) -> None:
+    """Replace (or create) the generated blocks; hand-written sections around them stay as they are."""
+    doc = path.read_text() if path.is_file() else SKELETON
+    for name, body in blocks.items():
+        doc = report.replace_block(doc, name, body)
+    path.write_text(doc)
+
+
+def _block(name: str) -> str:
+    return report.BEGIN.format(name=name) + "\n(not measured yet)\n" + report.END.format(name=name)
+
+
+SKELETON = f"""# ppdeploy benchmarks
+
+Regenerate the measured blocks with `ppdeploy bench --all --out bench/`.
+Only the blocks between `ppdeploy-bench:*` markers are rewritten; everything else is kept as written.
+
+## Machine
+
+{_block("environment")}
+
+## Models
+
+{_block("models")}
+
+## OCR pipeline
+
+{_block("ocr")}
+"""

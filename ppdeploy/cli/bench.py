@@ -1,0 +1,169 @@
+"""`ppdeploy bench`: offline model matrix, OCR pipeline vs reference tools, or the whole suite (`--all`)."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ppdeploy.errors import PPDeployError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark models (backends x precisions x batch sizes x threads) or the OCR pipeline",
+        description="Examples:\n  ppdeploy bench ppocrv4-rec --backends onnxruntime,openvino --batch-sizes 1,4,8\n"
+                    "  ppdeploy bench ocr --data pages/ --backends onnxruntime,openvino\n"
+                    "  ppdeploy bench --all --out bench/     (regenerates BENCHMARKS.md)",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", metavar="MODEL|ocr",
+                   help="zoo names (ppocrv4-det, ppocrv4-rec, ppocr-cls), model paths, or 'ocr' for the OCR pipeline")
+    p.add_argument("--backends", default="onnxruntime", help="comma list (onnxruntime, openvino, paddle, auto, ...)")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32, fp16, bf16, int8")
+    p.add_argument("--batch-sizes", default="1", help="comma list, e.g. 1,2,4,8 (models only)")
+    p.add_argument("--threads", default=None, help="comma list of CPU thread counts (default: cores available)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="per-sample input shape without the batch dim for dynamic models, e.g. x=3x224x224")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 3 models / 1 OCR)")
+    p.add_argument("--min-runs", type=int, default=None, help="timed calls at least (default 10 models / 4 OCR)")
+    p.add_argument("--min-time", type=float, default=None, help="timed seconds at least (default 1 models / 5 OCR)")
+    p.add_argument("--max-time", type=float, default=None, help="stop a case after this many seconds (default 30/60)")
+    p.add_argument("--data", default=None, help="OCR: folder of page images (default: synthetic pages rendered once)")
+    p.add_argument("--pages", type=int, default=4, help="OCR: synthetic pages to render when --data is not given")
+    p.add_argument("--peers", default="rapidocr-paddle,rapidocr-onnxruntime,rapidocr-openvino",
+                   help="OCR: reference tools to run in the same run (comma list; 'none' for none)")
+    p.add_argument("--out", default="bench-results", help="output folder for JSON, PNG plots and report (default %(default)s)")
+    p.add_argument("--no-samples", action="store_true", help="leave raw per-call samples out of the JSON (smaller files)")
+    p.add_argument("--all", action="store_true", help="run the whole suite and regenerate BENCHMARKS.md")
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="--all: the markdown file to update (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="--all: short timing windows (a smoke run, not for publishing)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _ints(text: str | None, what: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError as exc:
+        raise PPDeployError(f"--{what} takes comma-separated integers, got '{text}'") from exc
+    if any(v < 1 for v in values):
+        raise PPDeployError(f"--{what} values must be >= 1, got '{text}'")
+    return values
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[], None]] | None]:
+    """A factory `progress(description, total) -> tick` backed by one rich progress display (stderr)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=False) as prog:
+        def factory(description: str, total: int) -> Callable[[], None]:
+            task = prog.add_task(description, total=total)
+            return lambda: prog.advance(task)
+
+        yield factory
+
+
+def _settings(args, *, ocr: bool):
+    from ppdeploy.bench.offline import MeasureSettings
+
+    d = MeasureSettings(warmup=1, min_runs=4, min_time_s=5.0, max_time_s=60.0) if ocr else MeasureSettings()
+    return MeasureSettings(
+        warmup=d.warmup if args.warmup is None else args.warmup,
+        min_runs=d.min_runs if args.min_runs is None else args.min_runs,
+        min_time_s=d.min_time_s if args.min_time is None else args.min_time,
+        max_time_s=d.max_time_s if args.max_time is None else args.max_time,
+    )
+
+
+def run(args) -> int:
+    show = not args.no_progress and sys.stderr.isatty()
+    if args.all:
+        return _run_all(args, show)
+    if not args.models:
+        raise PPDeployError("name a model (or 'ocr'), or pass --all", hint="ppdeploy bench ppocrv4-rec --backends onnxruntime,openvino")
+    out = Path(args.out)
+    ocr = [m for m in args.models if m == "ocr"]
+    models = [m for m in args.models if m != "ocr"]
+    threads = _ints(args.threads, "threads") or [None]
+    code = 0
+    if models:
+        code |= _run_models(args, models, threads, out, show)
+    if ocr:
+        code |= _run_ocr(args, threads[0], out, show)
+    return code
+
+
+def _run_models(args, models, threads, out: Path, show: bool) -> int:
+    from ppdeploy.bench import environment, report
+    from ppdeploy.bench.offline import expand_cases, run_cases
+    from ppdeploy.bench.suite import ModelRun, write_model_run
+    from ppdeploy.cli.common import parse_dims
+
+    shapes = {}
+    for item in args.shape:
+        name, sep, dims = item.partition("=")
+        if not sep:
+            raise PPDeployError(f"bad --shape '{item}'", hint="NAME=DIMS, e.g. x=3x224x224")
+        shapes[name.strip()] = parse_dims(dims)
+    cases = expand_cases(models, _csv(args.backends), _csv(args.precisions), _ints(args.batch_sizes, "batch-sizes") or [1],
+                         threads)
+    settings = _settings(args, ocr=False)
+    with progress_bars(show) as progress:
+        tick = progress("benchmark cases", len(cases)) if progress else None
+        results = run_cases(cases, settings, shape_overrides=shapes, on_case=(lambda c, r: tick()) if tick else None)
+    files = write_model_run(ModelRun(environment.describe(), settings, results), out, with_samples=not args.no_samples)
+    print(report.models_markdown([r.to_dict(False) for r in results]))
+    print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    return 0 if any(r.ok for r in results) else 1
+
+
+def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
+    from ppdeploy.bench import environment
+    from ppdeploy.bench.ocr import OCRConfig, bench_ocr, ocr_markdown
+    from ppdeploy.bench.pages import list_images, render_pages
+    from ppdeploy.bench.peers import PEERS
+    from ppdeploy.bench.suite import _pages_dir, write_ocr_run
+
+    images = list_images(Path(args.data)) if args.data else render_pages(_pages_dir(), args.pages)
+    peers = [] if args.peers.strip().lower() == "none" else _csv(args.peers)
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise PPDeployError(f"unknown peer(s) {unknown}", hint=f"choose from {', '.join(PEERS)} or none")
+    configs = [OCRConfig(b, p) for b in _csv(args.backends) for p in _csv(args.precisions)]
+    with progress_bars(show) as progress:
+        tick = progress("OCR pipelines", len(configs) + len(peers)) if progress else None
+        result = bench_ocr(images, configs, peers=peers, threads=threads, settings=_settings(args, ocr=True),
+                           on_entry=(lambda e: tick()) if tick else None)
+    files = write_ocr_run(result, environment.describe(), out, with_samples=not args.no_samples)
+    print(ocr_markdown(result))
+    print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    return 0 if any(e["ok"] and e["kind"] == "ppdeploy" for e in result["entries"]) else 1
+
+
+def _run_all(args, show: bool) -> int:
+    from ppdeploy.bench.offline import MeasureSettings
+    from ppdeploy.bench.suite import SuitePlan, run_suite
+
+    threads = _ints(args.threads, "threads")
+    plan = SuitePlan(threads=threads[0] if threads else None, pages=args.pages)
+    if args.quick:
+        plan.model_settings = MeasureSettings(warmup=1, min_runs=3, min_time_s=0.2, max_time_s=5.0)
+        plan.ocr_settings = MeasureSettings(warmup=1, min_runs=1, min_time_s=0.0, max_time_s=30.0)
+    if args.peers.strip().lower() == "none":
+        plan.peers = ()
+    with progress_bars(show) as progress:
+        files = run_suite(Path(args.out), Path(args.markdown), plan, data_dir=Path(args.data) if args.data else None,
+                          progress=progress)
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return 0
