@@ -1,0 +1,477 @@
+"""The HTTP application: KServe v2 / Triton routes, task routes, metrics (Starlette; no FastAPI layer, because
+request validation here is the protocol codec's job and every microsecond counts on the infer path).
+
+Routes
+  GET  /v2                                   server metadata
+  GET  /v2/health/live, /v2/health/ready     (no API key needed)
+  GET  /v2/models/{m}[/versions/{v}]         model metadata
+  GET  /v2/models/{m}[/versions/{v}]/ready
+  GET  /v2/models/{m}[/versions/{v}]/config  Triton model configuration (JSON)
+  GET  /v2/models[/{m}[/versions/{v}]]/stats Triton statistics extension
+  POST /v2/models/{m}[/versions/{v}]/infer   JSON and binary tensors
+  POST /v2/repository/index                  model repository extension (index only)
+  POST /v1/ocr[/{m}], /v1/classify[/{m}]     image (raw body or multipart) -> JSON
+  GET  /metrics                              Prometheus
+
+Cross-cutting (one pure-ASGI middleware, cheaper than Starlette's BaseHTTPMiddleware): request id
+(`X-Request-ID`, taken from the client or generated, echoed back), API key (`Authorization: Bearer KEY` or
+`X-API-Key: KEY`, every route but health), body size limit (Content-Length checked up front, streamed bodies
+counted), and a structured access log line (JSON, logger `ppdeploy.access`) per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ppdeploy import __version__
+from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.serve import kserve
+from ppdeploy.serve.batcher import ClientGone, InferenceFailed, QueueFull, RequestTimeout, ServingError
+from ppdeploy.serve.config import ModelConfig
+from ppdeploy.serve.metrics import ServerMetrics
+from ppdeploy.serve.models import READY, HostOptions, ModelHost, ModelNotFound, ModelNotReady, ServedModel
+
+access_log = logging.getLogger("ppdeploy.access")
+log = logging.getLogger("ppdeploy.serve")
+
+HEALTH_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository"]
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_body_bytes: int = 64 << 20
+    max_image_pixels: int = 50_000_000
+    task_threads: int = 4
+    strict_readiness: bool = True
+    drain_timeout_s: float = 30.0
+    cache_dir: str | None = None
+
+
+class BodyTooLarge(InputError):
+    status = 413
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, (ServingError, ModelNotFound, ModelNotReady, BodyTooLarge)):
+        return exc.status
+    if isinstance(exc, InputError):
+        return 400
+    return 500
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, (QueueFull, RequestTimeout)):
+        return "REJECTED"
+    if isinstance(exc, ClientGone):
+        return "CANCELED"
+    if isinstance(exc, InferenceFailed):
+        return "BACKEND"
+    return "OTHER"
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status, headers, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    status = _status_of(exc)
+    headers = None
+    if isinstance(exc, QueueFull):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif status == 503:
+        headers = {"Retry-After": "1"}
+    message = str(exc).replace("\n  hint: ", " (hint: ") + (")" if getattr(exc, "hint", None) else "")
+    if status >= 500 and status != 503:
+        log.error("request failed: %s", message)
+    return json_response({"error": message}, status, headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Middleware
+# ---------------------------------------------------------------------------------------------------------
+class ServingMiddleware:
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+        self._key = settings.api_key.encode() if settings.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        headers = scope["headers"]
+        rid = content_length = auth = api_key = None
+        for k, v in headers:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:128]
+            elif k == b"content-length":
+                content_length = v
+            elif k == b"authorization":
+                auth = v
+            elif k == b"x-api-key":
+                api_key = v
+        if not rid or not rid.isprintable():
+            rid = secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = rid
+        path = scope["path"]
+        status_box = [0, 0]  # status, bytes out
+        rid_header = (b"x-request-id", rid.encode("latin-1", "replace"))
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            elif message["type"] == "http.response.body":
+                status_box[1] += len(message.get("body", b""))
+            await send(message)
+
+        bytes_in = [0]
+        limit = self.settings.max_body_bytes
+
+        async def receive_limited():
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in[0] += len(message.get("body", b""))
+                if bytes_in[0] > limit:
+                    raise BodyTooLarge(f"request body exceeds the {limit}-byte limit of this server")
+            return message
+
+        error: Response | None = None
+        if self._key is not None and path not in HEALTH_PATHS and not self._authorized(auth, api_key):
+            error = json_response({"error": "missing or wrong API key (send 'Authorization: Bearer KEY' or "
+                                            "'X-API-Key: KEY')"}, 401, {"WWW-Authenticate": "Bearer"})
+        elif content_length is not None:
+            try:
+                if int(content_length) > limit:
+                    error = error_response(BodyTooLarge(f"request body of {int(content_length)} bytes exceeds the "
+                                                        f"{limit}-byte limit of this server"))
+            except ValueError:
+                error = json_response({"error": "invalid Content-Length header"}, 400)
+        try:
+            if error is not None:
+                await error(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive_limited, send_wrapper)
+        except Exception as exc:  # a bug, not a bad request; still answer (if we can) and log it
+            log.exception("unhandled error on %s %s (request %s)", scope.get("method"), path, rid)
+            if status_box[0] == 0:
+                await error_response(InferenceFailed(f"internal error: {type(exc).__name__}: {exc}"))(
+                    scope, receive, send_wrapper)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(json.dumps({
+                    "ts": round(time.time(), 3), "request_id": rid, "method": scope.get("method"), "path": path,
+                    "status": status_box[0], "ms": round((time.perf_counter() - start) * 1e3, 3),
+                    "bytes_in": bytes_in[0], "bytes_out": status_box[1],
+                    "client": scope["client"][0] if scope.get("client") else None,
+                }, separators=(",", ":")))
+
+    def _authorized(self, auth: bytes | None, api_key: bytes | None) -> bool:
+        given = None
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        elif api_key is not None:
+            given = api_key.strip()
+        return given is not None and hmac.compare_digest(given, self._key)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------
+async def read_body(request: Request, limit: int) -> bytes:
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InputError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate or none)")
+    # Decompress with a ceiling: a few KB of gzip can expand to gigabytes.
+    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputError(f"request body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed request body exceeds the {limit}-byte limit of this server")
+    return out
+
+
+async def _until_disconnect(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _compress(body: bytes, accept: str | None) -> tuple[bytes, str | None]:
+    if not accept:
+        return body, None
+    offered = [p.split(";")[0].strip().lower() for p in accept.split(",") if "q=0" not in p.replace(" ", "")]
+    if "gzip" in offered:
+        import gzip
+
+        return gzip.compress(body, 1), "gzip"
+    if "deflate" in offered:
+        return zlib.compress(body, 1), "deflate"
+    return body, None
+
+
+class Handlers:
+    """Route handlers bound to one server's state."""
+
+    def __init__(self, host: ModelHost, metrics: ServerMetrics, settings: ServerSettings):
+        self.host = host
+        self.metrics = metrics
+        self.settings = settings
+        self.draining = False
+
+    # -- lookup ---------------------------------------------------------------------------------------------
+    def _model(self, request: Request, need_ready: bool = True) -> ServedModel:
+        name = request.path_params["model"]
+        model = self.host.models.get(name)
+        if model is None:
+            if name in self.host.tasks:
+                raise ModelNotFound(f"'{name}' is a task pipeline, not a tensor model; POST an image to /v1/ocr/{name}")
+            raise ModelNotFound(f"unknown model '{name}'" + (f"; this server has {', '.join(sorted(self.host.models))}"
+                                                          if self.host.models else ""))
+        version = request.path_params.get("version")
+        if version is not None and version != model.cfg.version:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (available: {model.cfg.version})")
+        if need_ready and model.state != READY:
+            why = "is still loading" if model.state == "LOADING" else f"is unavailable: {model.reason}"
+            raise ModelNotReady(f"model '{name}' {why}")
+        return model
+
+    # -- health / metadata ----------------------------------------------------------------------------------
+    async def live(self, request: Request) -> Response:
+        return Response(b"", 200)
+
+    async def ready(self, request: Request) -> Response:
+        ok = self.host.ready() and not self.draining
+        return Response(b"", 200 if ok else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": "ppdeploy", "version": __version__, "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            m = self._model(request)
+            return json_response(kserve.model_metadata(m.name, m.cfg.version, m.io, m.engine.backend))
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self._model(request)
+            return Response(b"", 200)
+        except ModelNotReady:
+            return Response(b"", 503)
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def model_config(self, request: Request) -> Response:
+        try:
+            m = self._model(request)
+            return json_response(kserve.model_config_json(m.cfg, m.io, m.engine.backend, m.batcher.batch_axis))
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def model_stats(self, request: Request) -> Response:
+        try:
+            if "model" in request.path_params:
+                models = [self._model(request, need_ready=False)]
+            else:
+                models = list(self.host.models.values())
+            return json_response({"model_stats": [m.metrics.statistics() for m in models]})
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def repository_index(self, request: Request) -> Response:
+        items = []
+        for m in [*self.host.models.values(), *[t for n, t in self.host.tasks.items() if n not in self.host.models]]:
+            item = {"name": m.name, "version": m.cfg.version, "state": m.state}
+            if m.reason:
+                item["reason"] = m.reason
+            items.append(item)
+        return json_response(items)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.render(), 200, media_type=ServerMetrics.CONTENT_TYPE)
+
+    # -- inference ------------------------------------------------------------------------------------------
+    async def infer(self, request: Request) -> Response:
+        start = time.perf_counter_ns()
+        model = None
+        try:
+            model = self._model(request)
+            body = await read_body(request, self.settings.max_body_bytes)
+            req = kserve.parse_infer_request(body, request.headers.get("inference-header-content-length"), model.io)
+            result = await model.batcher.infer(req.inputs, timeout_ms=req.timeout_ms,
+                                               disconnected=_until_disconnect(request.receive))
+            payload, header_len = kserve.encode_infer_response(model.name, model.cfg.version, req, result.outputs,
+                                                               model.labels)
+        except Exception as exc:
+            if model is not None:
+                model.metrics.on_request(False, time.perf_counter_ns() - start, _failure_reason(exc))
+            if not isinstance(exc, PPDeployError):
+                log.exception("infer on %s failed", request.url.path)
+                exc = InferenceFailed(f"internal error: {type(exc).__name__}: {exc}")
+            return error_response(exc)
+        headers = {}
+        if header_len is not None:
+            headers["Inference-Header-Content-Length"] = str(header_len)
+        payload, encoding = _compress(payload, request.headers.get("accept-encoding"))
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        model.metrics.on_request(True, time.perf_counter_ns() - start)
+        return Response(payload, 200, headers,
+                        media_type="application/octet-stream" if header_len is not None else "application/json")
+
+    async def task(self, request: Request, kind: str) -> Response:
+        from ppdeploy.tasks.image_io import load_image
+
+        label = "ocr" if kind == "ocr" else "classify"
+        try:
+            service = self.host.task_of(kind, request.path_params.get("model"))
+            if service.state != READY:
+                why = "is still loading" if service.state == "LOADING" else f"is unavailable: {service.reason}"
+                raise ModelNotReady(f"{kind} model '{service.name}' {why}")
+            data = await self._image_bytes(request)
+            loop = asyncio.get_running_loop()
+            max_pixels = self.settings.max_image_pixels
+
+            def run() -> dict:
+                return service.run(load_image(data, max_pixels=max_pixels))
+
+            result = await loop.run_in_executor(self.host.task_pool, run)
+        except Exception as exc:
+            if not isinstance(exc, PPDeployError):
+                log.exception("%s request failed", label)
+                exc = InferenceFailed(f"internal error: {type(exc).__name__}: {exc}")
+            self.metrics.task_requests.labels(label, str(_status_of(exc))).inc()
+            return error_response(exc)
+        self.metrics.task_requests.labels(label, "200").inc()
+        return json_response(result)
+
+    async def _image_bytes(self, request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            await read_body(request, self.settings.max_body_bytes)  # enforce the limit before parsing
+            try:
+                form = await request.form(max_files=4, max_fields=16, max_part_size=self.settings.max_body_bytes)
+            except Exception as exc:  # python-multipart raises several types for malformed bodies
+                raise InputError(f"malformed multipart body: {exc}") from None
+            upload = None
+            for key in ("image", "file"):
+                value = form.get(key)
+                if value is not None and hasattr(value, "read"):
+                    upload = value
+                    break
+            if upload is None:
+                upload = next((v for _, v in form.multi_items() if hasattr(v, "read")), None)
+            if upload is None:
+                raise InputError("multipart body has no file part; send the image as field 'image'")
+            data = await upload.read()
+            await form.close()
+        elif ctype.startswith("application/json"):
+            raise InputError("send the image itself (raw body, e.g. Content-Type: image/png) or as multipart "
+                             "field 'image', not JSON")
+        else:
+            data = await read_body(request, self.settings.max_body_bytes)
+        if not data:
+            raise InputError("empty request body; send an image")
+        return data
+
+
+def _not_found(request: Request, exc: Exception) -> Response:
+    return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+
+def _not_allowed(request: Request, exc: Exception) -> Response:
+    return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+
+
+def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSettings()) -> Starlette:
+    """The ASGI app serving `configs`. Models load in the background once the app starts (lifespan)."""
+    metrics = ServerMetrics()
+    host = ModelHost(configs, metrics, HostOptions(cache_dir=settings.cache_dir,
+                                                   strict_readiness=settings.strict_readiness,
+                                                   max_image_pixels=settings.max_image_pixels,
+                                                   task_threads=settings.task_threads))
+    h = Handlers(host, metrics, settings)
+
+    def versioned(path: str, endpoint, methods: list[str]) -> list[Route]:
+        return [Route(f"/v2/models/{{model}}{path}", endpoint, methods=methods),
+                Route(f"/v2/models/{{model}}/versions/{{version}}{path}", endpoint, methods=methods)]
+
+    async def ocr(request: Request) -> Response:
+        return await h.task(request, "ocr")
+
+    async def classify(request: Request) -> Response:
+        return await h.task(request, "classification")
+
+    routes = [
+        Route("/v2", h.server_metadata, methods=["GET"]),
+        Route("/v2/health/live", h.live, methods=["GET"]),
+        Route("/v2/health/ready", h.ready, methods=["GET"]),
+        Route("/v2/models/stats", h.model_stats, methods=["GET"]),
+        Route("/v2/repository/index", h.repository_index, methods=["POST"]),
+        *versioned("/infer", h.infer, ["POST"]),
+        *versioned("/ready", h.model_ready, ["GET"]),
+        *versioned("/config", h.model_config, ["GET"]),
+        *versioned("/stats", h.model_stats, ["GET"]),
+        *versioned("", h.model_metadata, ["GET"]),
+        Route("/v1/ocr", ocr, methods=["POST"]),
+        Route("/v1/ocr/{model}", ocr, methods=["POST"]),
+        Route("/v1/classify", classify, methods=["POST"]),
+        Route("/v1/classify/{model}", classify, methods=["POST"]),
+        Route("/metrics", h.prometheus, methods=["GET"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await host.start()
+        try:
+            yield
+        finally:
+            h.draining = True
+            await host.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found, 405: _not_allowed})
+    app.state.host = host
+    app.state.metrics = metrics
+    app.state.handlers = h
+    app.state.settings = settings
+    # Starlette's own exception middleware sits inside ours, so a malformed request never escapes as a 500 page.
+    app.add_middleware(ServingMiddleware, settings=settings)
+    return app
+
+
+def settings_from_env(**overrides: Any) -> ServerSettings:
+    """ServerSettings with the API key taken from PPDEPLOY_API_KEY unless given."""
+    s = ServerSettings(**overrides)
+    if s.api_key is None and os.environ.get("PPDEPLOY_API_KEY"):
+        s.api_key = os.environ["PPDEPLOY_API_KEY"]
+    return s
+
+
+__all__ = ["BodyTooLarge", "Handlers", "ServerSettings", "ServingMiddleware", "build_app", "error_response",
+           "settings_from_env"]

@@ -1,0 +1,519 @@
+"""Per-model dynamic batcher (asyncio), Triton's dynamic batching in a few hundred lines.
+
+Requests wait in a bounded queue, grouped by *shape key* (every non-batch dim of every input, plus dtype;
+axes the config allows to be padded are left out of the key). A worker per model instance takes the group
+whose oldest request waited longest, up to `max_batch_size` rows, concatenates along axis 0, runs the runner in
+a thread (the event loop never blocks on inference), splits the outputs back by row counts and resolves each
+request's future. While a worker is busy, new requests pile up, so the next batch is bigger: under load
+batches form even with `max_queue_delay_ms: 0`, and an idle server adds no delay.
+
+Guarantees (each has a test):
+- every accepted request gets exactly one answer: its outputs, or an error;
+- the outputs equal what the runner gives for that request alone (a failing batch is re-run one request at a
+  time, so one bad request cannot fail its neighbours);
+- a full queue refuses at once (`QueueFull`, with a retry-after estimate), it never blocks;
+- a request still queued at its deadline is answered `RequestTimeout`; one that is already running finishes;
+- a request whose client went away before it ran is dropped from the batch;
+- `drain()` stops new requests and returns once everything queued and running has been answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from ppdeploy.backends.base import IOSpec, Runner, validate_inputs
+from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.shapes import ShapeProfile
+
+log = logging.getLogger("ppdeploy.serve.batcher")
+
+_QUEUED, _RUNNING, _DONE = 0, 1, 2
+
+
+class ServingError(PPDeployError):
+    """A request the server accepted but could not answer with outputs; `status` is the HTTP status to use."""
+
+    status = 503
+
+
+class QueueFull(ServingError):
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(ServingError):
+    status = 503
+
+
+class BatcherClosed(ServingError):
+    status = 503
+
+
+class ClientGone(ServingError):
+    status = 499  # nginx's "client closed request"; nobody reads it, but the access log does
+
+
+class InferenceFailed(ServingError):
+    status = 500  # only for a runner that fails on a request that passed validation: a real server-side fault
+
+
+@dataclass(frozen=True)
+class BatcherSettings:
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 256
+    default_timeout_ms: float = 0.0  # 0: none
+    pad: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg) -> "BatcherSettings":
+        """From a `ppdeploy.serve.config.ModelConfig`."""
+        db = cfg.dynamic_batching
+        return cls(cfg.max_batch_size, db.max_queue_delay_ms, tuple(db.preferred_batch_sizes), db.max_queue_size,
+                   db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()})
+
+
+@dataclass
+class BatchTimings:
+    """Nanoseconds of one execution, Triton's stages: gather inputs, run the model, split outputs."""
+
+    size: int  # rows
+    requests: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (ppdeploy.serve.metrics.ModelMetrics implements it)."""
+
+    def on_batch(self, timings: BatchTimings, queue_ns: Sequence[int]) -> None: ...
+
+    def on_queue_depth(self, depth: int) -> None: ...
+
+
+class _NullObserver:
+    def on_batch(self, timings: BatchTimings, queue_ns: Sequence[int]) -> None:
+        pass
+
+    def on_queue_depth(self, depth: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Request:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+    future: asyncio.Future
+    enqueued_ns: int
+    deadline_ns: int | None
+    state: int = _QUEUED
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]
+    queue_ns: int
+    timings: BatchTimings
+
+
+class DynamicBatcher:
+    """Batches requests for one model. Create, `await start()` on the serving loop, then `await infer(feeds)`."""
+
+    def __init__(self, name: str, runners: Sequence[Runner], settings: BatcherSettings = BatcherSettings(),
+                 *, shapes: ShapeProfile | None = None, observer: BatchObserver | None = None):
+        if not runners:
+            raise ValueError("a batcher needs at least one runner")
+        self.name = name
+        self.settings = settings
+        self._runners = list(runners)
+        self.io: IOSpec = runners[0].io
+        self._shapes = shapes or ShapeProfile()
+        self._observer = observer or _NullObserver()
+        self._batch_axis_ok = all(t.shape and t.shape[0] is None for t in self.io.inputs)
+        # A model whose batch dim is fixed (or absent) cannot concatenate requests.
+        self.max_rows = settings.max_batch_size if self._batch_axis_ok else 1
+        self._pad = {n: tuple(a) for n, a in settings.pad.items()}
+        self._pending: dict[tuple, deque[_Request]] = {}
+        self._depth = 0
+        self._running = 0
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(len(self._runners), thread_name_prefix=f"infer-{name}")
+        self._exec_s_avg = 0.0  # recent execution time, for Retry-After estimates
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._workers = [asyncio.create_task(self._worker(r), name=f"batcher-{self.name}-{i}")
+                         for i, r in enumerate(self._runners)]
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    @property
+    def batch_axis(self) -> bool:
+        """True when every input has a dynamic dim 0, so requests can be concatenated along it."""
+        return self._batch_axis_ok
+
+    @property
+    def queue_depth(self) -> int:
+        return self._depth
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing and self._loop is not None
+
+    async def drain(self) -> None:
+        """Stop accepting; return when every queued and running request has been answered."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def close(self) -> None:
+        await self.drain()
+        self._executor.shutdown(wait=True)
+        for r in self._runners:
+            try:
+                r.close()
+            except Exception:  # closing is best effort; a backend that fails to free memory must not block exit
+                log.exception("closing a runner of %s failed", self.name)
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def check(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Validate one request (names, dtypes, fixed dims, profile, batch size); returns (feeds, rows)."""
+        feeds = validate_inputs(self.io, feeds, self._shapes)
+        rows_by_input = {n: a.shape[0] for n, a in feeds.items() if a.ndim}
+        rows_set = set(rows_by_input.values())
+        if len(rows_set) > 1:
+            raise InputError(f"inputs disagree on the batch size (dim 0): {rows_by_input}")
+        rows = rows_set.pop() if rows_set else 1
+        if self._batch_axis_ok and rows > self.settings.max_batch_size:
+            raise InputError(f"batch of {rows} exceeds max_batch_size {self.settings.max_batch_size} of model '{self.name}'",
+                             hint="split the request, or raise max_batch_size in the model's config.yaml")
+        return feeds, rows
+
+    def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
+        parts = []
+        for name, arr in feeds.items():
+            dims = arr.shape[1:]
+            pad_axes = self._pad.get(name)
+            if pad_axes:
+                dims = tuple(-1 if (i + 1) in pad_axes else d for i, d in enumerate(dims))
+            parts.append((name, arr.dtype.str, dims))
+        return tuple(parts)
+
+    async def infer(self, feeds: Mapping[str, np.ndarray], *, timeout_ms: float | None = None,
+                    disconnected: Awaitable | None = None) -> BatchResult:
+        """Queue one request and wait for its outputs.
+
+        `timeout_ms` (else the model's default) bounds the time spent *queued*. `disconnected` is an awaitable
+        that completes when the client goes away: a request still queued then is dropped.
+        Raises InputError (bad request), QueueFull, RequestTimeout, BatcherClosed, ClientGone, InferenceFailed.
+        """
+        if self._closing or self._loop is None:
+            raise BatcherClosed(f"model '{self.name}' is not accepting requests (server shutting down)")
+        checked, rows = self.check(feeds)
+        if self._depth >= self.settings.max_queue_size:
+            raise QueueFull(f"model '{self.name}' queue is full ({self._depth} requests waiting)", self.retry_after_s())
+        now = time.perf_counter_ns()
+        timeout_ms = self.settings.default_timeout_ms if timeout_ms is None else timeout_ms
+        deadline = now + int(timeout_ms * 1e6) if timeout_ms and timeout_ms > 0 else None
+        req = _Request(checked, rows, self._key(checked), self._loop.create_future(), now, deadline)
+        self._pending.setdefault(req.key, deque()).append(req)
+        self._depth += 1
+        self._observer.on_queue_depth(self._depth)
+        self._wakeup.set()
+        try:
+            if deadline is None and disconnected is None:
+                return await req.future
+            return await self._wait(req, deadline, disconnected)
+        except asyncio.CancelledError:
+            self._abandon(req)
+            raise
+
+    async def _wait(self, req: _Request, deadline: int | None, disconnected: Awaitable | None) -> BatchResult:
+        watchers: set = {req.future}
+        gone_task = None
+        if disconnected is not None:
+            gone_task = asyncio.ensure_future(disconnected)
+            watchers.add(gone_task)
+        try:
+            while True:
+                timeout = None
+                if deadline is not None and req.state == _QUEUED:
+                    timeout = max(0.0, (deadline - time.perf_counter_ns()) / 1e9)
+                done, _ = await asyncio.wait(watchers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if req.future in done:
+                    return req.future.result()
+                if gone_task is not None and gone_task in done:
+                    watchers.discard(gone_task)
+                    if self._abandon(req):
+                        raise ClientGone("client disconnected while the request was queued")
+                    continue  # already running: let it finish, nobody will read it, but it is answered
+                if req.state == _QUEUED:  # the deadline passed while still queued
+                    self._abandon(req)
+                    raise RequestTimeout(f"request timed out after waiting in the queue of model '{self.name}'")
+                deadline = None  # running now: wait for it without a deadline
+        finally:
+            if gone_task is not None and not gone_task.done():
+                gone_task.cancel()
+
+    def _abandon(self, req: _Request, error: Exception | None = None) -> bool:
+        """Take a queued request out of the batching (lazily: workers skip it). True if it had not started.
+
+        With `error`, the request's waiter gets it as its answer; without, the waiter is the one giving up."""
+        if req.state != _QUEUED:
+            return False
+        req.state = _DONE
+        self._depth -= 1
+        self._observer.on_queue_depth(self._depth)
+        if not req.future.done():
+            if error is not None:
+                req.future.set_exception(error)
+            else:
+                req.future.cancel()
+        return True
+
+    def retry_after_s(self) -> int:
+        batches_ahead = self._depth / max(1, self.max_rows) / max(1, len(self._runners))
+        return max(1, math.ceil(batches_ahead * self._exec_s_avg))
+
+    # -- batching -------------------------------------------------------------------------------------------
+    def _oldest_group(self) -> tuple | None:
+        best_key, best_t = None, None
+        now = time.perf_counter_ns()
+        for key, q in list(self._pending.items()):
+            while q and (q[0].state != _QUEUED or self._expire(q[0], now)):
+                q.popleft()
+            if not q:
+                del self._pending[key]
+                continue
+            if best_t is None or q[0].enqueued_ns < best_t:
+                best_key, best_t = key, q[0].enqueued_ns
+        return best_key
+
+    def _expire(self, req: _Request, now: int) -> bool:
+        if req.deadline_ns is not None and now >= req.deadline_ns and req.state == _QUEUED:
+            self._abandon(req, RequestTimeout(f"request timed out after waiting in the queue of model '{self.name}'"))
+            return True
+        return False
+
+    def _ready_rows(self, key: tuple) -> int:
+        rows = 0
+        for r in self._pending.get(key, ()):
+            if r.state == _QUEUED:
+                if rows + r.rows > self.max_rows:
+                    break
+                rows += r.rows
+        return rows
+
+    def _take(self, key: tuple) -> list[_Request]:
+        q = self._pending[key]
+        batch, rows = [], 0
+        while q:
+            r = q[0]
+            if r.state != _QUEUED:
+                q.popleft()
+                continue
+            if batch and rows + r.rows > self.max_rows:
+                break
+            q.popleft()
+            r.state = _RUNNING
+            batch.append(r)
+            rows += r.rows
+        if not q:
+            del self._pending[key]
+        self._depth -= len(batch)
+        self._observer.on_queue_depth(self._depth)
+        return batch
+
+    async def _next_batch(self) -> list[_Request] | None:
+        s = self.settings
+        while True:
+            key = self._oldest_group()
+            if key is None:
+                if self._closing:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            rows = self._ready_rows(key)
+            if s.max_queue_delay_ms <= 0 or rows >= self.max_rows or rows in s.preferred_batch_sizes or self._closing:
+                return self._take(key)
+            head = self._pending[key][0]
+            wait_s = (head.enqueued_ns + s.max_queue_delay_ms * 1e6 - time.perf_counter_ns()) / 1e9
+            if wait_s <= 0:
+                return self._take(key)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _worker(self, runner: Runner) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            self._running += 1
+            try:
+                await self._execute(runner, batch)
+            except Exception as exc:  # never lose a request: whatever went wrong, answer everyone in the batch
+                log.exception("batch execution for %s failed unexpectedly", self.name)
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
+            finally:
+                self._running -= 1
+                # Other workers may be waiting on a group this one left behind.
+                self._wakeup.set()
+
+    async def _execute(self, runner: Runner, batch: list[_Request]) -> None:
+        start = time.perf_counter_ns()
+        queue_ns = [start - r.enqueued_ns for r in batch]
+        try:
+            outs, timings = await self._loop.run_in_executor(self._executor, _run_batch, runner, batch, self._pad)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning("model %s failed on a request: %s", self.name, exc)
+                err = exc if isinstance(exc, PPDeployError) else InferenceFailed(f"model '{self.name}' failed: {exc}")
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(err)
+                return
+            if isinstance(exc, _NotBatchable):
+                log.warning("model %s: %s; serving it one request at a time from now on", self.name, exc)
+                self.max_rows = 1
+            # One bad request must not fail its neighbours: answer each from its own run.
+            for r in batch:
+                await self._execute(runner, [r])
+            return
+        self._exec_s_avg = 0.8 * self._exec_s_avg + 0.2 * (timings.infer_ns / 1e9) if self._exec_s_avg else timings.infer_ns / 1e9
+        self._observer.on_batch(timings, queue_ns)
+        for r, out, q in zip(batch, outs, queue_ns):
+            if not r.future.done():
+                r.future.set_result(BatchResult(out, q, timings))
+
+
+class _NotBatchable(PPDeployError):
+    """The model's outputs do not carry the batch dimension, so a batch cannot be split back."""
+
+
+def _run_batch(runner: Runner, batch: list[_Request], pad: Mapping[str, tuple[int, ...]]
+               ) -> tuple[list[dict[str, np.ndarray]], BatchTimings]:
+    t0 = time.perf_counter_ns()
+    if len(batch) == 1:
+        feeds = batch[0].feeds
+    else:
+        feeds = {}
+        for name in batch[0].feeds:
+            arrays = [r.feeds[name] for r in batch]
+            if name in pad:
+                arrays = _pad_to_common(arrays, pad[name])
+            feeds[name] = np.concatenate(arrays, axis=0)
+    t1 = time.perf_counter_ns()
+    outputs = runner.infer(feeds)
+    t2 = time.perf_counter_ns()
+    rows = [r.rows for r in batch]
+    total = sum(rows)
+    if len(batch) == 1:
+        parts = [outputs]
+    else:
+        for name, arr in outputs.items():
+            if arr.ndim == 0 or arr.shape[0] != total:
+                raise _NotBatchable(f"output '{name}' has shape {arr.shape}, not {total} rows for a batch of {total}")
+        parts = [{} for _ in batch]
+        for name, arr in outputs.items():
+            start = 0
+            for part, n in zip(parts, rows):
+                part[name] = arr[start:start + n]
+                start += n
+    t3 = time.perf_counter_ns()
+    return parts, BatchTimings(total, len(batch), t1 - t0, t2 - t1, t3 - t2)
+
+
+def _pad_to_common(arrays: list[np.ndarray], axes: tuple[int, ...]) -> list[np.ndarray]:
+    target = list(arrays[0].shape)
+    for a in arrays[1:]:
+        for ax in axes:
+            target[ax] = max(target[ax], a.shape[ax])
+    out = []
+    for a in arrays:
+        widths = [(0, target[ax] - a.shape[ax]) if ax in axes else (0, 0) for ax in range(a.ndim)]
+        out.append(np.pad(a, widths) if any(w for _, w in widths) else a)
+    return out
+
+
+class BatchedRunner(Runner):
+    """A synchronous `Runner` whose calls go through a `DynamicBatcher`, for task pipelines (OCR, classify).
+
+    Call it from a worker thread, never from the batcher's event loop thread (that would wait on itself).
+    A call with more rows than the model's max batch size is split into chunks that are queued together.
+    """
+
+    backend = "batched"
+
+    def __init__(self, batcher: DynamicBatcher, *, timeout_s: float | None = 300.0):
+        super().__init__(batcher.io, None)
+        self._batcher = batcher
+        self._timeout_s = timeout_s
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        return self._batcher
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = self._batcher.loop
+        if loop is None:
+            raise BatcherClosed(f"model '{self._batcher.name}' is not started")
+        try:
+            calling_loop = asyncio.get_running_loop()
+        except RuntimeError:
+            calling_loop = None
+        if calling_loop is loop:
+            raise RuntimeError("BatchedRunner.infer was called on the batcher's event loop; call it from a thread")
+        rows = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
+        step = max(1, self._batcher.max_rows)
+        if rows <= step:
+            chunks = [feeds]
+        else:
+            chunks = [{n: a[i:i + step] for n, a in feeds.items()} for i in range(0, rows, step)]
+        start = time.perf_counter()
+        futures = [asyncio.run_coroutine_threadsafe(self._batcher.infer(c), loop) for c in chunks]
+        try:
+            results = [f.result(self._timeout_s) for f in futures]
+        except concurrent.futures.TimeoutError:
+            for f in futures:
+                f.cancel()
+            raise RequestTimeout(f"model '{self._batcher.name}' did not answer within {self._timeout_s} s") from None
+        self.last_timings["batched"] = (time.perf_counter() - start) * 1e3
+        if len(results) == 1:
+            return results[0].outputs
+        return {n: np.concatenate([r.outputs[n] for r in results], axis=0) for n in results[0].outputs}
+
+
+__all__ = ["BatchObserver", "BatchResult", "BatchTimings", "BatchedRunner", "BatcherClosed", "BatcherSettings",
+           "ClientGone", "DynamicBatcher", "InferenceFailed", "QueueFull", "RequestTimeout", "ServingError"]

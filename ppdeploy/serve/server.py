@@ -1,0 +1,91 @@
+"""Run the app under uvicorn with graceful shutdown.
+
+SIGTERM (or Ctrl+C): readiness turns false, the listening socket closes (no new connections), requests already
+received finish — including everything queued in the batchers — then the batchers drain and engines close, and
+the process exits 0. `drain_timeout_s` bounds the wait for in-flight requests.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from typing import Callable
+
+from ppdeploy.serve.app import ServerSettings, build_app
+from ppdeploy.serve.config import ModelConfig
+
+log = logging.getLogger("ppdeploy.serve")
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401  (optional: a faster event loop when installed)
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"
+
+
+def _http_impl() -> str:
+    try:
+        import httptools  # noqa: F401
+
+        return "httptools"
+    except ImportError:
+        return "h11"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn so port 0 works (the chosen port is printed) and errors are ours to word."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from ppdeploy.errors import PPDeployError
+
+        raise PPDeployError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                            hint="pick another --port, or stop the process using it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(configs: list[ModelConfig], settings: ServerSettings,
+          announce: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful drain)."""
+    import uvicorn
+
+    app = build_app(configs, settings)
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, loop=_event_loop(), http=_http_impl(), lifespan="on", access_log=False,
+                            log_level="warning", timeout_graceful_shutdown=settings.drain_timeout_s,
+                            timeout_keep_alive=30, server_header=False)
+    handlers = app.state.handlers
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # runs on the signal: stop reporting ready before draining starts
+            handlers.draining = True
+            if not self.should_exit:
+                log.warning("signal %s: draining in-flight requests, then exiting", sig)
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(config)
+    shown = f"[{host}]" if ":" in host else host
+    (announce or (lambda m: print(m, file=sys.stderr, flush=True)))(
+        f"ppdeploy serve: listening on http://{shown}:{port} ({len(configs)} model(s) loading)")
+    # uvicorn re-raises the caught signal after its graceful shutdown, which would end the process with -15
+    # instead of 0; a no-op SIGTERM handler turns that re-raise into a normal return.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    return 0 if server.started else 1
+
+
+__all__ = ["bind_socket", "serve"]
