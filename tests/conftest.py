@@ -38,3 +38,20 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return Path(os.environ["PPDEPLOY_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def demo_classifier_dir() -> Path:
+    """The real trained shapes classifier, exported with paddle.jit.save (PIR); trained once per cache."""
+    from ppdeploy.demo import shapes_classifier
+
+    return shapes_classifier.export(shapes_classifier.default_dir())
+
+
+@pytest.fixture(scope="session")
+def demo_images():
+    """(NCHW float32 batch, labels) from the demo classifier's own renderer, disjoint from its training seed."""
+    from ppdeploy.demo import shapes_classifier
+
+    images, labels = shapes_classifier.dataset(16, seed=12345)
+    return shapes_classifier.to_tensor(images), labels
