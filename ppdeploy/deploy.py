@@ -197,5 +197,6 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:400] if text else type(exc).__name__
+    """The first two lines: what failed, then (for conversions) which op — enough for a log line or a metric."""
+    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return " | ".join(text[:2])[:400] if text else type(exc).__name__

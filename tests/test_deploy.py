@@ -1,0 +1,75 @@
+"""load_model end to end: cache hits skip conversion and build, broken engines are rebuilt, fallbacks recorded."""
+import numpy as np
+import pytest
+
+from ppdeploy import convert, select
+from ppdeploy.deploy import load_model
+from ppdeploy.errors import BackendUnavailable, BuildError, PPDeployError
+
+
+def test_second_load_skips_conversion_and_build(tmp_path):
+    first = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path)
+    assert not first.cache_hit and first.timings["build"] > 0
+    conversions = convert.CONVERSIONS["count"]
+    second = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path)
+    assert second.cache_hit and second.timings["build"] == 0
+    assert convert.CONVERSIONS["count"] == conversions  # no paddle2onnx call at all
+    x = np.random.default_rng(0).random((1, 3, 48, 192), np.float32)
+    np.testing.assert_array_equal(first.runner.infer({"x": x})["softmax_0.tmp_0"],
+                                  second.runner.infer({"x": x})["softmax_0.tmp_0"])
+
+
+@pytest.mark.parametrize("backend,artifact", [("openvino", "model.ovblob"), ("onnxruntime", "model.ort.onnx")])
+def test_corrupt_engine_is_rebuilt_with_a_warning(tmp_path, backend, artifact, caplog):
+    dep = load_model("ppocr-cls", backend=backend, cache_dir=tmp_path)
+    engine = dep.engine_dir / artifact
+    engine.write_bytes(engine.read_bytes()[:1000])  # truncated by a full disk, say
+    again = load_model("ppocr-cls", backend=backend, cache_dir=tmp_path)
+    assert not again.cache_hit and "unusable" in caplog.text
+    assert again.runner.infer({"x": np.zeros((1, 3, 48, 192), np.float32)})
+
+
+def test_auto_skips_unavailable_backends_and_records_why(tmp_path):
+    before = dict(select.FALLBACKS)
+    dep = load_model("ppocr-cls", backend="tensorrt-rtx,onnxruntime-cuda,onnxruntime", cache_dir=tmp_path)
+    assert dep.backend == "onnxruntime"
+    statuses = {a.backend: a.status for a in dep.attempts}
+    assert statuses == {"tensorrt-rtx": "skipped", "onnxruntime-cuda": "skipped", "onnxruntime": "used"}
+    assert all(a.reason for a in dep.attempts if a.status == "skipped")
+    assert select.FALLBACKS[("tensorrt-rtx", "skipped")] == before.get(("tensorrt-rtx", "skipped"), 0) + 1
+
+
+def test_forced_backend_that_cannot_run_fails_clearly(tmp_path):
+    with pytest.raises(BackendUnavailable, match="onnxruntime-cuda cannot run here"):
+        load_model("ppocr-cls", backend="onnxruntime-cuda", cache_dir=tmp_path)
+    with pytest.raises(BackendUnavailable, match="unknown backend 'nonsense'"):
+        load_model("ppocr-cls", backend="nonsense", cache_dir=tmp_path)
+
+
+def test_bf16_only_offered_where_a_backend_does_it(tmp_path):
+    with pytest.raises(BackendUnavailable, match="bf16"):
+        load_model("ppocr-cls", backend="onnxruntime", precision="bf16", cache_dir=tmp_path)
+    with pytest.raises(PPDeployError, match="unknown precision"):
+        load_model("ppocr-cls", precision="fp8", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_conversion_failure_falls_back_to_paddle_inference(tmp_path):
+    import paddle
+
+    class Det(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = paddle.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return paddle.linalg.det(self.fc(x))
+
+    spec = [paddle.static.InputSpec([None, 4, 4], "float32", "x")]
+    dep = load_model(Det(), input_spec=spec, backend="openvino,onnxruntime,paddle", cache_dir=tmp_path)
+    assert dep.backend == "paddle"
+    failed = [a for a in dep.attempts if a.status == "failed"]
+    assert [a.backend for a in failed] == ["openvino", "onnxruntime"]
+    assert all("det" in a.reason for a in failed)
+    with pytest.raises(BuildError, match="unsupported Paddle op"):
+        load_model(Det(), input_spec=spec, backend="onnxruntime", cache_dir=tmp_path)
