@@ -52,3 +52,19 @@ def test_verify_fails_when_tolerance_is_impossible(tmp_path):
                  "--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 1 and not report["passed"]  # fp32 kernels differ in the last bits; 0 tolerance must fail
+
+
+def test_verify_on_user_images(tmp_path, demo_classifier_dir):
+    import cv2
+
+    from ppdeploy.cli import main
+    from ppdeploy.demo import shapes_classifier
+
+    images, _ = shapes_classifier.dataset(4, seed=77)
+    for i, img in enumerate(images):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img[:, :, ::-1])  # renders are RGB, files are BGR on disk
+    out = tmp_path / "r.json"
+    code = main(["verify", str(demo_classifier_dir), "--backend", "onnxruntime", "--images", str(tmp_path),
+                 "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["inputs"]["x"] == [4, 3, 64, 64]

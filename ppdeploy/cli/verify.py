@@ -8,6 +8,9 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="compare backends with the Paddle Inference reference")
     add_model_args(p, backend_default="openvino,onnxruntime")
     p.add_argument("--input", "-i", nargs="*", default=[], help=".npy inputs (default: generated with --seed)")
+    p.add_argument("--images", nargs="*", default=[],
+                   help="image files or folders, preprocessed with --preprocess (default: the model's preprocess.yaml)")
+    p.add_argument("--preprocess", default=None, help="preprocess.yaml for --images (resize, crop, mean/std, order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="batch size of generated inputs")
     p.add_argument("--atol", type=float, default=1e-4)
@@ -45,6 +48,8 @@ def verify_model(args):
             failures.append(BackendComparison(name, error=str(exc).splitlines()[0][:300]))
     if args.input:
         feeds = load_inputs(args.input, reference.io)
+    elif args.images:
+        feeds = {reference.io.inputs[0].name: _image_batch(args.images, args.preprocess, source.directory)}
     else:
         example = None
         if args.model in zoo.MODELS:
@@ -57,3 +62,28 @@ def verify_model(args):
     report = verify(runners, reference, feeds, tolerance=tol, model=source.name, reference_name=ref_backend)
     report.backends.extend(failures)
     return report
+
+
+def _image_batch(items, preprocess_file, model_dir):
+    """Real images through the model's declared preprocessing: verification on the user's own data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ppdeploy.errors import PPDeployError
+    from ppdeploy.tasks.classification import PREPROCESS_FILE, PreprocessConfig, preprocess_image
+    from ppdeploy.tasks.image_io import load_image
+
+    cfg_path = Path(preprocess_file) if preprocess_file else model_dir / PREPROCESS_FILE
+    if not cfg_path.is_file():
+        raise PPDeployError(f"--images needs a preprocessing config; {cfg_path} not found",
+                            hint="pass --preprocess preprocess.yaml (resize_short, crop_size, mean, std, channel_order)")
+    cfg = PreprocessConfig.from_file(cfg_path)
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+    files = []
+    for item in items:
+        path = Path(item)
+        files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes) if path.is_dir() else [path])
+    if not files:
+        raise PPDeployError(f"no images found in {items}")
+    return np.stack([preprocess_image(load_image(f), cfg) for f in files])
