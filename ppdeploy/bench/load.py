@@ -112,15 +112,14 @@ def v2_request(model: str, inputs: dict[str, np.ndarray]) -> RequestTemplate:
 
 
 def image_request(kind: str, image: bytes, filename: str = "image.png", model: str | None = None) -> RequestTemplate:
-    """POST an image to /v1/ocr or /v1/classify as multipart form field `file`."""
+    """POST an image as the raw body to /v1/ocr[/{model}] or /v1/classify[/{model}] (the cheapest encoding)."""
     if kind not in ("ocr", "classify"):
         raise InputError(f"image requests are for 'ocr' or 'classify', not '{kind}'")
-    path = f"/v1/{kind}"
-    if model:
-        path += f"?model={model}"
-    mime = "image/png" if filename.lower().endswith(".png") else "image/jpeg"
-    return RequestTemplate("POST", path, files={"file": (filename, image, mime)},
-                           describe=f"{kind} {filename} ({len(image)} bytes)")
+    path = f"/v1/{kind}" + (f"/{model}" if model else "")
+    suffix = Path(filename).suffix.lower()
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
+            ".webp": "image/webp"}.get(suffix, "application/octet-stream")
+    return RequestTemplate("POST", path, image, {"content-type": mime}, describe=f"{kind} {filename} ({len(image)} bytes)")
 
 
 @dataclass

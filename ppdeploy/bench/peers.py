@@ -137,13 +137,28 @@ def ensure_peer_env(cache_root: Path, peer: Peer, timeout_s: float = 600) -> Pat
     # `import site; site.addsitedir` (not a bare path) so the parent's own .pth files — editable installs,
     # namespace packages — are processed too; it appends, so the peer's pinned packages win.
     Path(site_dir, "zz_ppdeploy_parent_env.pth").write_text(f"import site; site.addsitedir({parent_site!r})\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", *peer.requirements],
-         timeout_s, f"install {', '.join(peer.requirements)} for {peer.name}")
+    missing = [r for r in peer.requirements if not satisfied_here(r)]
+    if missing:  # what ppdeploy's own environment already has is seen through the .pth; install only the rest
+        _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", *missing],
+             timeout_s, f"install {', '.join(missing)} for {peer.name}")
     check = subprocess.run([str(python), "-c", f"import {peer.package}"], capture_output=True, text=True, timeout=timeout_s)
     if check.returncode != 0:
         raise PPDeployError(f"{peer.name} does not import in its environment: {check.stderr.strip().splitlines()[-1:]}")
     ready.write_text(json.dumps({"requirements": peer.requirements}))
     return python
+
+
+def satisfied_here(requirement: str) -> bool:
+    """True when ppdeploy's own environment already has a distribution meeting `requirement`."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    req = Requirement(requirement)
+    try:
+        return req.specifier.contains(metadata.version(req.name), prereleases=True)
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def _run(cmd: list[str], timeout_s: float, what: str) -> None:

@@ -236,3 +236,39 @@ Only the blocks between `ppdeploy-bench:*` markers are rewritten; everything els
 
 {_block("ocr")}
 """
+
+
+# ---------------------------------------------------------------- load tests
+
+def write_load_run(results: Sequence[Any], meta: dict[str, Any], env: dict[str, Any], out_dir: Path, *,
+                   prefix: str = "loadtest", with_samples: bool = True) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict(with_samples) for r in results]
+    files: dict[str, Path] = {"json": report.write_json(out_dir / f"{prefix}.json",
+                                                       {"environment": env, "run": meta, "rates": rows})}
+    plot = report.plot_latency_vs_load(rows, out_dir / f"{prefix}_latency_vs_load.png",
+                                       f"{meta.get('target', '')}: latency vs offered load ({meta.get('distribution')})")
+    cdf = report.plot_cdf({f"{r.offered_rate:g}/s": r.latencies_ms for r in results},
+                          out_dir / f"{prefix}_latency_cdf.png", "latency CDF per offered rate")
+    files.update({k: v for k, v in {"latency_vs_load": plot, "cdf": cdf}.items() if v is not None})
+    files["markdown"] = out_dir / f"{prefix}.md"
+    files["markdown"].write_text("\n".join(["# Load test", "", environment.markdown(env), "",
+                                            load_section(rows, meta, plot, out_dir)]) + "\n")
+    return files
+
+
+def load_section(rows: list[dict[str, Any]], meta: dict[str, Any], plot: Path | None, relative_to: Path) -> str:
+    lines = [
+        f"Target {meta.get('target')} ({meta.get('request')}); open-loop {meta.get('distribution')} arrivals, "
+        f"{meta.get('duration_s')} s per offered rate. Latency is measured from each request's scheduled send "
+        "time (so a backlog in the client counts too); `send lag` shows how far the generator fell behind. "
+        "The generator shares the CPU with the server when both run on this machine.",
+        "",
+        report.load_markdown(rows),
+        "",
+    ]
+    link = report.image_link(plot, relative_to, "latency vs offered load")
+    if link:
+        lines += [link, ""]
+    return "\n".join(lines)

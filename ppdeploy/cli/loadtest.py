@@ -1,0 +1,108 @@
+"""`ppdeploy loadtest URL`: open-loop Poisson/constant load against a ppdeploy (or any KServe v2) server."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ppdeploy.errors import PPDeployError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("loadtest", help="open-loop HTTP load test (Poisson or constant arrivals), latency vs load",
+                       description="Examples:\n"
+                                   "  ppdeploy loadtest http://127.0.0.1:8000 --kind ocr --rate 2 --duration 20\n"
+                                   "  ppdeploy loadtest http://127.0.0.1:8000 --model rec --sweep 10,20,40,80 --duration 10",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8000 (loopback only unless --allow-remote)")
+    p.add_argument("--kind", choices=["v2", "ocr", "classify"], default="v2",
+                   help="v2: KServe v2 infer on --model; ocr/classify: POST an image to /v1/ocr or /v1/classify")
+    p.add_argument("--model", default=None, help="model name (required for v2; optional route suffix for ocr/classify)")
+    p.add_argument("--rate", type=float, default=None, help="offered requests per second")
+    p.add_argument("--sweep", default=None, help="comma list of offered rates, run one after another (overrides --rate)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (default %(default)s)")
+    p.add_argument("--distribution", choices=["poisson", "constant"], default="poisson")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson schedule")
+    p.add_argument("--image", default=None, help="ocr/classify: image file to send (default: a rendered page)")
+    p.add_argument("--input", default=None, help="v2: .npy file to send as the model's single input")
+    p.add_argument("--batch", type=int, default=1, help="v2: batch size of generated inputs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="v2: per-sample shape for dynamic inputs, e.g. x=3x48x320")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    p.add_argument("--drain", type=float, default=30.0, help="seconds to wait for stragglers after the last arrival")
+    p.add_argument("--max-in-flight", type=int, default=512, help="client-side cap on outstanding requests")
+    p.add_argument("--max-requests", type=int, default=100_000, help="cap on requests per rate")
+    p.add_argument("--api-key", default=os.environ.get("PPDEPLOY_API_KEY"), help="bearer key (default $PPDEPLOY_API_KEY)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a target that is not a loopback address")
+    p.add_argument("--out", default="loadtest-results", help="folder for JSON, PNG plot and markdown (default %(default)s)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ppdeploy.bench import environment, report
+    from ppdeploy.bench.load import (LoadSettings, ensure_loopback, fetch_v2_inputs, image_request, load_image_bytes,
+                                     run_load, v2_request)
+    from ppdeploy.bench.suite import write_load_run
+    from ppdeploy.cli.common import parse_dims
+
+    ensure_loopback(args.url, args.allow_remote)
+    if args.sweep:
+        try:
+            rates = [float(r) for r in args.sweep.split(",") if r.strip()]
+        except ValueError as exc:
+            raise PPDeployError(f"--sweep takes comma-separated numbers, got '{args.sweep}'") from exc
+    elif args.rate is not None:
+        rates = [args.rate]
+    else:
+        raise PPDeployError("give --rate R or --sweep r1,r2,...")
+    base = args.url.rstrip("/")
+    if args.kind == "v2":
+        if not args.model:
+            raise PPDeployError("--kind v2 needs --model NAME (see GET /v2/repository/index)")
+        if args.input:
+            try:
+                arr = np.load(args.input)
+            except (OSError, ValueError) as exc:
+                raise PPDeployError(f"cannot read {args.input}: {exc}") from exc
+            meta = fetch_v2_inputs(base, args.model, 1, args.timeout, {})
+            if len(meta) != 1:
+                raise PPDeployError(f"--input gives one array but the model has inputs {sorted(meta)}")
+            inputs = {next(iter(meta)): arr}
+        else:
+            shapes = {}
+            for item in args.shape:
+                name, sep, dims = item.partition("=")
+                if not sep:
+                    raise PPDeployError(f"bad --shape '{item}'", hint="NAME=DIMS, e.g. x=3x48x320")
+                shapes[name.strip()] = parse_dims(dims)
+            inputs = fetch_v2_inputs(base, args.model, args.batch, args.timeout, shapes)
+        template = v2_request(args.model, inputs)
+    else:
+        if args.image:
+            path = Path(args.image)
+        else:
+            from ppdeploy.bench.pages import render_pages
+            from ppdeploy.bench.suite import _pages_dir
+
+            path = render_pages(_pages_dir(), 1)[0]
+        template = image_request(args.kind, load_image_bytes(path), path.name, args.model)
+    if args.api_key:
+        template.headers["authorization"] = f"Bearer {args.api_key}"
+    settings = LoadSettings(timeout_s=args.timeout, drain_s=args.drain, max_in_flight=args.max_in_flight,
+                            max_requests=args.max_requests, seed=args.seed, allow_remote=args.allow_remote)
+
+    def show(r) -> None:
+        lat = r.latency_ms or {}
+        print(f"offered {r.offered_rate:g}/s: achieved {r.achieved_rps:.2f}/s, ok {r.ok}/{r.scheduled}, "
+              f"429 {r.http_429}, errors {r.http_errors + r.failures}, dropped {r.dropped}, "
+              f"p50 {lat.get('p50', float('nan')):.1f} ms p99 {lat.get('p99', float('nan')):.1f} ms", flush=True)
+
+    results = run_load(base, template, rates, args.duration, args.distribution, settings, on_rate=show)
+    meta = {"target": base, "request": template.describe, "distribution": args.distribution,
+            "duration_s": args.duration, "rates": rates, "settings": settings.__dict__}
+    files = write_load_run(results, meta, environment.describe(), Path(args.out))
+    print()
+    print(report.load_markdown([r.to_dict(False) for r in results]))
+    print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    return 0 if any(r.ok for r in results) else 1

@@ -1,0 +1,173 @@
+"""Real load tests against a real HTTP server on 127.0.0.1 (a small KServe-v2-shaped server from the standard
+library, so the generator is tested independently of ppdeploy's own server)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from ppdeploy.bench.load import LoadSettings, fetch_v2_inputs, run_load, v2_request
+from ppdeploy.errors import InputError
+
+SERVICE_S = 0.04
+
+
+def make_server(threaded: bool, capacity: int = 1000, service_s: float = SERVICE_S):
+    slots = threading.BoundedSemaphore(capacity)
+    served = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def _reply(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/v2/models/m":
+                self._reply(200, {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                                  "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}]})
+            else:
+                self._reply(404, {"error": "no route"})
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.path != "/v2/models/m/infer":
+                self._reply(404, {"error": "no route"})
+                return
+            if not slots.acquire(blocking=False):
+                self._reply(429, {"error": "queue full"})
+                return
+            try:
+                req = json.loads(body)
+                x = np.asarray(req["inputs"][0]["data"], dtype=np.float32).reshape(req["inputs"][0]["shape"])
+                time.sleep(service_s)
+                served.append(time.perf_counter())
+                self._reply(200, {"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32",
+                                                                 "shape": [x.shape[0]], "data": x.sum(1).tolist()}]})
+            finally:
+                slots.release()
+
+    cls = ThreadingHTTPServer if threaded else HTTPServer
+    cls = type("Server", (cls,), {"request_queue_size": 256, "daemon_threads": True})
+    server = cls(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, served
+
+
+@pytest.fixture
+def serial_server():
+    server, served = make_server(threaded=False)
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def limited_server():
+    server, served = make_server(threaded=True, capacity=2, service_s=0.1)
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def roomy_server():
+    server, served = make_server(threaded=True, capacity=1000, service_s=0.005)
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+def test_open_loop_shows_queueing_from_scheduled_time(serial_server):
+    """A one-at-a-time server offered twice its capacity builds a queue; the generator keeps sending on schedule
+    and charges the wait to the requests (a closed loop would report ~one service time for every request)."""
+    url, served = serial_server
+    inputs = fetch_v2_inputs(url, "m", batch=2)  # from the server's metadata: x of shape [2, 4]
+    assert inputs["x"].shape == (2, 4)
+    rate, duration = 50.0, 0.6  # 30 arrivals; the server needs >= 30 * 40 ms = 1.2 s for them
+    [res] = run_load(url, v2_request("m", inputs), [rate], duration, "constant", LoadSettings(timeout_s=20, drain_s=20))
+    assert res.scheduled == 30 and res.sent == 30
+    assert res.ok == 30 and res.failures == 0 and res.http_429 == 0
+    assert len(served) == 30
+    lat = sorted(res.latencies_ms)
+    assert lat[0] >= SERVICE_S * 1e3 * 0.9  # nobody is faster than one service time
+    # the last arrival (t=0.58 s) cannot finish before 30 services (1.2 s): >= 0.6 s from its scheduled time
+    assert lat[-1] >= (30 * SERVICE_S - 0.58) * 1e3 * 0.9
+    assert res.latency_ms["p99"] > 5 * SERVICE_S * 1e3
+    # the generator itself was not the bottleneck: it sent (nearly) on time
+    assert res.send_lag_ms["p50"] < 50
+
+
+def test_429_and_errors_are_counted(limited_server):
+    url, _ = limited_server
+    [res] = run_load(url, v2_request("m", {"x": np.zeros((1, 4), np.float32)}), [40.0], 0.5, "constant",
+                     LoadSettings(timeout_s=20, drain_s=20))
+    assert res.scheduled == 20
+    assert res.http_429 > 0 and res.ok > 0
+    assert res.ok + res.http_429 == 20
+    assert res.failures == 0 and res.http_errors == 0
+    assert any("429" in e for e in res.error_examples)
+    # an unknown model is an HTTP error, not a success
+    [bad] = run_load(url, v2_request("nope", {"x": np.zeros((1, 4), np.float32)}), [20.0], 0.2, "constant")
+    assert bad.ok == 0 and bad.http_errors == bad.sent == 4
+
+
+def test_unreachable_server_counts_failures():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    [res] = run_load(f"http://127.0.0.1:{port}", v2_request("m", {"x": np.zeros((1, 4), np.float32)}), [20.0], 0.2,
+                     "constant", LoadSettings(timeout_s=2, drain_s=2))
+    assert res.ok == 0 and res.failures == res.sent == 4
+    assert res.latency_ms is None
+
+
+def test_remote_target_refused_without_flag():
+    with pytest.raises(InputError, match="loopback"):
+        run_load("http://192.0.2.10:8000", v2_request("m", {"x": np.zeros((1, 4), np.float32)}), [1.0], 1.0)
+
+
+def test_loadtest_cli_writes_report(roomy_server, tmp_path, capsys):
+    from ppdeploy.cli import main
+
+    url, served = roomy_server
+    out = tmp_path / "lt"
+    code = main(["loadtest", url, "--model", "m", "--sweep", "20,40", "--duration", "0.5", "--distribution",
+                 "poisson", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "loadtest.json").read_text())
+    assert [r["offered_rate"] for r in data["rates"]] == [20.0, 40.0]
+    for r in data["rates"]:
+        assert r["ok"] == r["scheduled"] > 0
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+    assert len(served) == sum(r["ok"] for r in data["rates"])
+    png = (out / "loadtest_latency_vs_load.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    md = (out / "loadtest.md").read_text()
+    assert "latency vs offered load" in md and "| offered /s |" in md
+    printed = capsys.readouterr().out
+    assert "offered 20/s" in printed and "offered 40/s" in printed
+
+
+def test_loadtest_cli_rejects_bad_arguments(roomy_server, tmp_path):
+    from ppdeploy.cli import main
+
+    url, _ = roomy_server
+    assert main(["loadtest", url, "--model", "m", "--out", str(tmp_path)]) == 2  # no rate
+    assert main(["loadtest", url, "--rate", "5", "--out", str(tmp_path)]) == 2  # v2 without model
+    assert main(["loadtest", "http://192.0.2.10:1", "--model", "m", "--rate", "5", "--out", str(tmp_path)]) == 2
+    assert main(["loadtest", url, "--model", "m", "--sweep", "a,b", "--out", str(tmp_path)]) == 2

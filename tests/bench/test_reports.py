@@ -1,0 +1,113 @@
+"""`ppdeploy bench` writes JSON, markdown and PNG files; OCR runs compare against the Paddle Inference peer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ppdeploy.bench import report
+from ppdeploy.bench.ocr import line_agreement
+from ppdeploy.bench.suite import SKELETON, update_benchmarks_md
+from ppdeploy.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_model_matrix_writes_report(tmp_path, capsys):
+    out = tmp_path / "b"
+    code = main(["bench", "ppocr-cls", "--backends", "onnxruntime,no-such-backend", "--batch-sizes", "1,2",
+                 "--warmup", "1", "--min-runs", "5", "--min-time", "0", "--out", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads((out / "models.json").read_text())
+    assert data["environment"]["cpu_model"] and data["environment"]["versions"]["onnxruntime"]
+    rows = data["results"]
+    ok = [r for r in rows if r["ok"]]
+    assert [(r["backend"], r["batch"]) for r in ok] == [("onnxruntime", 1), ("onnxruntime", 2)]
+    for r in ok:
+        assert r["input_shapes"]["x"] == [r["batch"], 3, 48, 192]
+        assert r["latency"]["count"] == len(r["samples_ms"]) >= 5
+        assert r["latency"]["min"] <= r["latency"]["p50"] <= r["latency"]["p90"] <= r["latency"]["p99"] <= r["latency"]["max"]
+        assert r["throughput"] > 0 and r["peak_rss_mib"] > 0
+        assert "compute" in r["stages_ms"]  # the runner's own stage times
+    bad = [r for r in rows if not r["ok"]]
+    assert len(bad) == 2 and all("no-such-backend" in r["error"] for r in bad)
+    for name in ("models_latency_vs_batch.png", "models_throughput.png", "models_latency_cdf.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+    md = (out / "models.md").read_text()
+    assert "![latency vs batch size](models_latency_vs_batch.png)" in md
+    assert "| ppocr-cls | onnxruntime | fp32 | 2 |" in md
+    assert "skipped" in md
+    assert "| p50 ms |" in capsys.readouterr().out
+
+
+def test_bench_without_model_is_a_clear_error(tmp_path):
+    assert main(["bench", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "ppocr-cls", "--batch-sizes", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_line_agreement_is_order_free_multiset():
+    ref = [["a", "b", "b"], ["c"]]
+    assert line_agreement(ref, [["b", "a", "b"], ["c"]])["line_agreement"] == 1.0
+    got = line_agreement(ref, [["a", "b", "x"], []])
+    assert got["matched_lines"] == 2 and got["reference_lines"] == 4 and got["line_agreement"] == 0.5
+
+
+def test_generated_blocks_replace_only_their_own_text(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    update_benchmarks_md(path, {"models": "first table"})
+    doc = path.read_text()
+    assert doc.startswith(SKELETON.splitlines()[0]) and "first table" in doc
+    path.write_text(doc + "\n## Serving\n\nhand-written numbers from the lead\n")
+    update_benchmarks_md(path, {"models": "second table", "ocr": "ocr table"})
+    doc = path.read_text()
+    assert "second table" in doc and "first table" not in doc and "ocr table" in doc
+    assert "hand-written numbers from the lead" in doc
+    assert doc.count("ppdeploy-bench:models:begin") == 1
+
+
+def test_load_plot_and_table(tmp_path):
+    rows = [{"offered_rate": r, "achieved_rps": min(r, 30.0), "sent": 10, "ok": 9, "http_429": 1, "http_errors": 0,
+             "failures": 0, "dropped": 0, "latency_ms": {"p50": 10.0 * r, "p90": 12.0 * r, "p99": 20.0 * r, "max": 25.0 * r},
+             "send_lag_ms": {"p99": 0.5}} for r in (10.0, 20.0, 40.0)]
+    png = report.plot_latency_vs_load(rows, tmp_path / "l.png")
+    assert png.read_bytes().startswith(PNG)
+    table = report.load_markdown(rows)
+    assert table.count("\n") == 4 and "| 40.00 | 30.00 |" in table
+
+
+@pytest.mark.slow
+def test_bench_ocr_against_paddle_peer(tmp_path):
+    """One small page through ppdeploy's OCR and RapidOCR on Paddle Inference (its venv needs no download:
+    rapidocr-paddle is already in ppdeploy's environment)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from ppdeploy.bench.pages import FONT_CANDIDATES
+
+    font = next(f for f in FONT_CANDIDATES if "DejaVu" in f)
+    img = Image.new("RGB", (480, 200), "white")
+    d = ImageDraw.Draw(img)
+    for i, text in enumerate(["Invoice 2024-05-17", "Total $1,234.50", "Thank you"]):
+        d.text((20, 20 + 60 * i), text, fill="black", font=ImageFont.truetype(font, 30))
+    data = tmp_path / "pages"
+    data.mkdir()
+    img.save(data / "p.png")
+    out = tmp_path / "o"
+    code = main(["bench", "ocr", "--data", str(data), "--backends", "onnxruntime", "--peers", "rapidocr-paddle",
+                 "--warmup", "1", "--min-runs", "2", "--min-time", "0", "--out", str(out), "--no-progress"])
+    assert code == 0
+    res = json.loads((out / "ocr.json").read_text())
+    by_name = {e["name"]: e for e in res["entries"]}
+    peer, mine = by_name["rapidocr-paddle"], by_name["ppdeploy onnxruntime fp32"]
+    assert peer["ok"], peer["error"]
+    assert mine["ok"], mine["error"]
+    assert res["reference"] == "rapidocr-paddle"
+    assert "Total$1,234.50" in [t.replace(" ", "") for t in peer["texts"][0]]
+    assert mine["agreement"]["reference_lines"] == len(peer["texts"][0]) >= 3
+    assert mine["agreement"]["line_agreement"] >= 2 / 3
+    assert mine["stage_backends"] == {"det": "onnxruntime", "rec": "onnxruntime", "cls": "onnxruntime"}
+    assert {"det_infer", "rec_infer", "decode"} <= set(mine["stages_ms"])
+    assert peer["versions"]["rapidocr-paddle"] == "1.4.5"
+    assert peer["latency_ms"]["count"] == len(peer["samples_ms"]) >= 2
+    assert (out / "ocr_pages_per_s.png").read_bytes().startswith(PNG)
+    assert "rapidocr-paddle" in (out / "ocr.md").read_text()
