@@ -30,6 +30,8 @@ A config.yaml::
       pad: {x: [3]}                # axes each input may be zero-padded along to share a batch
     instance_count: 1
     task: none                     # none | ocr | classification
+    autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
+      {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
 """
 from __future__ import annotations
 
@@ -98,6 +100,22 @@ class DynamicBatching(_Strict):
         return {k: sorted(set(a)) for k, a in v.items()}
 
 
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling of this model's deployment (ppdeploy.serve.ray); the plain server ignores it."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)  # requests in flight per replica that Ray aims for
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
     source: str | None = None  # zoo name, Paddle model dir or .onnx file; None only for task: ocr
@@ -115,6 +133,7 @@ class ModelConfig(_Strict):
     # passed as keyword arguments to the task's constructor (labels file, thresholds, ...)
     task_options: dict[str, Any] = Field(default_factory=dict)
     version: str = Field("1", pattern=r"^[0-9]+$")
+    autoscaling: Autoscaling | None = None  # Ray Serve only (ppdeploy serve --ray)
 
     _base_dir: Path | None = PrivateAttr(default=None)
     _file: Path | None = PrivateAttr(default=None)
@@ -296,6 +315,7 @@ def load_repository(repo_dir: str | os.PathLike, *, check_source: bool = True) -
         raise ConfigError(f"model repository {repo} is not a directory")
     errors: list[str] = []
     configs: list[ModelConfig] = []
+    broken: set[str] = set()
     for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         path = folder / CONFIG_FILE
         if not path.is_file():
@@ -303,11 +323,12 @@ def load_repository(repo_dir: str | os.PathLike, *, check_source: bool = True) -
         cfg, errs = _parse_file(path, folder.name)
         errors.extend(errs)
         if cfg is None:
+            broken.add(folder.name)  # its own errors are reported; don't also call references to it dangling
             continue
         if check_source and (problem := _source_problem(cfg)):
             errors.append(problem)
         configs.append(cfg)
-    errors.extend(check_references(configs))
+    errors.extend(check_references(configs, broken))
     if not configs and not errors:
         errors.append(f"{repo}: no model folders with a {CONFIG_FILE}")
     if errors:
@@ -315,8 +336,9 @@ def load_repository(repo_dir: str | os.PathLike, *, check_source: bool = True) -
     return sorted(configs, key=lambda c: c.name)
 
 
-def check_references(configs: list[ModelConfig]) -> list[str]:
-    """Cross-file checks: unique names, and OCR pipelines that name existing tensor models."""
+def check_references(configs: list[ModelConfig], invalid: set[str] = frozenset()) -> list[str]:
+    """Cross-file checks: unique names, and OCR pipelines that name existing tensor models. `invalid`: names of
+    models whose config failed to parse (references to them are not reported again)."""
     errors = []
     by_name: dict[str, ModelConfig] = {}
     for cfg in configs:
@@ -326,6 +348,8 @@ def check_references(configs: list[ModelConfig]) -> list[str]:
     for cfg in configs:
         for stage, ref in cfg.pipeline.items():
             target = by_name.get(ref)
+            if target is None and ref in invalid:
+                continue
             if target is None:
                 errors.append(f"{cfg._where()}: pipeline.{stage}: no model named '{ref}' in this repository "
                               f"(models: {', '.join(sorted(by_name)) or 'none'})")
@@ -334,5 +358,5 @@ def check_references(configs: list[ModelConfig]) -> list[str]:
     return errors
 
 
-__all__ = ["CONFIG_FILE", "DynamicBatching", "InputShape", "ModelConfig", "check_references", "load_config",
+__all__ = ["Autoscaling", "CONFIG_FILE", "DynamicBatching", "InputShape", "ModelConfig", "check_references", "load_config",
            "load_repository"]
