@@ -1,0 +1,246 @@
+"""INT8 graphs: ONNX Runtime's static quantization in QDQ form (explicit QuantizeLinear/DequantizeLinear, so
+TensorRT, OpenVINO and ONNX Runtime all run it as INT8), per-channel weights, calibration cached by data hash,
+and an accuracy-driven exclusion search.
+
+Steps:
+1. `prepare`: ORT's `quant_pre_process` (shape inference + graph optimization: folds BatchNorm into Conv,
+   constant folding) so quantization sees the graph a backend runs; nodes get stable names.
+2. `calibrate`: activation ranges of every tensor the quantizer may need, by min-max, entropy or
+   percentile, over the calibration part of the data, in chunks (bounded memory) with a progress bar.
+   Cached in the engine cache under (prepared graph, data hash, method): a second build reads the ranges.
+3. `quantize`: ORT's QDQ quantizer with the cached ranges, per-channel INT8 weights, UINT8 activations.
+4. `search`: when the gate fails, rank node groups by how much quantizing each group *alone* costs
+   (on the cheap output gate over held-out samples), then exclude the costliest groups — the smallest
+   number that makes the real gate (which may be a whole-pipeline task metric) pass, by binary search.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ppdeploy.cache import EngineCache, sha256_file
+from ppdeploy.errors import AccuracyError, ConversionError, InputError
+from ppdeploy.precision import graph
+from ppdeploy.precision.calibration import CalibrationSet
+from ppdeploy.precision.gate import Gate, GateReport
+
+log = logging.getLogger("ppdeploy.precision")
+
+METHODS = ("minmax", "entropy", "percentile")
+# The compute-heavy ops: where INT8 pays. Element-wise ops stay FP32 between them, which costs a little
+# speed on ORT but keeps activations like HardSwish and residual sums exact.
+QUANT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+CALIBRATION_CHUNK = 8  # samples per collect_data call: bounds the intermediate tensors held in memory
+# ORT's histogram calibrators stack one call's tensors into one array, so samples of different shapes
+# (text lines of different widths, pages of different sizes) must go one per call.
+HISTOGRAM_CHUNK = 1
+SENSITIVITY_GROUPS = 12
+
+# Incremented each time ranges are actually computed (not read from the cache): tests and logs use it.
+CALIBRATION_RUNS = 0
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if method not in table:
+        raise InputError(f"unknown calibration method '{method}'", hint=f"choose from {', '.join(METHODS)}")
+    return table[method]
+
+
+def prepare(onnx_path: Path, out_path: Path) -> Path:
+    """Optimized, shape-inferred FP32 graph with unique node names, written to `out_path`."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = out_path.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=False)
+    except Exception as exc:  # symbolic shape inference gives up on some exported graphs: skip only that part
+        log.info("int8: symbolic shape inference failed (%s); preprocessing without it", str(exc)[:200])
+        try:
+            quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=True)
+        except Exception as exc2:
+            raise ConversionError(f"INT8 preprocessing (ONNX Runtime quant_pre_process) failed: {exc2}") from exc2
+    model = onnx.load(str(tmp))
+    graph.name_nodes(model)
+    onnx.save(model, str(out_path))
+    tmp.unlink(missing_ok=True)
+    return out_path
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a slice of samples, advancing a progress bar."""
+
+    def __init__(self, samples: Sequence[dict], advance: Callable[[], None]):
+        self._it = iter(samples)
+        self._advance = advance
+
+    def get_next(self):
+        item = next(self._it, None)
+        if item is not None:
+            self._advance()
+        return item
+
+
+def _progress(total: int, description: str):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, disable=not console.is_terminal, transient=False)
+
+
+def calibrate(prepared: Path, calib: CalibrationSet, method: str, cache: EngineCache,
+              op_types: Sequence[str] = QUANT_OPS) -> tuple[Path, bool]:
+    """(path of the ranges JSON, cache hit). Ranges depend on the graph, the data and the method only,
+    so every exclusion list tried later reuses them."""
+    import onnxruntime as ort
+
+    ort_method = _ort_method(method)
+    parts = {"graph": sha256_file(prepared), "calib": calib.hash, "method": method, "ops": sorted(op_types),
+             "onnxruntime": ort.__version__}
+
+    def build(out: Path) -> None:
+        global CALIBRATION_RUNS
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+        CALIBRATION_RUNS += 1
+        work = out / "work"
+        work.mkdir()
+        calibrator = create_calibrator(prepared, list(op_types), augmented_model_path=str(work / "augmented.onnx"),
+                                       calibrate_method=ort_method,
+                                       extra_options={"symmetric": False} if method == "minmax" else {})
+        samples = calib.samples
+        with _progress(len(samples), "calibrating") as bar:
+            task = bar.add_task(f"INT8 calibration ({method}, {len(samples)} samples)", total=len(samples))
+            step = CALIBRATION_CHUNK if method == "minmax" else HISTOGRAM_CHUNK
+            for start in range(0, len(samples), step):
+                chunk = samples[start:start + step]
+                calibrator.collect_data(_Reader(chunk, lambda: bar.advance(task)))
+        save_tensors_data(calibrator.compute_data(), out / "ranges.json")
+        del calibrator
+        for p in sorted(work.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        work.rmdir()
+
+    entry = cache.get_or_build("calibration", parts, build, label=f"int8 ranges {method} {calib.source}")
+    if entry.hit:
+        log.info("int8: calibration ranges from cache (%s)", entry.key)
+    return entry.path / "ranges.json", entry.hit
+
+
+def quantize(prepared: Path, ranges: Path, out_path: Path, method: str, *, exclude: Sequence[str] = (),
+             only: Sequence[str] | None = None, op_types: Sequence[str] = QUANT_OPS) -> Path:
+    """QDQ INT8 graph from cached ranges; `only` restricts quantization to those nodes (sensitivity runs)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # ORT logs "consider pre-processing" warnings through the root logger
+    try:
+        quantize_static(
+            str(prepared), str(out_path), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(only) if only else None, nodes_to_exclude=list(exclude),
+            calibrate_method=_ort_method(method), calibration_cache_path=str(ranges),
+        )
+    except Exception as exc:
+        raise ConversionError(f"INT8 quantization (ONNX Runtime quantize_static) failed: {exc}") from exc
+    finally:
+        root.setLevel(level)
+    return out_path
+
+
+@dataclass
+class SearchResult:
+    path: Path
+    excluded: list[str]
+    report: GateReport
+    sensitivity: list[dict] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def search(prepared: Path, ranges: Path, method: str, gate: Gate, proxy: Gate, work: Path, *,
+           exclude: Sequence[str] = (), op_types: Sequence[str] = QUANT_OPS,
+           groups: int = SENSITIVITY_GROUPS, auto_exclude: bool = True) -> SearchResult:
+    """Quantize; if `gate` fails, exclude the costliest node groups (ranked on `proxy`) until it passes."""
+    import onnx
+
+    counter = [0]
+
+    def candidate(excluded: Sequence[str], only: Sequence[str] | None = None) -> Path:
+        counter[0] += 1
+        return quantize(prepared, ranges, work / f"int8-candidate-{counter[0]}.onnx", method,
+                        exclude=excluded, only=only, op_types=op_types)
+
+    base = list(exclude)
+    first_path = candidate(base)
+    first = gate.evaluate(first_path)
+    if first.passed:
+        return SearchResult(first_path, base, first, [], gate.evaluations)
+    if not auto_exclude:
+        raise AccuracyError(f"INT8 build fails its accuracy gate: {first.summary()}",
+                            hint="allow automatic exclusion, raise --max-loss, or try --calib-method entropy/percentile")
+
+    quantizable = [n for n in graph.nodes_of_types(onnx.load(str(prepared), load_external_data=False), op_types)
+                   if n not in set(base)]
+    node_groups = graph.chunk(quantizable, groups)
+    sensitivity = []
+    for i, group in enumerate(node_groups):
+        rep = proxy.evaluate(candidate(base, only=group))
+        sensitivity.append({"group": i, "nodes": group, "loss": round(rep.loss, 6)})
+        log.info("int8: group %d/%d (%d nodes, %s..) alone costs %.4f", i + 1, len(node_groups), len(group),
+                 group[0], rep.loss)
+    ranked = sorted(sensitivity, key=lambda s: -s["loss"])
+
+    def excluded_top(k: int) -> list[str]:
+        return base + [n for s in ranked[:k] for n in s["nodes"]]
+
+    tried: dict[int, tuple[Path, GateReport]] = {0: (first_path, first)}
+
+    def judge(k: int) -> GateReport:
+        if k not in tried:
+            path = candidate(excluded_top(k))
+            tried[k] = (path, gate.evaluate(path))
+        return tried[k][1]
+
+    # Smallest k whose exclusion passes, assuming more exclusion never hurts (true up to gate noise, and
+    # the final graph is always one that was judged to pass).
+    lo, hi = 0, len(ranked)
+    if not judge(hi).passed:
+        raise AccuracyError(
+            f"INT8 build fails its gate even with all {len(quantizable)} quantizable nodes excluded: "
+            f"{tried[hi][1].summary()}", hint="the FP32 graph itself disagrees with the gate's reference; check the data")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if judge(mid).passed:
+            hi = mid
+        else:
+            lo = mid
+    path, report = tried[hi]
+    excluded = excluded_top(hi)
+    log.info("int8: excluded %d node(s) in %d group(s) to pass: %s", len(excluded) - len(base), hi, report.summary())
+    return SearchResult(path, excluded, report, sensitivity, gate.evaluations + proxy.evaluations)
+
+
+def quantized_fraction(path: Path, op_types: Sequence[str] = QUANT_OPS) -> dict[str, Any]:
+    """How many of the compute ops run in INT8 in a QDQ graph (their weight input comes from a DequantizeLinear)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    total = quantized = 0
+    for n in model.graph.node:
+        if n.op_type in op_types:
+            total += 1
+            if len(n.input) > 1 and producers.get(n.input[1]) == "DequantizeLinear":
+                quantized += 1
+    return {"compute_nodes": total, "int8_nodes": quantized}
+
