@@ -1,0 +1,63 @@
+"""The `ppdeploy` console command as a user runs it (a real subprocess)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def ppdeploy(*args, cache=None, check=True):
+    env = dict(os.environ)
+    if cache is not None:
+        env["PPDEPLOY_CACHE"] = str(cache)
+        # reuse the already-installed private converter instead of installing it again per temp cache
+        env["PPDEPLOY_P2O_LEGACY_DIR"] = str(_legacy_dir())
+    proc = subprocess.run([sys.executable, "-m", "ppdeploy", *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ppdeploy {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _legacy_dir():
+    from ppdeploy.convert.routes import ensure_legacy_installed
+
+    return ensure_legacy_installed()
+
+
+@pytest.mark.slow
+def test_run_twice_second_is_served_from_cache(tmp_path):
+    x = np.random.default_rng(0).random((2, 3, 48, 192), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cache = tmp_path / "cache"
+    first = json.loads(ppdeploy("run", "ppocr-cls", "-b", "onnxruntime", "-i", str(tmp_path / "x.npy"), "--json",
+                                "--save", str(tmp_path / "out.npz"), cache=cache).stdout)
+    second = json.loads(ppdeploy("run", "ppocr-cls", "-b", "onnxruntime", "-i", str(tmp_path / "x.npy"), "--json",
+                                 cache=cache).stdout)
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    assert second["timings_s"]["build"] == 0 and "convert" in second["timings_s"]
+    assert first["outputs"]["softmax_0.tmp_0"]["shape"] == [2, 2]
+    saved = np.load(tmp_path / "out.npz")["softmax_0.tmp_0"]
+    np.testing.assert_allclose(saved.sum(1), 1.0, atol=1e-5)  # softmax rows
+
+    listing = ppdeploy("cache", "ls", cache=cache).stdout
+    assert "onnx" in listing and "engine" in listing and "BROKEN" not in listing
+    assert "removed 2 entries" in ppdeploy("cache", "clear", cache=cache).stdout
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path):
+    proc = ppdeploy("run", str(tmp_path / "missing"), check=False)
+    assert proc.returncode == 2 and "model path does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    np.save(tmp_path / "bad.npy", np.zeros((1, 3, 48, 192), np.float64))
+    proc = ppdeploy("run", "ppocr-cls", "-b", "onnxruntime", "-i", str(tmp_path / "bad.npy"), check=False)
+    assert proc.returncode == 2 and "dtype float64" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_doctor_reports_backends_and_reasons():
+    info = json.loads(ppdeploy("doctor", "--json").stdout)
+    assert info["backends"]["onnxruntime"]["available"] is True
+    assert info["backends"]["openvino"]["available"] is True
+    missing = [b for b in info["backends"].values() if not b["available"]]
+    assert all(b["reason"] for b in missing)  # every unavailable backend says why
+    assert info["packages"]["paddlepaddle"] and "legacy .pdmodel" in info["conversion_routes"]
