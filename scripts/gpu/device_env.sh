@@ -1,0 +1,19 @@
+# Source this at the start of every device command (from the repo root):  . scripts/gpu/device_env.sh
+# Unpacks whatever parts this call carried into /tmp (a warm machine keeps /tmp between calls), then points
+# PYTHONPATH at onnxruntime-gpu (/tmp/ortgpu), TensorRT-RTX (/tmp/site) and this checkout.
+[ -f .gpu-payload/unpack.sh ] && bash .gpu-payload/unpack.sh
+mkdir -p /tmp/rtxparts /tmp/site
+for d in .gpu-carry/rtx-a .gpu-carry/rtx-b; do [ -d "$d" ] && cp -n "$d"/* /tmp/rtxparts/; done
+if [ -f /tmp/rtxparts/rtx.so.xz.part0 ] && [ -f /tmp/rtxparts/rtx.so.xz.part1 ] && [ ! -s /tmp/site/tensorrt_rtx_libs/libtensorrt_rtx.so.1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/rtxparts/*.whl \
+    && mkdir -p /tmp/site/tensorrt_rtx_libs \
+    && cp /tmp/rtxparts/libs_init.py /tmp/site/tensorrt_rtx_libs/__init__.py \
+    && xz -dc /tmp/rtxparts/parser.so.xz > /tmp/site/tensorrt_rtx_libs/libtensorrt_onnxparser_rtx.so.1 \
+    && cat /tmp/rtxparts/rtx.so.xz.part0 /tmp/rtxparts/rtx.so.xz.part1 | xz -dc > /tmp/site/tensorrt_rtx_libs/libtensorrt_rtx.so.1 \
+    && echo "TensorRT-RTX ready in /tmp/site"
+fi
+[ -d .gpu-carry/whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/whl/*.whl
+[ -d .gpu-carry/onnx ] && export PPDEPLOY_TEST_ONNX_DIR=$PWD/.gpu-carry/onnx
+export PYTHONPATH=/tmp/ortgpu:/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 PPDEPLOY_CACHE=/tmp/ppdeploy-cache
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -1,0 +1,86 @@
+"""Run HERE (not on the device): put what a device run needs into the git-ignored folder .gpu-carry/.
+
+  .gpu-carry/onnx/<zoo-name>.onnx           FP32 OCR models (converted with ppdeploy's own route, cached)
+  .gpu-carry/onnx/<zoo-name>.fp16.onnx      FP16 graphs with FP32 I/O (ppdeploy.precision.fp16 keep-list, or
+                                            onnxconverter-common directly when that module is unavailable)
+  .gpu-carry/rtx-a/, .gpu-carry/rtx-b/       TensorRT-RTX 1.7.1 (libs split in two xz parts: 234 MiB raw is more
+                                            than one device call carries) + cp312 bindings wheel
+
+Usage: python scripts/gpu/prepare_carry.py [--no-rtx]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CARRY = ROOT / ".gpu-carry"
+MODELS = ("ppocrv4-det", "ppocrv4-rec", "ppocr-cls")
+RTX_VERSION = "1.7.1.116"
+
+
+def fp16(src: Path, dst: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(src))
+    try:
+        from ppdeploy.precision.fp16 import convert
+
+        out, how = convert(model), "ppdeploy.precision.fp16.convert (keep-list, fp32 I/O)"
+    except Exception as exc:  # module not there yet, or onnxconverter-common's cast-removal bug on the keep-list
+        from onnxconverter_common.float16 import convert_float_to_float16
+
+        out = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        how = f"onnxconverter_common keep_io_types, default block list (keep-list failed: {str(exc)[:80]})"
+    onnx.save(out, str(dst))
+    return how
+
+
+def models() -> dict:
+    from ppdeploy.convert import to_onnx
+    from ppdeploy.source import detect
+
+    out = CARRY / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name in MODELS:
+        src = to_onnx(detect(name)).onnx_path
+        shutil.copyfile(src, out / f"{name}.onnx")
+        info[name] = {"fp32": str(src), "fp16_via": fp16(src, out / f"{name}.fp16.onnx")}
+    (out / "models.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def rtx() -> None:
+    import tensorrt_rtx_libs
+
+    libdir = Path(tensorrt_rtx_libs.__file__).parent
+    a, b = CARRY / "rtx-a", CARRY / "rtx-b"
+    for d in (a, b):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    shutil.copy(libdir / "__init__.py", a / "libs_init.py")
+    subprocess.run(["xz", "-T2", "-6", "-k", "-c", str(libdir / "libtensorrt_onnxparser_rtx.so.1")],
+                   stdout=open(a / "parser.so.xz", "wb"), check=True)
+    big = subprocess.run(["xz", "-T2", "-6", "-c", str(libdir / "libtensorrt_rtx.so.1")], capture_output=True,
+                         check=True).stdout
+    cut = 10 << 20  # part a rides with the 49 MiB ORT CUDA payload, part b with its 8 MiB core
+    (a / "rtx.so.xz.part0").write_bytes(big[:cut])
+    (b / "rtx.so.xz.part1").write_bytes(big[cut:])
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                    "-d", str(a), f"tensorrt-rtx-cu13-bindings=={RTX_VERSION}"], check=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-rtx", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(models(), indent=2))
+    if not args.no_rtx:
+        rtx()
+    subprocess.run(["du", "-sh", *sorted(str(p) for p in CARRY.iterdir())])
