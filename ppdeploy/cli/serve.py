@@ -50,6 +50,10 @@ def register(sub) -> None:
                    help="report ready once loading ends even if some model is unavailable")
     o.add_argument("--no-access-log", action="store_true", help="do not write the JSON access log to stderr")
     o.add_argument("--ray", action="store_true", help="serve with Ray Serve instead (needs ppdeploy[ray])")
+    if importlib.util.find_spec("ppdeploy.serve.ray") is not None:  # imports no Ray: flags only
+        from ppdeploy.serve.ray import add_arguments as add_ray_arguments
+
+        add_ray_arguments(p.add_argument_group("Ray Serve (with --ray)"))
     p.set_defaults(handler=run)
 
 

@@ -409,10 +409,12 @@ def _not_allowed(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
 
 
-def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSettings()) -> Starlette:
-    """The ASGI app serving `configs`. Models load in the background once the app starts (lifespan)."""
+def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSettings(),
+              host_class: type[ModelHost] = ModelHost) -> Starlette:
+    """The ASGI app serving `configs`. Models load in the background once the app starts (lifespan).
+    `host_class`: where the models run (ppdeploy.serve.ray passes one whose models are Ray deployments)."""
     metrics = ServerMetrics()
-    host = ModelHost(configs, metrics, HostOptions(cache_dir=settings.cache_dir,
+    host = host_class(configs, metrics, HostOptions(cache_dir=settings.cache_dir,
                                                    strict_readiness=settings.strict_readiness,
                                                    max_image_pixels=settings.max_image_pixels,
                                                    task_threads=settings.task_threads))

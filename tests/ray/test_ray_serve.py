@@ -1,0 +1,156 @@
+"""Ray Serve: a local Ray cluster started here, ppdeploy's Serve application with 2 replicas per model answering
+KServe v2 (through the real Triton HTTP client) and /v1/ocr correctly, then a clean shutdown.
+
+Small on purpose (this suite runs on 2 shared cores): PP-OCRv4 det + rec on ONNX Runtime with 1 thread, two
+replicas each, one gateway; Ray gets 2 CPUs and no dashboard."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+from ppdeploy.serve import ray as ppray  # noqa: E402
+from ppdeploy.serve.app import ServerSettings  # noqa: E402
+from ppdeploy.serve.config import ModelConfig  # noqa: E402
+
+COMMON = dict(backends=["onnxruntime"], threads=1, max_batch_size=4, dynamic_batching={"max_queue_delay_ms": 5})
+
+
+def configs() -> list[ModelConfig]:
+    return [ModelConfig(name="det", source="ppocrv4-det", **COMMON),
+            ModelConfig(name="rec", source="ppocrv4-rec", **COMMON),
+            ModelConfig(name="ocr", task="ocr", pipeline={"det": "det", "rec": "rec"})]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def text_image() -> bytes:
+    import cv2
+
+    image = np.full((160, 640, 3), 255, np.uint8)
+    cv2.putText(image, "RAY 2026", (20, 70), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(image, "replicas ok", (20, 140), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3, cv2.LINE_AA)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def local_engines():
+    """The same models loaded here, as the reference (this also fills the engine cache the replicas read)."""
+    from ppdeploy.serve.models import load_engine
+
+    engines = {cfg.name: load_engine(cfg) for cfg in configs() if cfg.task != "ocr"}
+    yield {name: engine.runners[0] for name, engine in engines.items()}
+    for engine in engines.values():
+        for runner in engine.runners:
+            runner.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(local_engines):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PPDEPLOY_CACHE": os.environ["PPDEPLOY_CACHE"]}})
+    port = free_port()
+    options = ppray.RayOptions(replicas=2, num_cpus_per_replica=0.25, gateway_num_cpus=0.25)
+    try:
+        url = ppray.start(configs(), options, ServerSettings(host="127.0.0.1", port=port), timeout_s=300)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_two_replicas_per_model_are_running_in_separate_processes(cluster):
+    status = serve.status().applications[ppray.APP_NAME]
+    for model in ("det", "rec"):
+        assert status.deployments[ppray.deployment_name(model)].replica_states == {"RUNNING": 2}
+    handle = serve.get_deployment_handle(ppray.deployment_name("rec"), app_name=ppray.APP_NAME)
+    pids = {handle.describe.remote().result()["pid"] for _ in range(24)}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_v2_infer_through_tritonclient_matches_local_runner(cluster, local_engines):
+    import tritonclient.http as triton_http
+
+    client = triton_http.InferenceServerClient(cluster.removeprefix("http://"), concurrency=8)
+    assert client.is_server_ready() and client.is_model_ready("rec")
+    metadata = client.get_model_metadata("rec")
+    assert metadata["inputs"][0]["shape"] == [-1, 3, 48, -1]
+    output_name = metadata["outputs"][0]["name"]
+    rng = np.random.default_rng(7)
+    # Concurrent requests of two widths: Ray batches the same-shaped ones, both replicas answer.
+    inputs = [rng.random((1, 3, 48, 320 if i % 2 else 160), dtype=np.float32) for i in range(12)]
+
+    def send(x: np.ndarray):
+        tensor = triton_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        return client.async_infer("rec", [tensor])  # tritonclient's own concurrency (gevent, not threads)
+
+    pending = [send(x) for x in inputs]
+    answers = [request.get_result().as_numpy(output_name) for request in pending]
+    client.close()
+    reference = local_engines["rec"]
+    for x, got in zip(inputs, answers):
+        want = reference.infer({"x": x})[output_name]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_v2_bad_request_is_a_400_with_the_reason(cluster):
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * (3 * 32 * 32)}]}
+    response = httpx.post(f"{cluster}/v2/models/rec/infer", json=body, timeout=30)
+    assert response.status_code == 400
+    assert "dim 2" in response.json()["error"]
+    assert httpx.post(f"{cluster}/v2/models/nope/infer", json=body, timeout=30).status_code == 404
+
+
+def test_ocr_route_matches_the_local_pipeline(cluster, local_engines):
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    image = text_image()
+    response = httpx.post(f"{cluster}/v1/ocr", content=image, headers={"content-type": "image/png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    lines = response.json()["lines"]
+    reference = OCR.from_runners(local_engines["det"], local_engines["rec"], None).predict(image)
+    assert [line["text"] for line in lines] == [line.text for line in reference.lines]
+    assert [line["box"] for line in lines] == [line.box for line in reference.lines]
+    assert "2026" in lines[0]["text"]
+    bad = httpx.post(f"{cluster}/v1/ocr", content=b"not an image", headers={"content-type": "image/png"}, timeout=30)
+    assert bad.status_code == 400
+
+
+def test_clean_shutdown(cluster):
+    serve.shutdown()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{cluster}/v2/health/live", timeout=5)
+    ray.shutdown()
+    assert not ray.is_initialized()
+
+
+def test_options_map_to_ray_deployment_settings():
+    cfg = ModelConfig(name="rec", source="ppocrv4-rec", max_batch_size=16,
+                      autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3})
+    scaled = ppray.model_deployment_options(cfg, ppray.RayOptions(num_gpus_per_replica=0.5))
+    assert scaled["autoscaling_config"]["max_replicas"] == 4
+    assert scaled["autoscaling_config"]["target_ongoing_requests"] == 3
+    assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 0.5
+    assert scaled["max_ongoing_requests"] >= 16
+    fixed = ppray.model_deployment_options(cfg, ppray.RayOptions(replicas=3))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    from ppdeploy.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        ppray.RayOptions(replicas=0).check()
+    with pytest.raises(Exception, match="min_replicas"):
+        ModelConfig(name="x", source="ppocrv4-rec", autoscaling={"min_replicas": 5, "max_replicas": 2})
