@@ -1,0 +1,40 @@
+"""Session fixtures for the task tests: the synthetic labelled OCR set and OCR pipelines per backend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synth_pages(tmp_path_factory) -> Path:
+    """12 generated pages (~180 labelled lines), fixed seed: Chinese, English, dates, prices, digits."""
+    from ppdeploy.evaluation.synth import SynthOptions, generate
+
+    out = tmp_path_factory.mktemp("synth_ocr")
+    generate(out, SynthOptions(pages=12, seed=2024))
+    return out
+
+
+_PIPELINES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def ocr_for():
+    """ocr_for("onnxruntime") -> a cached OCR pipeline on that backend (built once per session)."""
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    def get(backend: str):
+        if backend not in _PIPELINES:
+            _PIPELINES[backend] = OCR(backend=backend)
+        return _PIPELINES[backend]
+
+    yield get
+    for ocr in _PIPELINES.values():
+        ocr.close()
+    _PIPELINES.clear()
+
+
+@pytest.fixture(scope="session")
+def ocr_ort(ocr_for):
+    return ocr_for("onnxruntime")
