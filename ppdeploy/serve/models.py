@@ -224,6 +224,7 @@ class ModelHost:
         try:
             for model in self.models.values():
                 await self._load_model(loop, model)
+                _restore_signal_handlers()
             for task in self.tasks.values():
                 self._build_task(task)
         finally:
@@ -299,6 +300,24 @@ class ModelNotFound(PPDeployError):
 
 class ModelNotReady(PPDeployError):
     status = 503
+
+
+def _restore_signal_handlers() -> None:
+    """Re-arm Python's handlers for SIGTERM/SIGINT at the C level.
+
+    Importing Paddle (which loading a model may do, in a worker thread) installs Paddle's own C++ handlers,
+    which print a traceback and kill the process on SIGTERM: the server would die instead of draining.
+    Setting the Python handler again puts Python's (and so uvicorn's) handling back in place.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _one_line(exc: BaseException) -> str:
