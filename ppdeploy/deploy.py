@@ -68,6 +68,7 @@ def load_model(
     calib: Any = None,
     max_loss: float | None = None,
     rebuild: bool = False,
+    precision_options: Mapping[str, Any] | None = None,
 ) -> Deployment:
     """Prepare `model` (zoo name, Paddle model dir/file, .onnx, or paddle.nn.Layer + input_spec) and load it.
 
@@ -84,6 +85,8 @@ def load_model(
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
     prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss)
+    # Extra keywords for ppdeploy.precision.apply (method, keep_fp32, exclude, metric, task_metric, ...).
+    prepared.precision_options = dict(precision_options or {})
 
     for name in names:
         start = time.perf_counter()
@@ -119,6 +122,7 @@ class _Prepared:
     def __init__(self, source, cache, opset, rebuild, calib, max_loss):
         self.source, self.cache, self.opset, self.rebuild = source, cache, opset, rebuild
         self.calib, self.max_loss = calib, max_loss
+        self.precision_options: dict[str, Any] = {}
         self._onnx = None
         self._precision: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
@@ -144,7 +148,7 @@ class _Prepared:
 
             start = time.perf_counter()
             res = precision_mod.apply(conv.onnx_path, precision, cache=self.cache, calib=self.calib,
-                                      max_loss=self.max_loss)
+                                      max_loss=self.max_loss, **self.precision_options)
             self.timings["precision"] = time.perf_counter() - start
             self._precision[precision] = res
         res = self._precision[precision]
