@@ -243,10 +243,26 @@ def export_model(model: str | os.PathLike, repo: str | os.PathLike, *, name: str
             shutil.copyfile(plan, version_dir / plan_filename(cc))
     else:
         shutil.copyfile(onnx_path, version_dir / DEFAULT_MODEL_FILES["onnxruntime"])
+    labels = labels_file(model)
+    if labels is not None and len(config.output) == 1:
+        # Triton's classification extension (top-k "score:index:label") reads this file from the model folder.
+        shutil.copyfile(labels, model_dir / LABELS_FILE)
+        config.output[0].label_filename = LABELS_FILE
     exported = write_config(model_dir, config)
     validate_model_dir(model_dir)
     log.info("exported %s -> %s", model, model_dir)
     return exported
+
+
+LABELS_FILE = "labels.txt"
+
+
+def labels_file(model: str | os.PathLike) -> Path | None:
+    """The class-name file next to a Paddle model (as ppdeploy's classification task reads it), if any."""
+    path = Path(model)
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / LABELS_FILE
+    return candidate if path.exists() and candidate.is_file() else None
 
 
 def validate_model_dir(model_dir: Path):
@@ -264,6 +280,9 @@ def validate_model_dir(model_dir: Path):
         raise ConfigError(f"{where}: neither backend nor platform is set")
     if config.max_batch_size < 0:
         raise ConfigError(f"{where}: max_batch_size is negative")
+    for output in config.output:
+        if output.label_filename and not (model_dir / output.label_filename).is_file():
+            raise ConfigError(f"{where}: output '{output.name}' names {output.label_filename}, which is missing")
     for tensor in list(config.input) + list(config.output):
         if not tensor.name:
             raise ConfigError(f"{where}: a tensor has no name")

@@ -84,6 +84,24 @@ def test_onnx_loads_with_the_declared_dims(ocr_repo: Path, name: str):
         assert all(d == -1 or d == s for d, s in zip(declared.dims, out.shape[1:]))
 
 
+@pytest.mark.slow
+def test_paddle_classifier_dir_exports_with_labels(demo_classifier_dir: Path, demo_images, tmp_path: Path):
+    """A Paddle 3 (PIR) model folder: converted by ppdeploy, its labels.txt becomes Triton's label file."""
+    (exported,) = triton.export(demo_classifier_dir, tmp_path / "repo", overrides={"max_batch_size": 16})
+    config = triton_parse(exported.directory / "config.pbtxt")
+    assert config.output[0].label_filename == "labels.txt"
+    assert (exported.directory / "labels.txt").read_text() == (demo_classifier_dir / "labels.txt").read_text()
+    session = ort_session(exported.directory / "1" / "model.onnx")
+    assert [d if isinstance(d, int) else -1 for d in session.get_inputs()[0].shape] == \
+        dims_with_batch(config.input[0], config.max_batch_size)
+    images, labels = demo_images
+    predicted = session.run(None, {config.input[0].name: images})[0].argmax(axis=1)
+    assert (predicted == labels).mean() >= 0.8  # the real trained classifier, not just a loadable graph
+    (exported.directory / "labels.txt").unlink()
+    with pytest.raises(ConfigError, match="labels.txt"):
+        triton.validate_repository(tmp_path / "repo")
+
+
 def tiny_onnx(path: Path, batch: int | str) -> Path:
     """y = x + 1 with a fixed or symbolic batch dim."""
     import onnx
