@@ -40,7 +40,10 @@ class CudaSettings:
     device_id: int = 0
     use_tf32: bool = False
     cuda_graph: bool = False  # needs fixed input shapes: the graph replays the same kernels on the same buffers
-    conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE tries every cuDNN algorithm once per shape (slow first call)
+    # EXHAUSTIVE (ORT's own default) benchmarks every cuDNN algorithm once per new input shape: a slow first call
+    # per shape, but HEURISTIC picked algorithms that made PP-OCRv4 rec at batch 1-4 FP32 ~10x slower on the H100
+    # (25 ms vs 3.9 ms at batch 8; bench/gpu/ort_cuda_run1.json).
+    conv_algo_search: str = "EXHAUSTIVE"
     gpu_mem_limit_mib: int | None = None
     max_cached_shapes: int = 16  # IO-binding buffer sets kept (LRU); one set per distinct input shape
 

@@ -24,20 +24,48 @@ RTX_VERSION = "1.7.1.116"
 
 
 def fp16(src: Path, dst: Path) -> str:
+    """First FP16 variant (FP32 I/O) that ONNX Runtime accepts: ppdeploy's keep-list, then onnxconverter-common's
+    default block list, each also with Resize kept FP32 (the converter mis-types Resize's casts on the det head)."""
     import onnx
+    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src))
     try:
-        from ppdeploy.precision.fp16 import convert
+        from ppdeploy.precision.fp16 import default_keep_ops
 
-        out, how = convert(model), "ppdeploy.precision.fp16.convert (keep-list, fp32 I/O)"
-    except Exception as exc:  # module not there yet, or onnxconverter-common's cast-removal bug on the keep-list
-        from onnxconverter_common.float16 import convert_float_to_float16
+        keep_list = default_keep_ops()
+    except ImportError:
+        keep_list = None
+    attempts = []
+    if keep_list:
+        attempts += [("ppdeploy keep-list", keep_list), ("ppdeploy keep-list + Resize", keep_list + ["Resize"])]
+    attempts += [("converter default block list", list(DEFAULT_OP_BLOCK_LIST)),
+                 ("converter default block list + Resize", list(DEFAULT_OP_BLOCK_LIST) + ["Resize"])]
+    failures = []
+    for label, block in attempts:
+        try:
+            out = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
+            # The converter leaves stale value_info types next to the casts it inserts (ORT then refuses the graph
+            # with "Type (tensor(float)) ... does not match expected type (tensor(float16))"); ORT re-infers them.
+            del out.graph.value_info[:]
+            onnx.save(out, str(dst))
+        except Exception as exc:
+            failures.append(f"{label}: converter: {str(exc)[:100]}")
+            continue
+        problem = _ort_load_problem(dst)
+        if problem is None:
+            return label + (f" (failed first: {' | '.join(failures)})" if failures else "")
+        failures.append(f"{label}: ORT rejects: {problem[:160]}")
+    raise SystemExit(f"no FP16 variant of {src} loads in ONNX Runtime: {failures}")
 
-        out = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-        how = f"onnxconverter_common keep_io_types, default block list (keep-list failed: {str(exc)[:80]})"
-    onnx.save(out, str(dst))
-    return how
+
+def _ort_load_problem(path: Path) -> str | None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def models() -> dict:
