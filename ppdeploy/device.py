@@ -6,6 +6,7 @@ compiled blobs, the GPU model, compute capability and driver for TensorRT. These
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import shutil
 import subprocess
@@ -39,24 +40,46 @@ def cpu_supports_bf16() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def gpu_info() -> list[dict[str, Any]]:
-    """One dict per NVIDIA GPU (name, compute capability, driver, memory); empty without one."""
+    """One dict per NVIDIA GPU this process may use (name, compute capability, driver, memory); empty without one.
+
+    Ordered and filtered like CUDA_VISIBLE_DEVICES (indices or UUIDs), so ``gpu_info()[0]`` is the GPU that CUDA
+    calls device 0 — on a host with mixed GPUs an engine must be keyed on the card it will actually run on.
+    The physical index and UUID are used for that mapping only and stay out of the result: engines are portable
+    between identical cards, so the cache key must not name one card.
+    """
     if not shutil.which("nvidia-smi"):
         return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "--query-gpu=index,uuid,name,compute_cap,driver_version,memory.total",
+             "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=15,
         )
     except (OSError, subprocess.SubprocessError):
         return []
     if out.returncode != 0:
         return []
-    gpus = []
+    rows = []
     for line in out.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4:
-            gpus.append({"name": parts[0], "compute_capability": parts[1], "driver": parts[2], "memory_mib": parts[3]})
-    return gpus
+        if len(parts) >= 6:
+            rows.append(parts)
+    return [{"name": r[2], "compute_capability": r[3], "driver": r[4], "memory_mib": r[5]}
+            for r in visible_rows(rows, os.environ.get("CUDA_VISIBLE_DEVICES"))]
+
+
+def visible_rows(rows: list[list[str]], visible: str | None) -> list[list[str]]:
+    """Apply CUDA_VISIBLE_DEVICES to nvidia-smi rows of (index, uuid, ...): CUDA's order, stopping at the first
+    entry that names no GPU (as CUDA does); unset means all."""
+    if visible is None:
+        return rows
+    chosen = []
+    for token in (t.strip() for t in visible.split(",")):
+        match = [r for r in rows if token and (r[0] == token or (token.startswith("GPU-") and r[1].startswith(token)))]
+        if not match:
+            break
+        chosen.append(match[0])
+    return chosen
 
 
 def identity(device: str, gpu_index: int = 0) -> dict[str, Any]:

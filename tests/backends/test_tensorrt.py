@@ -293,3 +293,14 @@ def test_aux_caches_live_beside_the_entry(tmp_path):
     entry = tmp_path / "engine" / "abc123"
     path = trtmod.aux_cache_path(entry, "runtime", traits)
     assert path.parent == entry.parent and traits.version in path.name and path.name.startswith("_runtime-tensorrt-rtx")
+
+
+def test_gpu_identity_follows_cuda_visible_devices():
+    from ppdeploy.device import visible_rows
+
+    rows = [["0", "GPU-5779c555", "NVIDIA H100 80GB HBM3", "9.0", "580.159.04", "81559"],
+            ["1", "GPU-0b1e2f00", "NVIDIA L4", "8.9", "580.159.04", "23034"]]
+    assert visible_rows(rows, None) == rows
+    assert visible_rows(rows, "1") == [rows[1]]  # CUDA device 0 is then the L4: engines must be keyed on it
+    assert visible_rows(rows, "GPU-0b1e,0") == [rows[1], rows[0]]
+    assert visible_rows(rows, "") == [] and visible_rows(rows, "7,0") == []  # CUDA stops at the first bad entry
