@@ -57,7 +57,9 @@ class OCREntry:
     versions: dict[str, str] = field(default_factory=dict)
     stage_backends: dict[str, str] = field(default_factory=dict)
     texts: list[list[str]] = field(default_factory=list)  # per image, first pass
+    boxes: list[list[list[list[float]]]] = field(default_factory=list)  # per image and line, first pass
     agreement: dict[str, Any] | None = None  # vs the reference
+    accuracy: dict[str, Any] | None = None  # vs labels, when the pages are labelled
     samples_ms: list[float] = field(default_factory=list)
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
@@ -65,6 +67,7 @@ class OCREntry:
         if not with_samples:
             d.pop("samples_ms")
             d.pop("texts")
+            d.pop("boxes")
         return d
 
 
@@ -88,8 +91,11 @@ def line_agreement(reference: Sequence[Sequence[str]], candidate: Sequence[Seque
     }
 
 
-def _cycle(images: Sequence[bytes], once: Callable[[bytes], tuple[dict[str, float], list[str]]],
-           settings: MeasureSettings) -> tuple[list[float], list[dict[str, float]], list[list[str]]]:
+Lines = list[tuple[str, Any]]  # (text, box) per line
+
+
+def _cycle(images: Sequence[bytes], once: Callable[[bytes], tuple[dict[str, float], Lines]],
+           settings: MeasureSettings) -> tuple[list[float], list[dict[str, float]], list[Lines]]:
     for data in images[: max(1, settings.warmup)]:
         once(data)
     samples, stages, texts = [], [], []
@@ -122,9 +128,9 @@ def run_ppdeploy(config: OCRConfig, images: Sequence[bytes], settings: MeasureSe
         entry.load_s = round(time.perf_counter() - t0, 3)
         entry.stage_backends = dict(ocr.backends)
 
-        def once(data: bytes) -> tuple[dict[str, float], list[str]]:
+        def once(data: bytes) -> tuple[dict[str, float], Lines]:
             result = ocr.predict(data)
-            return result.timings, [line.text for line in result.lines]
+            return result.timings, [(line.text, line.box) for line in result.lines]
 
         with PeakRSS() as rss:
             samples, stages, texts = _cycle(images, once, settings)
@@ -153,26 +159,39 @@ def run_peer_entry(name: str, image_paths: Sequence[Path], settings: MeasureSett
     entry = OCREntry(name, "peer", peer.backend, "as shipped", run.ok, run.error, load_s=run.load_s,
                      versions=run.versions, peak_rss_mib=run.peak_rss_mib)
     if run.ok:
-        texts = [[line["text"] for line in out["lines"]] for out in run.outputs]
-        _fill(entry, run.samples_ms, run.stages_ms, texts)
+        lines = [[(line["text"], line["box"]) for line in out["lines"]] for out in run.outputs]
+        _fill(entry, run.samples_ms, run.stages_ms, lines)
     return entry
 
 
-def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], texts: list[list[str]]) -> None:
+def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], lines: list[Lines]) -> None:
     entry.ok = True
     entry.pages = len(samples)
     entry.samples_ms = samples
     entry.latency_ms = summarize(samples).to_dict()
     entry.pages_per_s = round(len(samples) / (sum(samples) / 1e3), 3)
     entry.stages_ms = stage_means(stages)
-    entry.texts = texts
+    entry.texts = [[t for t, _ in page] for page in lines]
+    entry.boxes = [[[[float(x), float(y)] for x, y in box] for _, box in page] for page in lines]
+
+
+def label_accuracy(entry: OCREntry, labels: Sequence[Any]) -> dict[str, Any]:
+    """Character accuracy, exact lines and detection P/R against labelled pages (ppdeploy.evaluation.metrics)."""
+    from ppdeploy.evaluation.metrics import score_dataset
+
+    preds = [list(zip(t, b)) for t, b in zip(entry.texts, entry.boxes)]
+    gts = [[(line.text, line.box) for line in item.lines] for item in labels]
+    m = score_dataset(preds, gts)
+    d = m.to_dict()
+    return {k: d[k] for k in ("char_accuracy", "line_exact_match", "det_precision", "det_recall", "gt_lines")}
 
 
 def _flat(v: str | dict[str, str]) -> str:
     return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
 
 
-def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, peers: Sequence[str] = tuple(PEERS),
+def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labels: Sequence[Any] | None = None,
+              peers: Sequence[str] = tuple(PEERS),
               threads: int | None = None, settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=4, min_time_s=5.0),
               cache_root: Path | None = None, ocr_options: dict[str, Any] | None = None,
               on_entry: Callable[[OCREntry], None] | None = None) -> dict[str, Any]:
@@ -201,12 +220,15 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, peer
     for e in entries:
         if e.ok and ref is not None:
             e.agreement = line_agreement(ref.texts, e.texts)
+        if e.ok and labels is not None:
+            e.accuracy = label_accuracy(e, labels)
     return {
         "images": [str(p) for p in image_paths],
         "threads": threads,
         "settings": asdict(settings),
         "ocr_settings": ocr_settings.to_dict(),
         "reference": ref.name if ref else None,
+        "labelled": labels is not None,
         "entries": [e.to_dict() for e in entries],
     }
 
@@ -221,7 +243,7 @@ def ocr_markdown(result: dict[str, Any]) -> str:
     rows = []
     for e in entries:
         if not e["ok"]:
-            rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None,
+            rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None, None,
                          f"skipped: {e['error']}"])
             continue
         lat = e["latency_ms"]
@@ -237,10 +259,12 @@ def ocr_markdown(result: dict[str, Any]) -> str:
             e["precision"], e["pages"], lat["mean"] / 1e3, lat["p90"] / 1e3, e["pages_per_s"],
             round(base["latency_ms"]["mean"] / lat["mean"], 2) if base else None,
             round(fastest_peer["latency_ms"]["mean"] / lat["mean"], 2) if fastest_peer else None,
-            f"{agree * 100:.1f} %" if agree is not None else None, stage_txt,
+            f"{agree * 100:.1f} %" if agree is not None else None,
+            f"{e['accuracy']['char_accuracy'] * 100:.2f} %" if e.get("accuracy") else None, stage_txt,
         ])
     fastest = f"fastest peer = {fastest_peer['name']}" if fastest_peer else "no peer ran"
     return markdown_table(
         ["pipeline", "backend", "precision", "pages timed", "s/page mean", "s/page p90", "pages/s",
-         f"× vs {REFERENCE}", f"× vs fastest peer", f"lines = {result.get('reference') or 'ref'}", "stages (mean ms)"],
+         f"× vs {REFERENCE}", "× vs fastest peer", f"lines = {result.get('reference') or 'ref'}", "char acc. vs labels",
+         "stages (mean ms)"],
         rows) + f"\n\n({fastest}; speed-up = ratio of mean s/page measured in this run.)"

@@ -425,7 +425,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
                  progress: Callable[[str, int], Callable[[], None]] | None = None) -> OCROptimizeResult:
     """Per-stage search for the OCR pipeline; see the module docstring."""
     from ppdeploy.bench.ocr import line_agreement
-    from ppdeploy.bench.pages import list_images, render_pages
+    from ppdeploy.bench.pages import load_pages, synthetic_pages
     from ppdeploy.cache import default_root
     from ppdeploy.deploy import load_model
     from ppdeploy.precision.calibration import CalibrationSet
@@ -435,8 +435,9 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
         raise InputError(f"unknown target '{target}'", hint="latency or throughput")
     max_line_loss = 0.01 if max_loss is None else float(max_loss)
     # Calibration and evaluation pages must differ, or the gate would grade the calibration itself.
-    calib_pages = list_images(Path(calib)) if calib else render_pages(default_root() / "optimize-calib-pages", pages, seed=101)
-    eval_pages = list_images(Path(data)) if data else render_pages(default_root() / "optimize-eval-pages", pages, seed=202)
+    root = default_root() / "bench-pages"
+    calib_pages = (load_pages(Path(calib)) if calib else synthetic_pages(root, pages, seed=101)).images
+    eval_pages = (load_pages(Path(data)) if data else synthetic_pages(root, pages, seed=202)).images
     overlap = {p.resolve() for p in calib_pages} & {p.resolve() for p in eval_pages}
     if overlap:
         raise InputError("calibration and evaluation images overlap", hint="give --data a folder disjoint from --calib")

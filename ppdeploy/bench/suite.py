@@ -92,13 +92,15 @@ def ocr_section(result: dict[str, Any], out_dir: Path, cdf: Path | None, bars: P
     s = result["ocr_settings"]
     settings_txt = ", ".join(f"{k}={v}" for k, v in s.items())
     lines = [
-        f"{len(result['images'])} page image(s), {result['threads'] or 'default'} threads. Every pipeline (ppdeploy and "
+        f"{result.get('pages_source') or str(len(result['images'])) + ' page image(s)'}, "
+        f"{result['threads'] or 'default'} threads. Every pipeline (ppdeploy and "
         f"peers) starts from the encoded bytes in memory and runs the same settings: {settings_txt}. Peers are "
         "configured to them through their config (RapidOCR's own defaults differ: det limit 736 'min', "
         "mean/std 0.5, box_thresh 0.5, unclip 1.6, dilation on), and RapidOCR's adaptive det resize in 'max' mode "
         "is pinned to the same limit, so all detect at the same resolution. Peers run as subprocesses in their own "
         "virtual environments (rapidocr-openvino needs openvino 2024.0). `lines = ref` is the share of the "
-        "reference's lines read identically (multiset per page).",
+        "reference's lines read identically (multiset per page); `char acc.` is 1 - normalized edit distance "
+        "against the labels (ppdeploy.evaluation.metrics), when the pages are labelled.",
         "",
         ocr_markdown(result),
         "",
@@ -165,7 +167,7 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
               progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Path]:
     """Run the plan, write results under out_dir, and refresh the generated blocks of markdown_path."""
     from ppdeploy.bench.ocr import OCRConfig, bench_ocr
-    from ppdeploy.bench.pages import list_images, render_pages
+    from ppdeploy.bench.pages import load_pages, synthetic_pages
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,14 +187,12 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
                  "cdf": mfiles.get("cdf")}
         blocks["models"] = _settings_line(plan.model_settings) + "\n\n" + models_section(rows, out_dir, plots, md_dir)
     if plan.ocr:
-        if data_dir is not None:
-            images = list_images(data_dir)
-        else:
-            images = render_pages(_pages_dir(), plan.pages)
+        pages = load_pages(data_dir) if data_dir is not None else synthetic_pages(_pages_dir(), plan.pages)
         configs = [OCRConfig(b, p) for b, p in plan.ocr_configs]
         tick = progress("OCR pipelines", len(configs) + len(plan.peers)) if progress else None
-        result = bench_ocr(images, configs, peers=plan.peers, threads=plan.threads, settings=plan.ocr_settings,
+        result = bench_ocr(pages.images, configs, labels=pages.labels, peers=plan.peers, threads=plan.threads, settings=plan.ocr_settings,
                            on_entry=(lambda e: tick()) if tick else None)
+        result["pages_source"] = pages.source
         ofiles = write_ocr_run(result, env, out_dir, with_samples=False)
         files.update({f"ocr_{k}": v for k, v in ofiles.items()})
         blocks["ocr"] = ocr_section(result, out_dir, ofiles.get("cdf"), ofiles.get("bars"), md_dir)

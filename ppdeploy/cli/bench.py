@@ -28,8 +28,8 @@ def register(sub) -> None:
     p.add_argument("--min-runs", type=int, default=None, help="timed calls at least (default 10 models / 4 OCR)")
     p.add_argument("--min-time", type=float, default=None, help="timed seconds at least (default 1 models / 5 OCR)")
     p.add_argument("--max-time", type=float, default=None, help="stop a case after this many seconds (default 30/60)")
-    p.add_argument("--data", default=None, help="OCR: folder of page images (default: synthetic pages rendered once)")
-    p.add_argument("--pages", type=int, default=4, help="OCR: synthetic pages to render when --data is not given")
+    p.add_argument("--data", default=None, help="OCR: folder of page images, labelled or not (default: synthetic labelled pages)")
+    p.add_argument("--pages", type=int, default=4, help="OCR: synthetic labelled pages to generate when --data is not given")
     p.add_argument("--peers", default="rapidocr-paddle,rapidocr-onnxruntime,rapidocr-openvino",
                    help="OCR: reference tools to run in the same run (comma list; 'none' for none)")
     p.add_argument("--out", default="bench-results", help="output folder for JSON, PNG plots and report (default %(default)s)")
@@ -130,11 +130,11 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
 def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
     from ppdeploy.bench import environment
     from ppdeploy.bench.ocr import OCRConfig, bench_ocr, ocr_markdown
-    from ppdeploy.bench.pages import list_images, render_pages
+    from ppdeploy.bench.pages import load_pages, synthetic_pages
     from ppdeploy.bench.peers import PEERS
     from ppdeploy.bench.suite import _pages_dir, write_ocr_run
 
-    images = list_images(Path(args.data)) if args.data else render_pages(_pages_dir(), args.pages)
+    pages = load_pages(Path(args.data)) if args.data else synthetic_pages(_pages_dir(), args.pages)
     peers = [] if args.peers.strip().lower() == "none" else _csv(args.peers)
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
@@ -142,8 +142,9 @@ def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
     configs = [OCRConfig(b, p) for b in _csv(args.backends) for p in _csv(args.precisions)]
     with progress_bars(show) as progress:
         tick = progress("OCR pipelines", len(configs) + len(peers)) if progress else None
-        result = bench_ocr(images, configs, peers=peers, threads=threads, settings=_settings(args, ocr=True),
+        result = bench_ocr(pages.images, configs, labels=pages.labels, peers=peers, threads=threads, settings=_settings(args, ocr=True),
                            on_entry=(lambda e: tick()) if tick else None)
+    result["pages_source"] = pages.source
     files = write_ocr_run(result, environment.describe(), out, with_samples=not args.no_samples)
     print(ocr_markdown(result))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")

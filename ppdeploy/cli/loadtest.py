@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (default %(default)s)")
     p.add_argument("--distribution", choices=["poisson", "constant"], default="poisson")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson schedule")
-    p.add_argument("--image", default=None, help="ocr/classify: image file to send (default: a rendered page)")
+    p.add_argument("--image", default=None, help="ocr/classify: image file to send (default: a synthetic page)")
     p.add_argument("--input", default=None, help="v2: .npy file to send as the model's single input")
     p.add_argument("--batch", type=int, default=1, help="v2: batch size of generated inputs")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
@@ -82,10 +82,10 @@ def run(args) -> int:
         if args.image:
             path = Path(args.image)
         else:
-            from ppdeploy.bench.pages import render_pages
+            from ppdeploy.bench.pages import synthetic_pages
             from ppdeploy.bench.suite import _pages_dir
 
-            path = render_pages(_pages_dir(), 1)[0]
+            path = synthetic_pages(_pages_dir(), 1).images[0]
         template = image_request(args.kind, load_image_bytes(path), path.name, args.model)
     if args.api_key:
         template.headers["authorization"] = f"Bearer {args.api_key}"

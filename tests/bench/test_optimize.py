@@ -67,9 +67,9 @@ def test_optimize_rejects_bad_arguments(tmp_path):
 def _small_page(path, lines):
     from PIL import Image, ImageDraw, ImageFont
 
-    from ppdeploy.bench.pages import FONT_CANDIDATES
+    from ppdeploy.tasks.ocr.fonts import latin_fonts
 
-    font = ImageFont.truetype(next(f for f in FONT_CANDIDATES if "DejaVu" in f), 28)
+    font = ImageFont.truetype(str(latin_fonts()[0]), 28)
     img = Image.new("RGB", (520, 60 * len(lines) + 20), "white")
     d = ImageDraw.Draw(img)
     for i, text in enumerate(lines):

@@ -82,16 +82,23 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     rapidocr-paddle is already in ppdeploy's environment)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ppdeploy.bench.pages import FONT_CANDIDATES
+    from ppdeploy.tasks.ocr.fonts import latin_fonts
 
-    font = next(f for f in FONT_CANDIDATES if "DejaVu" in f)
+    font = str(latin_fonts()[0])
+    from ppdeploy.evaluation.dataset import LabelledImage, LabelledLine, write_labels_json
+
     img = Image.new("RGB", (480, 200), "white")
     d = ImageDraw.Draw(img)
+    truth = []
     for i, text in enumerate(["Invoice 2024-05-17", "Total $1,234.50", "Thank you"]):
-        d.text((20, 20 + 60 * i), text, fill="black", font=ImageFont.truetype(font, 30))
+        f = ImageFont.truetype(font, 30)
+        d.text((20, 20 + 60 * i), text, fill="black", font=f)
+        x0, y0, x1, y1 = d.textbbox((20, 20 + 60 * i), text, font=f)
+        truth.append(LabelledLine(text, [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
     data = tmp_path / "pages"
     data.mkdir()
     img.save(data / "p.png")
+    write_labels_json(data, [LabelledImage(data / "p.png", truth)])
     out = tmp_path / "o"
     code = main(["bench", "ocr", "--data", str(data), "--backends", "onnxruntime", "--peers", "rapidocr-paddle",
                  "--warmup", "1", "--min-runs", "2", "--min-time", "0", "--out", str(out), "--no-progress"])
@@ -105,6 +112,10 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     assert "Total$1,234.50" in [t.replace(" ", "") for t in peer["texts"][0]]
     assert mine["agreement"]["reference_lines"] == len(peer["texts"][0]) >= 3
     assert mine["agreement"]["line_agreement"] >= 2 / 3
+    assert res["labelled"]
+    for e in (peer, mine):  # scored against the labels with ppdeploy.evaluation.metrics
+        assert e["accuracy"]["gt_lines"] == 3 and e["accuracy"]["char_accuracy"] > 0.8
+        assert e["accuracy"]["det_recall"] == 1.0
     assert mine["stage_backends"] == {"det": "onnxruntime", "rec": "onnxruntime", "cls": "onnxruntime"}
     assert {"det_infer", "rec_infer", "decode"} <= set(mine["stages_ms"])
     assert peer["versions"]["rapidocr-paddle"] == "1.4.5"
