@@ -325,7 +325,7 @@ class Handlers:
             body = await read_body(request, self.settings.max_body_bytes)
             req = kserve.parse_infer_request(body, request.headers.get("inference-header-content-length"), model.io)
             result = await model.batcher.infer(req.inputs, timeout_ms=req.timeout_ms,
-                                               disconnected=_until_disconnect(request.receive))
+                                               disconnected=lambda: _until_disconnect(request.receive))
             payload, header_len = kserve.encode_infer_response(model.name, model.cfg.version, req, result.outputs,
                                                                model.labels)
         except Exception as exc:

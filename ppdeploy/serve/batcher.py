@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Mapping, Protocol, Sequence
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from ppdeploy.shapes import ShapeProfile
 log = logging.getLogger("ppdeploy.serve.batcher")
 
 _QUEUED, _RUNNING, _DONE = 0, 1, 2
+# Start watching for a client disconnect only once a request has waited this long: a request answered sooner
+# needs no watcher (and would run anyway; dropping is for requests stuck behind a queue).
+WATCH_DISCONNECT_AFTER_S = 0.005
 
 
 class ServingError(PPDeployError):
@@ -77,13 +80,16 @@ class BatcherSettings:
     max_queue_size: int = 256
     default_timeout_ms: float = 0.0  # 0: none
     pad: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # A batch expected to take at most this long runs on the event loop itself instead of the inference thread:
+    # for a sub-millisecond model the two thread hops cost as much as the inference (only with one instance).
+    inline_max_ms: float = 1.0
 
     @classmethod
     def from_config(cls, cfg) -> "BatcherSettings":
         """From a `ppdeploy.serve.config.ModelConfig`."""
         db = cfg.dynamic_batching
         return cls(cfg.max_batch_size, db.max_queue_delay_ms, tuple(db.preferred_batch_sizes), db.max_queue_size,
-                   db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()})
+                   db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()}, db.inline_max_ms)
 
 
 @dataclass
@@ -157,6 +163,7 @@ class DynamicBatcher:
         self._workers: list[asyncio.Task] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(len(self._runners), thread_name_prefix=f"infer-{name}")
         self._exec_s_avg = 0.0  # recent execution time, for Retry-After estimates
+        self._row_ms_avg: float | None = None  # recent inference time per row, for the inline decision
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -225,12 +232,13 @@ class DynamicBatcher:
         return tuple(parts)
 
     async def infer(self, feeds: Mapping[str, np.ndarray], *, timeout_ms: float | None = None,
-                    disconnected: Awaitable | None = None) -> BatchResult:
+                    disconnected: Callable[[], Awaitable] | None = None) -> BatchResult:
         """Queue one request and wait for its outputs.
 
-        `timeout_ms` (else the model's default) bounds the time spent *queued*. `disconnected` is an awaitable
-        that completes when the client goes away: a request still queued then is dropped.
-        Raises InputError (bad request), QueueFull, RequestTimeout, BatcherClosed, ClientGone, InferenceFailed.
+        `timeout_ms` (else the model's default) bounds the time spent *queued*; a request already running
+        finishes. `disconnected` returns an awaitable that completes when the client goes away: a request still
+        queued then is dropped. Raises InputError (bad request), QueueFull, RequestTimeout, BatcherClosed,
+        ClientGone, InferenceFailed.
         """
         if self._closing or self._loop is None:
             raise BatcherClosed(f"model '{self.name}' is not accepting requests (server shutting down)")
@@ -245,40 +253,34 @@ class DynamicBatcher:
         self._depth += 1
         self._observer.on_queue_depth(self._depth)
         self._wakeup.set()
+        # Timers instead of a watcher task per request: most requests are answered before either fires, and a
+        # cancelled timer costs next to nothing, while a task + asyncio.wait per request is measurable.
+        timers = []
+        watcher: list[asyncio.Task] = []
+        if deadline is not None:
+            timers.append(self._loop.call_later(
+                timeout_ms / 1e3, self._abandon, req,
+                RequestTimeout(f"request timed out after {timeout_ms:g} ms in the queue of model '{self.name}'")))
+        if disconnected is not None:
+            def watch() -> None:
+                if req.state == _QUEUED:
+                    watcher.append(asyncio.ensure_future(self._drop_when(req, disconnected())))
+
+            timers.append(self._loop.call_later(WATCH_DISCONNECT_AFTER_S, watch))
         try:
-            if deadline is None and disconnected is None:
-                return await req.future
-            return await self._wait(req, deadline, disconnected)
+            return await req.future
         except asyncio.CancelledError:
             self._abandon(req)
             raise
-
-    async def _wait(self, req: _Request, deadline: int | None, disconnected: Awaitable | None) -> BatchResult:
-        watchers: set = {req.future}
-        gone_task = None
-        if disconnected is not None:
-            gone_task = asyncio.ensure_future(disconnected)
-            watchers.add(gone_task)
-        try:
-            while True:
-                timeout = None
-                if deadline is not None and req.state == _QUEUED:
-                    timeout = max(0.0, (deadline - time.perf_counter_ns()) / 1e9)
-                done, _ = await asyncio.wait(watchers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if req.future in done:
-                    return req.future.result()
-                if gone_task is not None and gone_task in done:
-                    watchers.discard(gone_task)
-                    if self._abandon(req):
-                        raise ClientGone("client disconnected while the request was queued")
-                    continue  # already running: let it finish, nobody will read it, but it is answered
-                if req.state == _QUEUED:  # the deadline passed while still queued
-                    self._abandon(req)
-                    raise RequestTimeout(f"request timed out after waiting in the queue of model '{self.name}'")
-                deadline = None  # running now: wait for it without a deadline
         finally:
-            if gone_task is not None and not gone_task.done():
-                gone_task.cancel()
+            for t in timers:
+                t.cancel()
+            for w in watcher:
+                w.cancel()
+
+    async def _drop_when(self, req: _Request, disconnected: Awaitable) -> None:
+        await disconnected
+        self._abandon(req, ClientGone("client disconnected while the request was queued"))
 
     def _abandon(self, req: _Request, error: Exception | None = None) -> bool:
         """Take a queued request out of the batching (lazily: workers skip it). True if it had not started.
@@ -392,11 +394,19 @@ class DynamicBatcher:
                 # Other workers may be waiting on a group this one left behind.
                 self._wakeup.set()
 
+    def _inline(self, rows: int) -> bool:
+        limit = self.settings.inline_max_ms
+        return (limit > 0 and len(self._runners) == 1 and self._row_ms_avg is not None
+                and self._row_ms_avg * rows <= limit)
+
     async def _execute(self, runner: Runner, batch: list[_Request]) -> None:
         start = time.perf_counter_ns()
         queue_ns = [start - r.enqueued_ns for r in batch]
         try:
-            outs, timings = await self._loop.run_in_executor(self._executor, _run_batch, runner, batch, self._pad)
+            if self._inline(sum(r.rows for r in batch)):
+                outs, timings = _run_batch(runner, batch, self._pad)
+            else:
+                outs, timings = await self._loop.run_in_executor(self._executor, _run_batch, runner, batch, self._pad)
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("model %s failed on a request: %s", self.name, exc)
@@ -412,6 +422,8 @@ class DynamicBatcher:
                 await self._execute(runner, [r])
             return
         self._exec_s_avg = 0.8 * self._exec_s_avg + 0.2 * (timings.infer_ns / 1e9) if self._exec_s_avg else timings.infer_ns / 1e9
+        row_ms = timings.infer_ns / 1e6 / timings.size
+        self._row_ms_avg = row_ms if self._row_ms_avg is None else 0.8 * self._row_ms_avg + 0.2 * row_ms
         self._observer.on_batch(timings, queue_ns)
         for r, out, q in zip(batch, outs, queue_ns):
             if not r.future.done():

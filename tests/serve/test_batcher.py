@@ -190,7 +190,7 @@ def test_timeout_and_disconnect_drop_queued_requests(cls_runner):
         with pytest.raises(RequestTimeout):
             await b.infer({"x": x}, timeout_ms=30)
         gone = asyncio.Event()
-        leaver = asyncio.ensure_future(b.infer({"x": x}, disconnected=gone.wait()))
+        leaver = asyncio.ensure_future(b.infer({"x": x}, disconnected=gone.wait))
         await asyncio.sleep(0.02)
         gone.set()
         with pytest.raises(ClientGone):

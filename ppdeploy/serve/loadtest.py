@@ -1,0 +1,338 @@
+"""The two serving benchmarks of issue 6, callable from code (`ppdeploy.bench`) or as
+`python -m ppdeploy.serve.loadtest overhead|batching [--json out.json]`.
+
+- `overhead_benchmark`: p50 of the raw runner (in process, batch 1) against p50 of the same model behind the
+  server (one sequential keep-alive client sending binary tensors, so the client adds as little as possible).
+  Reported: both p50s, their difference, and the server-side time from the access log.
+- `batching_benchmark`: open-loop Poisson load (`ppdeploy.bench.load`) on the same model served twice — with
+  dynamic batching and with `max_batch_size: 1` — over a ladder of offered rates. For a p99 budget, each
+  configuration's throughput is the highest achieved rate whose p99 stays within it; the ratio is the gain.
+
+Servers run as subprocesses (`python -m ppdeploy serve --repo ...`), so the client and the server do not share
+a GIL; on a small machine they still share cores, which the report states.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ppdeploy.errors import PPDeployError
+
+
+def binary_infer_body(inputs: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """A KServe v2 request with every input as binary data and binary outputs (what tritonclient sends)."""
+    from ppdeploy.serve.kserve import kserve_datatype
+
+    header = {"inputs": [{"name": n, "datatype": kserve_datatype(a.dtype), "shape": list(a.shape),
+                          "parameters": {"binary_data_size": a.nbytes}} for n, a in inputs.items()],
+              "parameters": {"binary_data_output": True}}
+    text = json.dumps(header).encode()
+    return text + b"".join(np.ascontiguousarray(a).tobytes() for a in inputs.values()), len(text)
+
+
+def binary_request_template(model: str, inputs: dict[str, np.ndarray]):
+    """`ppdeploy.bench.load.RequestTemplate` for a binary-tensor infer request."""
+    from ppdeploy.bench.load import RequestTemplate
+
+    body, header_len = binary_infer_body(inputs)
+    return RequestTemplate("POST", f"/v2/models/{model}/infer", body,
+                           {"inference-header-content-length": str(header_len), "accept-encoding": "identity",
+                            "content-type": "application/octet-stream"},
+                           describe=f"v2 binary infer {model} " + ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items()))
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+
+    def access_log_ms(self, path_suffix: str = "/infer") -> list[float]:
+        out = []
+        for line in self.lines:
+            if line.startswith('{"ts"'):
+                entry = json.loads(line)
+                if entry["path"].endswith(path_suffix) and entry["status"] == 200:
+                    out.append(entry["ms"])
+        return out
+
+
+@contextmanager
+def running_server(configs: Sequence[str], timeout_s: float = 300, extra_args: Sequence[str] = ()) -> Iterator[RunningServer]:
+    """Serve a repository made of `configs` (config.yaml texts, keyed model name = folder) in a subprocess."""
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-loadtest-") as tmp:
+        for text in configs:
+            name = re.search(r"^name:\s*(\S+)", text, re.M)
+            if not name:
+                raise PPDeployError("each benchmark config needs a 'name:' line")
+            (Path(tmp) / name.group(1)).mkdir()
+            (Path(tmp) / name.group(1) / "config.yaml").write_text(text)
+        proc = subprocess.Popen([sys.executable, "-m", "ppdeploy", "serve", "--repo", tmp, "--port", "0", *extra_args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        server = RunningServer("", proc)
+        seen = threading.Event()
+
+        def pump() -> None:
+            for line in proc.stderr:
+                server.lines.append(line.rstrip("\n"))
+                m = re.search(r"listening on (http://\S+)", line)
+                if m:
+                    server.url = m.group(1)
+                    seen.set()
+            seen.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            seen.wait(timeout_s)
+            deadline = time.time() + timeout_s
+            while True:
+                if proc.poll() is not None or not server.url:
+                    raise PPDeployError("benchmark server did not start:\n" + "\n".join(server.lines[-20:]))
+                try:
+                    if _get(server.url, "/v2/health/ready") == 200:
+                        break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    raise PPDeployError("benchmark server not ready in time:\n" + "\n".join(server.lines[-20:]))
+                time.sleep(0.2)
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _get(url: str, path: str) -> int:
+    host = url.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Overhead: server p50 - raw runner p50
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class OverheadResult:
+    model: str
+    backend: str
+    shape: list[int]
+    requests: int
+    raw_p50_ms: float
+    server_p50_ms: float
+    overhead_p50_ms: float
+    server_side_p50_ms: float  # from the access log: first byte in to last byte out, inside the server
+    raw_p99_ms: float
+    server_p99_ms: float
+
+
+def overhead_benchmark(model: str = "ppocr-cls", shape: Sequence[int] = (1, 3, 48, 192), backend: str = "onnxruntime",
+                       requests: int = 2000, warmup: int = 200, threads: int | None = None,
+                       inline_max_ms: float = 1.0) -> OverheadResult:
+    from ppdeploy.deploy import load_model
+
+    dep = load_model(model, backend=backend, threads=threads)
+    name = dep.runner.io.inputs[0].name
+    out_name = dep.runner.io.outputs[0].name
+    x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
+    for _ in range(warmup):
+        dep.runner.infer({name: x})
+    raw = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        dep.runner.infer({name: x})
+        raw.append((time.perf_counter() - t) * 1e3)
+    want = dep.runner.infer({name: x})[out_name]
+    dep.close()
+
+    config = (f"name: m\nsource: {model}\nbackends: [{backend}]\nmax_batch_size: 8\n"
+              f"dynamic_batching: {{inline_max_ms: {inline_max_ms}}}\n" + (f"threads: {threads}\n" if threads else ""))
+    body, header_len = binary_infer_body({name: x})
+    headers = {"Inference-Header-Content-Length": str(header_len), "Content-Type": "application/octet-stream"}
+    with running_server([config]) as server:
+        conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+        lat = []
+        for i in range(warmup + requests):
+            t = time.perf_counter()
+            conn.request("POST", "/v2/models/m/infer", body, headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            if i >= warmup:
+                lat.append((time.perf_counter() - t) * 1e3)
+            if resp.status != 200:
+                raise PPDeployError(f"server answered {resp.status}: {payload[:200]!r}")
+        conn.close()
+        hl = int(resp.getheader("Inference-Header-Content-Length"))
+        got = np.frombuffer(payload[hl:], dtype=np.float32).reshape(want.shape)
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise PPDeployError("server output differs from the raw runner's")
+        time.sleep(0.5)  # let the access log lines arrive
+        server_side = server.access_log_ms()[warmup:]
+    raw_p50, srv_p50 = _percentile(raw, 50), _percentile(lat, 50)
+    return OverheadResult(model, backend, list(shape), requests, round(raw_p50, 3), round(srv_p50, 3),
+                          round(srv_p50 - raw_p50, 3), round(_percentile(server_side, 50), 3),
+                          round(_percentile(raw, 99), 3), round(_percentile(lat, 99), 3))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dynamic batching vs max_batch_size 1 under open-loop Poisson load
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class LadderPoint:
+    offered_rps: float
+    achieved_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    ok: int
+    errors: int
+    mean_batch: float | None
+
+
+@dataclass
+class BatchingResult:
+    model: str
+    backend: str
+    shape: list[int]
+    duration_s: float
+    p99_budget_ms: float
+    batched_config: str
+    unbatched_config: str
+    batched: list[LadderPoint]
+    unbatched: list[LadderPoint]
+    batched_rps_at_budget: float
+    unbatched_rps_at_budget: float
+    gain: float | None
+
+
+def _mean_batch(url: str, model: str) -> tuple[float, float]:
+    host = url.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ppdeploy_batch_size_count") and f'model="{model}"' in line:
+            count = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("ppdeploy_batch_size_sum") and f'model="{model}"' in line:
+            total = float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+def _ladder(url: str, template, rates: Sequence[float], duration_s: float, model: str,
+            seed: int) -> list[LadderPoint]:
+    from ppdeploy.bench.load import LoadSettings, run_load
+
+    points = []
+    for rate in rates:
+        c0, s0 = _mean_batch(url, model)
+        [res] = run_load(url, template, [rate], duration_s,
+                         settings=LoadSettings(timeout_s=60, drain_s=30, max_in_flight=1024, seed=seed))
+        c1, s1 = _mean_batch(url, model)
+        lat = res.latency_ms or {}
+        points.append(LadderPoint(rate, res.achieved_rps, lat.get("p50"), lat.get("p99"), res.ok,
+                                  res.scheduled - res.ok, round((s1 - s0) / (c1 - c0), 2) if c1 > c0 else None))
+        if res.ok < res.scheduled * 0.5:  # far past saturation: higher rates only add queueing
+            break
+    return points
+
+
+def _best_within(points: Sequence[LadderPoint], budget_ms: float) -> float:
+    good = [p.achieved_rps for p in points if p.p99_ms is not None and p.p99_ms <= budget_ms and p.errors == 0]
+    return max(good) if good else 0.0
+
+
+def batching_benchmark(model: str = "ppocrv4-rec", shape: Sequence[int] = (1, 3, 48, 320),
+                       backend: str = "onnxruntime", rates: Sequence[float] = (10, 20, 30, 40, 60, 80, 100, 130, 160),
+                       duration_s: float = 10.0, p99_budget_ms: float = 500.0, max_batch_size: int = 16,
+                       max_queue_delay_ms: float = 5.0, threads: int | None = None, seed: int = 0) -> BatchingResult:
+    x = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+    template = binary_request_template("m", {"x": x})
+    common = f"source: {model}\nbackends: [{backend}]\n" + (f"threads: {threads}\n" if threads else "")
+    batched_cfg = (f"name: m\n{common}max_batch_size: {max_batch_size}\n"
+                   f"dynamic_batching: {{max_queue_delay_ms: {max_queue_delay_ms}, max_queue_size: 4096}}\n")
+    unbatched_cfg = f"name: m\n{common}max_batch_size: 1\ndynamic_batching: {{max_queue_size: 4096}}\n"
+    results = {}
+    for label, cfg in (("batched", batched_cfg), ("unbatched", unbatched_cfg)):
+        with running_server([cfg], extra_args=["--no-access-log"]) as server:
+            results[label] = _ladder(server.url, template, rates, duration_s, "m", seed)
+    b = _best_within(results["batched"], p99_budget_ms)
+    u = _best_within(results["unbatched"], p99_budget_ms)
+    return BatchingResult(model, backend, list(shape), duration_s, p99_budget_ms, batched_cfg, unbatched_cfg,
+                          results["batched"], results["unbatched"], b, u, round(b / u, 2) if u else None)
+
+
+def _table(points: Sequence[LadderPoint]) -> str:
+    rows = ["| offered req/s | achieved req/s | p50 ms | p99 ms | mean batch | failed |", "|---|---|---|---|---|---|"]
+    for p in points:
+        rows.append(f"| {p.offered_rps:g} | {p.achieved_rps:.1f} | {p.p50_ms if p.p50_ms is not None else '-'} | "
+                    f"{p.p99_ms if p.p99_ms is not None else '-'} | {p.mean_batch or '-'} | {p.errors} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ppdeploy.serve.loadtest", description=__doc__.split("\n\n")[0])
+    ap.add_argument("which", choices=["overhead", "batching"])
+    ap.add_argument("--model")
+    ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--shape", help="input shape, e.g. 1x3x48x320")
+    ap.add_argument("--requests", type=int, default=2000, help="overhead: timed requests")
+    ap.add_argument("--rates", help="batching: comma-separated offered rates (req/s)")
+    ap.add_argument("--duration", type=float, default=10.0, help="batching: seconds per rate")
+    ap.add_argument("--p99-budget-ms", type=float, default=500.0)
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--inline-max-ms", type=float, default=1.0, help="overhead: the config's inline_max_ms")
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args(argv)
+    shape = tuple(int(d) for d in args.shape.split("x")) if args.shape else None
+    if args.which == "overhead":
+        res = overhead_benchmark(args.model or "ppocr-cls", shape or (1, 3, 48, 192), args.backend, args.requests,
+                                 threads=args.threads, inline_max_ms=args.inline_max_ms)
+        print(json.dumps(asdict(res), indent=2))
+    else:
+        kw = {}
+        if args.rates:
+            kw["rates"] = [float(r) for r in args.rates.split(",")]
+        res = batching_benchmark(args.model or "ppocrv4-rec", shape or (1, 3, 48, 320), args.backend,
+                                 duration_s=args.duration, p99_budget_ms=args.p99_budget_ms,
+                                 max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                                 threads=args.threads, **kw)
+        print("dynamic batching:\n" + _table(res.batched) + "\n\nmax_batch_size 1:\n" + _table(res.unbatched))
+        print(f"\nthroughput within p99 <= {res.p99_budget_ms} ms: batched {res.batched_rps_at_budget} req/s, "
+              f"unbatched {res.unbatched_rps_at_budget} req/s, gain {res.gain}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(res), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
