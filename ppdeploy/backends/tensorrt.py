@@ -384,10 +384,10 @@ def build_engine(flavour: Flavour, model_path: Path, out_dir: Path, options: Bui
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_mib) << 20)
     config.builder_optimization_level = int(settings.optimization_level)
-    if settings.tf32:
-        config.set_flag(trt.BuilderFlag.TF32)
-    elif hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
+    if hasattr(trt.BuilderFlag, "TF32"):
+        (config.set_flag if settings.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
+    elif settings.tf32:
+        raise BuildError(f"{traits.flavour.label} {traits.version} has no TF32 builder flag; drop tf32=True")
     if settings.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         # Without this the engine would embed the lean runtime, which RTX does not ship (the build fails) and which

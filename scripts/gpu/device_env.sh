@@ -13,7 +13,13 @@ if [ -f /tmp/rtxparts/rtx.so.xz.part0 ] && [ -f /tmp/rtxparts/rtx.so.xz.part1 ] 
     && echo "TensorRT-RTX ready in /tmp/site"
 fi
 [ -d .gpu-carry/whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/whl/*.whl
-[ -d .gpu-carry/onnx ] && export PPDEPLOY_TEST_ONNX_DIR=$PWD/.gpu-carry/onnx
+# Carried data is copied to /tmp/gpu-carry so a later call on the same warm machine can use it without carrying it.
+mkdir -p /tmp/gpu-carry
+for d in onnx pages; do [ -d ".gpu-carry/$d" ] && cp -rn ".gpu-carry/$d" /tmp/gpu-carry/; done
+[ -d /tmp/gpu-carry/onnx ] && export PPDEPLOY_TEST_ONNX_DIR=/tmp/gpu-carry/onnx
+[ -d /tmp/gpu-carry/pages ] && export PPDEPLOY_TEST_PAGES=/tmp/gpu-carry/pages
+# ONNX conversion entries for the carried models, made here: the device has no onnxslim, and needs none on a hit
+[ -d .gpu-carry/cache ] && mkdir -p /tmp/ppdeploy-cache && cp -rn .gpu-carry/cache/. /tmp/ppdeploy-cache/
 export PYTHONPATH=/tmp/ortgpu:/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PPDEPLOY_CACHE=/tmp/ppdeploy-cache
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -1,0 +1,187 @@
+"""Device run: PP-OCR pages/s end to end on the GPU, and ppdeploy's dynamic-batching server with the
+onnxruntime-cuda backend under open-loop Poisson load (batched vs batch-1, and vs the raw runner).
+
+Needs (see scripts/gpu/README.md): the ORT GPU payload, .gpu-carry/{onnx,cache,pages,whl}. Writes $OUT/e2e.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ppdeploy.backends.base import BuildOptions
+from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
+from ppdeploy.backends.onnxruntime_cuda import OnnxRuntimeCUDABackend
+from ppdeploy.device import gpu_info
+
+ONNX = Path(os.environ["PPDEPLOY_TEST_ONNX_DIR"])
+PAGES = next(Path(os.environ.get("PPDEPLOY_TEST_PAGES", ".gpu-carry/pages")).glob("synth-*"))
+OUT = Path(os.environ.get("OUT", "."))
+SERVER_BACKEND = os.environ.get("E2E_BACKEND", "onnxruntime-cuda")  # onnxruntime: CPU smoke test of this script
+RESULTS: dict = {"gpu": gpu_info(), "pages": str(PAGES), "ocr": {}, "server": {}}
+
+
+def runner(backend, model: Path, **extra):
+    d = Path(tempfile.mkdtemp())
+    backend.build(model, d, BuildOptions(extra=extra))
+    return backend.load(d, BuildOptions(extra=extra))
+
+
+def save() -> None:
+    (OUT / "e2e.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ OCR pages/s
+
+def ocr_pages() -> None:
+    from ppdeploy.evaluation.ocr_eval import evaluate_ocr
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    variants = [
+        ("gpu fp32 (EXHAUSTIVE)", OnnxRuntimeCUDABackend(), "", {}),
+        ("gpu fp32 (HEURISTIC)", OnnxRuntimeCUDABackend(), "", {"conv_algo_search": "HEURISTIC"}),
+        ("gpu fp16 det+cls+rec (EXHAUSTIVE)", OnnxRuntimeCUDABackend(), ".fp16", {}),
+        ("cpu fp32 onnxruntime 16 threads", OnnxRuntimeBackend(), "", {}),
+    ]
+    for label, be, suffix, extra in variants:
+        rs = {s: runner(be, ONNX / f"{m}{suffix}.onnx", **extra)
+              for s, m in (("det", "ppocrv4-det"), ("cls", "ppocr-cls"), ("rec", "ppocrv4-rec"))}
+        ocr = OCR.from_runners(rs["det"], rs["rec"], rs["cls"])
+        passes = []
+        for i in range(2 if "cpu" in label else 3):  # pass 0 meets every shape first (cuDNN search, allocations)
+            ev = evaluate_ocr(ocr, PAGES)
+            passes.append(ev.to_dict())
+            print(f"{label:36s} pass {i}: {ev.run.pages_per_s:7.2f} pages/s  char_acc {ev.metrics.char_accuracy:.4f}"
+                  f"  det_recall {ev.metrics.det_recall:.3f}  stage_ms {json.dumps({k: round(v, 1) for k, v in ev.run.stage_ms.items()})}",
+                  flush=True)
+        RESULTS["ocr"][label] = passes
+        for r in rs.values():
+            r.close()
+        save()
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+def binary_v2(model: str, arr: np.ndarray):
+    """KServe v2 binary-tensor request (JSON of 27k floats would make the server a JSON parser benchmark)."""
+    from ppdeploy.bench.load import RequestTemplate
+
+    header = json.dumps({"inputs": [{"name": "x", "shape": list(arr.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": arr.nbytes}}]}).encode()
+    return RequestTemplate("POST", f"/v2/models/{model}/infer", header + arr.tobytes(),
+                           {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
+                           describe=f"v2 binary infer {model} x{list(arr.shape)}")
+
+
+def start_server(model: Path, name: str, port: int, max_batch: int, delay_ms: float, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ppdeploy", "serve", str(model), "--name", name, "--backend", SERVER_BACKEND,
+           "--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms), "--port", str(port),
+           "--no-access-log", "--max-queue-size", "4096", *extra]
+    log = open(OUT / f"server_{name}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=False)
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {name} exited: {(OUT / f'server_{name}.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/models/{name}/ready", timeout=2).status_code == 200:
+                return proc
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server {name} not ready in 120 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def raw_runner(model: Path, batches: list[int], shape: tuple[int, ...]) -> list[dict]:
+    """The runner alone at each batch size: the ceiling the server is compared with."""
+    r = runner(OnnxRuntimeCUDABackend() if SERVER_BACKEND == "onnxruntime-cuda" else OnnxRuntimeBackend(), model)
+    rows = []
+    for b in batches:
+        x = np.random.default_rng(b).uniform(-1, 1, (b, *shape)).astype(np.float32)
+        for _ in range(10):
+            r.infer(x)
+        lat = []
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.5:
+            t = time.perf_counter()
+            r.infer(x)
+            lat.append((time.perf_counter() - t) * 1e3)
+        med = statistics.median(lat)
+        rows.append({"batch": b, "median_ms": med, "p99_ms": float(np.percentile(lat, 99)), "items_per_s": b / med * 1e3})
+    r.close()
+    return rows
+
+
+def serve_load(model_key: str, shape: tuple[int, ...], b1_rates: list[float], batched_rates: list[float],
+               max_batch: int, delay_ms: float, duration: float) -> None:
+    from ppdeploy.bench.load import LoadSettings, run_load
+
+    model = ONNX / f"{model_key}.onnx"
+    entry = RESULTS["server"].setdefault(model_key, {})
+    entry["raw_runner"] = raw_runner(model, [1, 2, 4, 8, 16, 32, max_batch], shape)
+    print(model_key, "raw", [(r["batch"], round(r["items_per_s"])) for r in entry["raw_runner"]], flush=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, *shape)).astype(np.float32)
+    settings = LoadSettings(timeout_s=10, drain_s=10, max_in_flight=1024)
+    for label, mb, rates, port in (("batch1", 1, b1_rates, 8101), ("batched", max_batch, batched_rates, 8102)):
+        proc = start_server(model, label, port, mb, delay_ms if mb > 1 else 0.0, [])
+        try:
+            rows = []
+
+            def show(res):
+                lat = res.latency_ms or {}
+                print(f"{model_key} {label:8s} offered {res.offered_rate:7.0f}/s achieved {res.achieved_rps:7.1f}/s "
+                      f"ok {res.ok}/{res.scheduled} 429 {res.http_429} err {res.http_errors + res.failures} "
+                      f"p50 {lat.get('p50', float('nan')):.1f} p99 {lat.get('p99', float('nan')):.1f} ms", flush=True)
+                rows.append(res.to_dict(with_samples=False))
+
+            run_load(f"http://127.0.0.1:{port}", binary_v2(label, x), rates, duration, "poisson", settings, on_rate=show)
+            import httpx
+
+            stats = httpx.get(f"http://127.0.0.1:{port}/v2/models/{label}/stats", timeout=10).json()
+            entry[label] = {"max_batch_size": mb, "max_queue_delay_ms": delay_ms if mb > 1 else 0.0,
+                            "rates": rows, "stats": stats}
+        except Exception as exc:
+            entry[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(model_key, label, "FAILED", exc, flush=True)
+        finally:
+            stop(proc)
+        save()
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    if "--server-only" not in sys.argv:
+        ocr_pages()
+    if "--smoke" in sys.argv:
+        serve_load("ppocr-cls", (3, 48, 192), [20], [40], max_batch=8, delay_ms=2.0, duration=2.0)
+    elif "--ocr-only" not in sys.argv:
+        serve_load("ppocr-cls", (3, 48, 192), [100, 200, 300, 400, 600], [200, 400, 800, 1200, 1600, 2400],
+                   max_batch=64, delay_ms=2.0, duration=6.0)
+        serve_load("ppocrv4-rec", (3, 48, 320), [50, 100, 200, 300], [100, 200, 400, 800],
+                   max_batch=32, delay_ms=2.0, duration=6.0)
+    RESULTS["total_s"] = time.perf_counter() - t0
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
