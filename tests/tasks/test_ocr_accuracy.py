@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 BACKENDS = ["onnxruntime", "openvino", "paddle"]
 
 
-def reference_pipeline():
+def reference_pipeline(threads: int | None = None):
     from rapidocr_paddle import RapidOCR
     from rapidocr_paddle.ch_ppocr_det.utils import DetPreProcess
 
@@ -37,6 +37,7 @@ def reference_pipeline():
         det_box_thresh=d.box_thresh, det_unclip_ratio=d.unclip_ratio, det_donot_use_dilation=not d.use_dilation,
         det_score_mode=d.score_mode, det_mean=list(d.mean), det_std=list(d.std),
         text_score=0.5, min_height=0, width_height_ratio=-1, max_side_len=100000, min_side_len=0,
+        cpu_math_library_num_threads=threads or -1,
     )
     det = ref.text_det
     det.get_preprocess = lambda max_wh: DetPreProcess(d.limit_side_len, d.limit_type, list(d.mean), list(d.std))

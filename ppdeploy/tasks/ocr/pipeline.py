@@ -113,29 +113,40 @@ def _per_stage(value: Any, what: str) -> dict[str, Any]:
     return {s: value for s in STAGES}
 
 
+def _per_stage_mapping(load_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    load_options = load_options or {}
+    unknown = set(load_options) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"load_options given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    return {s: dict(load_options.get(s, {})) for s in STAGES}
+
+
 class OCR:
     """PP-OCR pipeline. `OCR(backend="auto").predict("page.png")` -> OCRResult.
 
     backend / precision: one name for all stages, or a dict per stage, e.g.
     `backend={"det": "openvino", "rec": "onnxruntime", "cls": "onnxruntime"}`.
+    load_options: extra `load_model` arguments per stage, e.g. {"rec": {"calib": ..., "max_loss": 0.01}}.
     """
 
     def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
                  det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
                  cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
-                 **options: Any):
+                 load_options: Mapping[str, Mapping[str, Any]] | None = None, **options: Any):
         from ppdeploy.deploy import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
         backends = _per_stage(backend, "backend")
         precisions = _per_stage(precision, "precision")
         models = {"det": det_model, "rec": rec_model, "cls": cls_model}
+        extra = _per_stage_mapping(load_options)
         self.deployments: dict[str, Any] = {}
         for stage in STAGES:
             if stage == "cls" and not use_cls:
                 continue
             self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
-                                                 precision=precisions[stage] or "fp32", threads=threads)
+                                                 precision=precisions[stage] or "fp32", threads=threads,
+                                                 **extra[stage])
         runners = {s: d.runner for s, d in self.deployments.items()}
         self._init(runners["det"], runners["rec"], runners.get("cls"), opts)
 
