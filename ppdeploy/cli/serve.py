@@ -45,6 +45,8 @@ def register(sub) -> None:
     o.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit (MiB)")
     o.add_argument("--max-image-pixels", type=int, default=50_000_000, help="largest image accepted by task routes")
     o.add_argument("--task-threads", type=int, default=4, help="threads running task pipelines (pre/post-processing)")
+    o.add_argument("--max-task-queue", type=int, default=64,
+                   help="image requests waiting for a pipeline thread before 429")
     o.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
     o.add_argument("--no-strict-readiness", action="store_true",
                    help="report ready once loading ends even if some model is unavailable")
@@ -105,6 +107,7 @@ def run(args) -> int:
     settings = settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
                                  max_body_bytes=int(args.max_body_mb * (1 << 20)),
                                  max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
+                                 max_task_queue=args.max_task_queue,
                                  strict_readiness=not args.no_strict_readiness, drain_timeout_s=args.drain_timeout)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"ppdeploy serve: warning: listening on {settings.host} without an API key", file=sys.stderr)

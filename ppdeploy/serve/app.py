@@ -60,6 +60,7 @@ class ServerSettings:
     max_body_bytes: int = 64 << 20
     max_image_pixels: int = 50_000_000
     task_threads: int = 4
+    max_task_queue: int = 64  # image requests waiting for a pipeline thread before 429
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
     cache_dir: str | None = None
@@ -242,6 +243,7 @@ class Handlers:
         self.metrics = metrics
         self.settings = settings
         self.draining = False
+        self.task_in_flight = 0
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def _model(self, request: Request, need_ready: bool = True) -> ServedModel:
@@ -346,22 +348,22 @@ class Handlers:
                         media_type="application/octet-stream" if header_len is not None else "application/json")
 
     async def task(self, request: Request, kind: str) -> Response:
-        from ppdeploy.tasks.image_io import load_image
-
         label = "ocr" if kind == "ocr" else "classify"
         try:
             service = self.host.task_of(kind, request.path_params.get("model"))
             if service.state != READY:
                 why = "is still loading" if service.state == "LOADING" else f"is unavailable: {service.reason}"
                 raise ModelNotReady(f"{kind} model '{service.name}' {why}")
-            data = await self._image_bytes(request)
-            loop = asyncio.get_running_loop()
-            max_pixels = self.settings.max_image_pixels
-
-            def run() -> dict:
-                return service.run(load_image(data, max_pixels=max_pixels))
-
-            result = await loop.run_in_executor(self.host.task_pool, run)
+            # Task requests wait for a pipeline thread; bound that wait like the model queues are bounded.
+            if self.task_in_flight >= self.settings.max_task_queue + self.settings.task_threads:
+                raise QueueFull(f"{self.task_in_flight} image requests are already in progress", 1)
+            self.task_in_flight += 1
+            try:
+                data = await self._image_bytes(request)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self.host.task_pool, service.run, data, self.settings.max_image_pixels)
+            finally:
+                self.task_in_flight -= 1
         except Exception as exc:
             if not isinstance(exc, PPDeployError):
                 log.exception("%s request failed", label)

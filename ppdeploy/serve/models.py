@@ -151,13 +151,25 @@ class TaskService:
     def name(self) -> str:
         return self.cfg.name
 
-    def run(self, image_bgr) -> dict:
-        """Blocking: call from a worker thread. `image_bgr` is decoded already (ppdeploy.tasks.image_io)."""
+    def run(self, image: bytes, max_pixels: int) -> dict:
+        """Decode and run (blocking: call from a worker thread). ImageError for anything that is not an image
+        within `max_pixels`."""
+        from ppdeploy.tasks.image_io import load_image
+
+        start = time.perf_counter()
+        bgr = load_image(image, max_pixels=max_pixels)
+        decode_ms = (time.perf_counter() - start) * 1e3
         if self.kind == "ocr":
-            result = self.pipeline.predict_bgr(image_bgr)
+            result = self.pipeline.predict_bgr(bgr)
         else:
-            result = self.pipeline.predict(image_bgr)
-        return {"model": self.name, **result.to_dict()}
+            result = self.pipeline.predict(bgr)
+        out = {"model": self.name, **result.to_dict()}
+        timings = out.get("timings_ms")
+        if isinstance(timings, dict):
+            timings["decode"] = round(decode_ms, 3)
+            if "total" in timings:
+                timings["total"] = round(timings["total"] + decode_ms, 3)
+        return out
 
 
 @dataclass
