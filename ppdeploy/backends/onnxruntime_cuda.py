@@ -46,8 +46,13 @@ class CudaSettings:
     conv_algo_search: str = "EXHAUSTIVE"
     gpu_mem_limit_mib: int | None = None
     max_cached_shapes: int = 16  # IO-binding buffer sets kept (LRU); one set per distinct input shape
+    # ORT's TensorRT execution provider in front of CUDA (needs libnvinfer 10 on the library path). Its engines and
+    # timing cache go to `trt_cache_dir` (default: beside the artifact). Never run here: no libnvinfer anywhere.
+    tensorrt_provider: bool = False
+    trt_cache_dir: str | None = None
 
-    KEYS = ("device_id", "use_tf32", "cuda_graph", "conv_algo_search", "gpu_mem_limit_mib", "max_cached_shapes")
+    KEYS = ("device_id", "use_tf32", "cuda_graph", "conv_algo_search", "gpu_mem_limit_mib", "max_cached_shapes",
+            "tensorrt_provider", "trt_cache_dir")
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "CudaSettings":
@@ -75,6 +80,34 @@ class CudaSettings:
         if self.gpu_mem_limit_mib:
             opts["gpu_mem_limit"] = str(int(self.gpu_mem_limit_mib) << 20)
         return opts
+
+
+def libnvinfer_present() -> bool:
+    import ctypes
+
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def providers_for(settings: CudaSettings, artifact_dir: Path) -> list:
+    """Execution providers in priority order: [TensorRT EP,] CUDA EP, CPU EP (for ops CUDA lacks)."""
+    providers: list = []
+    if settings.tensorrt_provider:
+        cache = settings.trt_cache_dir or str(Path(artifact_dir).parent / "_ort-trt-cache")
+        providers.append(("TensorrtExecutionProvider", {
+            "device_id": str(int(settings.device_id)), "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": cache, "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache,
+            # precision comes from the ONNX graph, as for ppdeploy's own TensorRT backend
+            "trt_fp16_enable": "False", "trt_int8_enable": "False",
+        }))
+    providers.append((PROVIDER, settings.provider_options()))
+    providers.append("CPUExecutionProvider")
+    return providers
 
 
 def io_spec(session) -> IOSpec:
@@ -233,7 +266,8 @@ class OnnxRuntimeCUDABackend(Backend):
         if options is not None:
             s = CudaSettings.from_options(options)
             # Only what changes the artifact or its numerics; the buffer cache size does not.
-            parts["cuda"] = {"use_tf32": s.use_tf32, "cuda_graph": s.cuda_graph, "conv_algo_search": s.conv_algo_search}
+            parts["cuda"] = {"use_tf32": s.use_tf32, "cuda_graph": s.cuda_graph, "conv_algo_search": s.conv_algo_search,
+                             "tensorrt_provider": s.tensorrt_provider}
         return parts
 
     def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
@@ -257,11 +291,16 @@ class OnnxRuntimeCUDABackend(Backend):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        providers = [(PROVIDER, settings.provider_options()), "CPUExecutionProvider"]
+        if settings.tensorrt_provider and not libnvinfer_present():
+            raise BuildError("tensorrt_provider=True but libnvinfer (TensorRT 10/11) is not on the library path",
+                             hint="install TensorRT (pip install tensorrt) or drop tensorrt_provider")
+        providers = providers_for(settings, Path(artifact_dir))
         try:
             session = ort.InferenceSession(str(Path(artifact_dir) / ARTIFACT), so, providers=providers)
         except Exception as exc:
             raise BuildError(f"onnxruntime-cuda could not load {artifact_dir}: {exc}") from exc
+        if settings.tensorrt_provider and "TensorrtExecutionProvider" not in session.get_providers():
+            raise BuildError("onnxruntime could not start its TensorRT execution provider (see ORT's log)")
         if PROVIDER not in session.get_providers():
             # ORT silently drops to CPU when libcudart/cuDNN fail to load; a "GPU" runner on the CPU is a lie.
             raise BuildError("onnxruntime created the session without CUDAExecutionProvider (CUDA or cuDNN libraries "

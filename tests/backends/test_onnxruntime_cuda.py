@@ -160,3 +160,14 @@ def test_cuda_graph_replay_matches_plain_run(tmp_path):
             assert np.abs(got[k] - want[k]).max() < 1e-4
     with pytest.raises(InputError):
         graph.infer(np.zeros((4, 3, 48, 320), np.float32))
+
+
+def test_tensorrt_provider_goes_first_with_its_cache_beside_the_artifact(tmp_path):
+    plain = ortcuda.providers_for(ortcuda.CudaSettings(), tmp_path / "entry")
+    assert [p if isinstance(p, str) else p[0] for p in plain] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt = ortcuda.providers_for(ortcuda.CudaSettings(tensorrt_provider=True), tmp_path / "entry")
+    name, opts = trt[0]
+    assert name == "TensorrtExecutionProvider" and opts["trt_engine_cache_path"] == str(tmp_path / "_ort-trt-cache")
+    assert opts["trt_fp16_enable"] == "False"  # precision comes from the graph
+    be = ortcuda.OnnxRuntimeCUDABackend()
+    assert be.key_parts(BuildOptions(extra={"tensorrt_provider": True})) != be.key_parts(BuildOptions())
