@@ -71,12 +71,14 @@ def ocr_pages() -> None:
 
 # ------------------------------------------------------------------------------------------------ server
 
-def binary_v2(model: str, arr: np.ndarray):
-    """KServe v2 binary-tensor request (JSON of 27k floats would make the server a JSON parser benchmark)."""
+def binary_v2(model: str, arr: np.ndarray, outputs: list[str]):
+    """KServe v2 request with binary input and outputs: JSON of 27k input floats (or rec's 530k output floats)
+    would turn the run into a JSON codec benchmark."""
     from ppdeploy.bench.load import RequestTemplate
 
     header = json.dumps({"inputs": [{"name": "x", "shape": list(arr.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": arr.nbytes}}]}).encode()
+                                     "parameters": {"binary_data_size": arr.nbytes}}],
+                         "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs]}).encode()
     return RequestTemplate("POST", f"/v2/models/{model}/infer", header + arr.tobytes(),
                            {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
                            describe=f"v2 binary infer {model} x{list(arr.shape)}")
@@ -153,8 +155,12 @@ def serve_load(model_key: str, shape: tuple[int, ...], b1_rates: list[float], ba
                       f"p50 {lat.get('p50', float('nan')):.1f} p99 {lat.get('p99', float('nan')):.1f} ms", flush=True)
                 rows.append(res.to_dict(with_samples=False))
 
-            run_load(f"http://127.0.0.1:{port}", binary_v2(label, x), rates, duration, "poisson", settings, on_rate=show)
             import httpx
+
+            meta = httpx.get(f"http://127.0.0.1:{port}/v2/models/{label}", timeout=10).json()
+            outputs = [o["name"] for o in meta["outputs"]]
+            run_load(f"http://127.0.0.1:{port}", binary_v2(label, x, outputs), rates, duration, "poisson", settings,
+                     on_rate=show)
 
             stats = httpx.get(f"http://127.0.0.1:{port}/v2/models/{label}/stats", timeout=10).json()
             entry[label] = {"max_batch_size": mb, "max_queue_delay_ms": delay_ms if mb > 1 else 0.0,
