@@ -46,7 +46,7 @@ def server(tmp_path_factory, shapes_dir, cls_runner, rec_runner, det_runner):
     (root / "broken").mkdir()
     (root / "broken" / "model.onnx").write_bytes(b"this is not an ONNX model")
     write_repo(root, {
-        "cls": "source: ppocr-cls\nbackends: [onnxruntime]\nmax_batch_size: 8\n"
+        "cls": "source: ppocr-cls\nbackends: [tensorrt, onnxruntime]\nmax_batch_size: 8\n"
                "dynamic_batching: {max_queue_delay_ms: 1}\n",
         "rec": "source: ppocrv4-rec\nbackends: [onnxruntime]\nmax_batch_size: 8\n"
                "dynamic_batching: {max_queue_delay_ms: 4}\n",
@@ -85,6 +85,21 @@ def test_unavailable_model_is_reported_while_others_serve(server):
     r = server.post("/v2/models/broken/infer", json={"inputs": []})
     assert r.status_code == 503 and "unavailable" in r.json()["error"]
     assert server.get("/v2/models/cls/ready").status_code == 200
+
+
+def test_metrics_use_triton_names_and_record_fallbacks(server):
+    text = server.get("/metrics").text
+    for name in ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+                 "nv_inference_exec_count", "nv_inference_queue_duration_us", "nv_inference_compute_input_duration_us",
+                 "nv_inference_compute_infer_duration_us", "nv_inference_compute_output_duration_us",
+                 "nv_inference_pending_request_count", "ppdeploy_batch_size_bucket", "ppdeploy_engine_load_seconds"):
+        assert f"\n{name}{{" in text, name
+    assert "# TYPE nv_inference_request_success counter" in text
+    # cls prefers TensorRT, which cannot run on this machine: the skip is counted, ONNX Runtime serves
+    assert server.metric("ppdeploy_backend_fallbacks_total", model="cls", backend="tensorrt") == 1
+    assert server.metric("ppdeploy_engine_load_seconds", model="cls", backend="onnxruntime") > 0
+    assert server.metric("ppdeploy_model_ready", model="broken") == 0
+    assert server.metric("ppdeploy_model_ready", model="cls") == 1
 
 
 def test_metadata_and_infer_parity_with_the_direct_runner(server, cls_runner, rec_runner):
