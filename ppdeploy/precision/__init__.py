@@ -132,7 +132,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
                                           exclude, repair))
             else:
                 record.update(_build_bf16(onnx_path, make_gates))
-        record["data"] = {"gate": gate_data.source, "gate_samples": len(gate_data),
+        record["data"] = {"gate": task_name if task_metric else gate_data.source,
+                          "gate_samples": None if task_metric else len(gate_data),
                           "calibration": calib_part.source if calib_part else None,
                           "calibration_samples": len(calib_part) if calib_part else 0,
                           "calib_hash": calib.hash if calib else None}
@@ -162,11 +163,19 @@ def _build_fp16(model, onnx_path, make_gates, work, target, keep_fp32, repair) -
     from ppdeploy.precision import fp16, graph
 
     graph.name_nodes(model)  # keep lists need names; naming does not change the computation
-    gate, _ = make_gates(onnx_path)
+    gate, outputs = make_gates(onnx_path)
     result = fp16.build(model, gate, _save, work, keep_nodes=keep_fp32, repair=repair)
     _save(result.model, target)
+    fp16.smoke_run(target, gate_sample(outputs))
     return {"gate": result.report.to_dict(), "kept_fp32": result.kept_fp32, "keep_ops": fp16.default_keep_ops(),
             "search": {"evaluations": len(result.tried), "tried": result.tried}}
+
+
+def gate_sample(gate) -> dict:
+    samples = getattr(gate, "samples", None)
+    if samples is None:
+        raise RuntimeError("gate without samples")
+    return samples.samples[0]
 
 
 def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, target, exclude, repair) -> dict:
@@ -198,7 +207,7 @@ def _build_bf16(onnx_path, make_gates) -> dict:
 def _versions(precision: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    names = {"fp16": ["onnxconverter-common", "onnxruntime"], "int8": ["onnxruntime"], "bf16": ["openvino"]}[precision]
+    names = {"fp16": ["onnxruntime"], "int8": ["onnxruntime"], "bf16": ["openvino"]}[precision]
     out = {}
     for name in names:
         try:

@@ -155,7 +155,57 @@ def quantize(prepared: Path, ranges: Path, out_path: Path, method: str, *, exclu
         raise ConversionError(f"INT8 quantization (ONNX Runtime quantize_static) failed: {exc}") from exc
     finally:
         root.setLevel(level)
+    if only:
+        # Sensitivity runs charge a node for quantizing its own inputs only, the same thing excluding it
+        # undoes; without this a node would also be charged for the round trip of its output.
+        import onnx
+
+        keep = set(only)
+        release_inputs(out_path, [n.name for n in onnx.load(str(out_path), load_external_data=False).graph.node
+                                  if n.name not in keep])
+    elif exclude:
+        release_inputs(out_path, exclude)
     return out_path
+
+
+def release_inputs(path: Path, nodes: Sequence[str]) -> int:
+    """Give excluded nodes their FP32 inputs back; returns how many inputs were rewired.
+
+    ORT's quantizer quantizes the *output* of every quantized node, whoever consumes it, so excluding a node
+    leaves it reading a Quantize/Dequantize round trip of its input: excluded, yet still fed 8-bit values.
+    Here each excluded node reads the tensor from before that round trip, and Q/DQ pairs left without
+    consumers are removed.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    wanted = set(nodes)
+    rewired = 0
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                continue  # a weight's DequantizeLinear reads an initializer: not an activation round trip
+            node.input[i] = q.input[0]
+            rewired += 1
+    if rewired:
+        outputs = {o.name for o in model.graph.output}
+        while True:  # drop Q/DQ nodes nobody reads any more (a DQ first, then the Q that fed it)
+            used = {i for n in model.graph.node for i in n.input} | outputs
+            dead = [n for n in model.graph.node
+                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)]
+            if not dead:
+                break
+            for n in dead:
+                model.graph.node.remove(n)
+        onnx.save(model, str(path))
+    return rewired
 
 
 @dataclass
