@@ -296,16 +296,20 @@ def _make_progress_monitor(trt: Any, phases: dict[str, float], show: bool):
                 sys.stderr.write(f"\r{'  ' * self._depth[phase_name]}{phase_name} ...\n")
 
         def step_complete(self, phase_name, step):
-            if show and self._depth.get(phase_name) == 1 and self._steps.get(phase_name, 0) > 1:
-                total = self._steps[phase_name]
-                done = int(20 * (step + 1) / total)
-                sys.stderr.write(f"\r  [{'#' * done}{'.' * (20 - done)}] {step + 1}/{total}")
+            total = self._steps.get(phase_name, 0)
+            if show and self._depth.get(phase_name) == 1 and total > 1:
+                done, before = int(20 * (step + 1) / total), int(20 * step / total)
+                if done != before or step + 1 == total:  # redraw only when the bar moves
+                    sys.stderr.write(f"\r  [{'#' * done}{'.' * (20 - done)}] {step + 1}/{total}")
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
             start = self._started.pop(phase_name, None)
             if start is not None:
-                phases[phase_name] = phases.get(phase_name, 0.0) + time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                phases[phase_name] = phases.get(phase_name, 0.0) + seconds
+                if show and self._depth.get(phase_name, 9) <= 1:
+                    sys.stderr.write(f"\r{'  ' * self._depth[phase_name]}{phase_name}: {seconds:.2f} s\n")
 
     return Monitor()
 

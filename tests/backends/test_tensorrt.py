@@ -8,6 +8,7 @@ runtime needs a supported GPU; see test_tensorrt_gpu.py).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,11 @@ def test_gpu_identity_follows_cuda_visible_devices():
     assert visible_rows(rows, "1") == [rows[1]]  # CUDA device 0 is then the L4: engines must be keyed on it
     assert visible_rows(rows, "GPU-0b1e,0") == [rows[1], rows[0]]
     assert visible_rows(rows, "") == [] and visible_rows(rows, "7,0") == []  # CUDA stops at the first bad entry
+
+
+def test_progress_bar_draws_build_phases(rtx, tmp_path, capsys):
+    options = BuildOptions(shapes=ShapeProfile.from_dict(OCR_PROFILES["ppocr-cls"]), extra={"progress": True})
+    rtx.build(ocr_onnx("ppocr-cls"), tmp_path, options)
+    err = capsys.readouterr().err
+    assert "Building engine ..." in err and "Building engine from subgraph ..." in err
+    assert re.search(r"Building engine: \d+\.\d\d s", err)  # top phase reports its time when done
