@@ -244,7 +244,8 @@ def ocr_markdown(result: dict[str, Any]) -> str:
     for e in entries:
         if not e["ok"]:
             rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None, None,
-                         f"skipped: {e['error']}"])
+                         ("rejected by its accuracy gate: " if "accuracy gate" in str(e["error"]) else "could not run: ")
+                         + str(e["error"])])
             continue
         lat = e["latency_ms"]
         st = e["stages_ms"]

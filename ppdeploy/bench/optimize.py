@@ -437,7 +437,8 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     # Calibration and evaluation pages must differ, or the gate would grade the calibration itself.
     root = default_root() / "bench-pages"
     calib_pages = (load_pages(Path(calib)) if calib else synthetic_pages(root, pages, seed=101)).images
-    eval_pages = (load_pages(Path(data)) if data else synthetic_pages(root, pages, seed=202)).images
+    eval_set = load_pages(Path(data)) if data else synthetic_pages(root, pages, seed=202)
+    eval_pages = eval_set.images
     overlap = {p.resolve() for p in calib_pages} & {p.resolve() for p in eval_pages}
     if overlap:
         raise InputError("calibration and evaluation images overlap", hint="give --data a folder disjoint from --calib")
@@ -455,12 +456,20 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     swaps = {s: SwappableRunner(refs[s].runner) for s in refs}
     eval_rec = {s: RecordingRunner(swaps[s]) for s in swaps}
     ocr = OCR.from_runners(eval_rec["det"], eval_rec["rec"], eval_rec["cls"])
-    ref_texts = [[l.text for l in ocr.predict(b).lines] for b in eval_bytes]
+    ref_lines = [[(l.text, l.box) for l in ocr.predict(b).lines] for b in eval_bytes]
+    ref_texts = [[t for t, _ in page] for page in ref_lines]
     workload = {s: r.feeds for s, r in eval_rec.items()}
     ocr = OCR.from_runners(swaps["det"], swaps["rec"], swaps["cls"])
 
-    def read_all() -> list[list[str]]:
-        return [[l.text for l in ocr.predict(b).lines] for b in eval_bytes]
+    def judge() -> dict[str, Any]:
+        """Line agreement with the reference pipeline, plus character accuracy when the pages are labelled."""
+        lines = [[(l.text, l.box) for l in ocr.predict(b).lines] for b in eval_bytes]
+        out = line_agreement(ref_texts, [[t for t, _ in page] for page in lines])
+        if eval_set.labels is not None:
+            out["char_accuracy"] = _char_accuracy(lines, eval_set.labels)
+        return out
+
+    reference_char_accuracy = _char_accuracy(ref_lines, eval_set.labels) if eval_set.labels is not None else None
 
     todo, skipped = candidate_matrix(precisions, has_calib=True, backends=backends)
     tick = progress("stage candidates", len(todo) * len(refs)) if progress else None
@@ -479,7 +488,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
                 cand.load_s, cand.cache_hit = round(time.perf_counter() - start, 2), dep.cache_hit
                 try:
                     swaps[stage].runner = dep.runner
-                    agree = line_agreement(ref_texts, read_all())
+                    agree = judge()
                     cand.accuracy = agree
                     if agree["line_agreement"] is not None and agree["line_agreement"] < 1 - max_line_loss:
                         cand.status = "failed-accuracy"
@@ -501,12 +510,14 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
         stages[stage] = cands
         if w is not None:
             winners[stage] = w.label
-    combined = _check_combined(stages, winners, ocr, swaps, read_all, ref_texts, max_line_loss, threads, max_loss,
+    combined = _check_combined(stages, winners, swaps, judge, max_line_loss, threads, max_loss,
                                stage_calib)
     for d in refs.values():
         d.close()
     result = OCROptimizeResult(target, f"{ref_backend} fp32 pipeline", max_line_loss, stages, winners, combined,
-                               {"pages": [str(p) for p in calib_pages]}, {"pages": [str(p) for p in eval_pages]})
+                               {"pages": [str(p) for p in calib_pages]},
+                               {"pages": [str(p) for p in eval_pages], "source": eval_set.source,
+                                "reference_char_accuracy": reference_char_accuracy})
     _write_ocr_outputs(result, Path(out_dir), threads)
     return result
 
@@ -527,9 +538,15 @@ def _bench_stage(cand: Candidate, runner, feeds: Sequence[Mapping[str, np.ndarra
     cand.peak_rss_mib = rss.peak_mib
 
 
-def _check_combined(stages, winners, ocr, swaps, read_all, ref_texts, max_line_loss, threads, max_loss, stage_calib):
+def _char_accuracy(lines: Sequence[Sequence[tuple[str, Any]]], labels: Sequence[Any]) -> float:
+    from ppdeploy.evaluation.metrics import score_dataset
+
+    gts = [[(line.text, line.box) for line in item.lines] for item in labels]
+    return round(score_dataset(list(lines), gts).char_accuracy, 5)
+
+
+def _check_combined(stages, winners, swaps, judge, max_line_loss, threads, max_loss, stage_calib):
     """All stage winners together must still pass; if not, fall back to FP32 stage by stage until it does."""
-    from ppdeploy.bench.ocr import line_agreement
     from ppdeploy.deploy import load_model
     from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS
 
@@ -550,7 +567,7 @@ def _check_combined(stages, winners, ocr, swaps, read_all, ref_texts, max_line_l
         try:
             for s, d in deps.items():
                 swaps[s].runner = d.runner
-            agree = line_agreement(ref_texts, read_all())
+            agree = judge()
         finally:
             for s in swaps:
                 swaps[s].runner = old[s]
@@ -596,33 +613,46 @@ def _write_ocr_outputs(result: OCROptimizeResult, out_dir: Path, threads: int | 
         if png:
             pngs[stage] = png
             result.files[f"plot_{stage}"] = str(png)
-    lines = ["# optimize ocr", "",
-             f"Reference: {result.reference}. A stage candidate passes when the whole pipeline with it swapped in reads "
-             f"at least {(1 - result.max_line_loss) * 100:.1f} % of the reference's lines identically on the evaluation "
-             "pages (disjoint from the calibration pages); its speed is the stage's own time per page on the tensors the "
-             "pipeline fed it.", ""]
-    comb = result.combined
-    if comb.get("passed"):
-        lines += [f"**Chosen: {', '.join(f'{s}: {l}' for s, l in comb['stages'].items())}** — "
-                  f"{comb['line_agreement'] * 100:.1f} % of reference lines identical, ~{comb['ms_per_page']} ms/page "
-                  "of model time.", ""]
-    else:
-        lines += [f"**No combination passed: {comb.get('reason')}**", ""]
-    for stage, cands in result.stages.items():
-        rows = [[c.label, c.status, (c.latency_ms or {}).get("p50"), (c.latency_ms or {}).get("p90"),
-                 f"{c.accuracy['line_agreement'] * 100:.1f} %" if c.accuracy.get("line_agreement") is not None else None,
-                 c.reason or ""] for c in sorted(cands, key=_rank_key("latency")) if c.status != "skipped"]
-        lines += [f"## {stage}", "", report.markdown_table(["candidate", "status", "ms/page p50", "ms/page p90",
-                                                            "lines = reference", "note"], rows), ""]
-        lines += skipped_lines(cands)
-        link = report.image_link(pngs.get(stage), out_dir, f"{stage} candidates")
-        if link:
-            lines += [link, ""]
-    if result.files.get("config_ocr"):
-        lines += [f"Model repository: `{out_dir}` (det/, cls/, rec/, ocr/ config.yaml); serve it with "
-                  f"`ppdeploy serve --repo {out_dir}`.", ""]
+    lines = ["# optimize ocr", "", ocr_optimize_section(result, pngs, out_dir, out_dir, heading="##")]
     md = out_dir / "optimize.md"
     md.write_text("\n".join(lines))
     result.files["markdown"] = str(md)
     result.files["json"] = str(out_dir / "optimize.json")
     report.write_json(out_dir / "optimize.json", {"environment": environment.describe(), **result.to_dict()})
+
+
+def ocr_optimize_section(result: OCROptimizeResult, pngs: Mapping[str, Path], out_dir: Path, relative_to: Path,
+                         heading: str = "##") -> str:
+    """The OCR optimize report body (tables per stage, plots linked relative to `relative_to`)."""
+    lines = [f"Reference: {result.reference}. A stage candidate passes when the whole pipeline with it swapped in reads "
+             f"at least {(1 - result.max_line_loss) * 100:.1f} % of the reference's lines identically on the evaluation "
+             "pages (disjoint from the calibration pages); its speed is the stage's own time per page on the tensors the "
+             "pipeline fed it.", ""]
+    ref_acc = result.evaluation.get("reference_char_accuracy")
+    lines += [f"Evaluation pages: {result.evaluation.get('source')}"
+              + (f"; the reference pipeline's character accuracy on them: {ref_acc * 100:.2f} %." if ref_acc is not None
+                 else "."), ""]
+    comb = result.combined
+    if comb.get("passed"):
+        lines += [f"**Chosen: {', '.join(f'{s}: {l}' for s, l in comb['stages'].items())}** — "
+                  f"{comb['line_agreement'] * 100:.1f} % of reference lines identical"
+                  + (f", character accuracy {comb['char_accuracy'] * 100:.2f} %" if comb.get("char_accuracy") is not None else "")
+                  + f", ~{comb['ms_per_page']} ms/page of model time.", ""]
+    else:
+        lines += [f"**No combination passed: {comb.get('reason')}**", ""]
+    for stage, cands in result.stages.items():
+        rows = [[c.label, c.status, (c.latency_ms or {}).get("p50"), (c.latency_ms or {}).get("p90"),
+                 f"{c.accuracy['line_agreement'] * 100:.1f} %" if c.accuracy.get("line_agreement") is not None else None,
+                 f"{c.accuracy['char_accuracy'] * 100:.2f} %" if c.accuracy.get("char_accuracy") is not None else None,
+                 c.reason or ""] for c in sorted(cands, key=_rank_key("latency")) if c.status != "skipped"]
+        lines += [f"{heading} {stage}", "", report.markdown_table(["candidate", "status", "ms/page p50", "ms/page p90",
+                                                                  "lines = reference", "char acc. (labels)", "note"],
+                                                                 rows), ""]
+        lines += skipped_lines(cands)
+        link = report.image_link(pngs.get(stage), relative_to, f"{stage} candidates")
+        if link:
+            lines += [link, ""]
+    if result.files.get("config_ocr"):
+        lines += [f"Model repository: `{out_dir}` (det/, cls/, rec/, ocr/ config.yaml); serve it with "
+                  f"`ppdeploy serve --repo {out_dir}`.", ""]
+    return "\n".join(lines)

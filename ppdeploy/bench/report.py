@@ -43,8 +43,10 @@ def model_rows(results: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     for r in results:
         backend = r["backend"] if r.get("resolved_backend") in (None, r["backend"]) else f"{r['backend']}→{r['resolved_backend']}"
         if not r["ok"]:
+            err = str(r.get("error"))
+            verdict = "rejected by its accuracy gate" if "accuracy gate" in err else "could not run"
             rows.append([r["model"], backend, r["precision"], r["batch"], r.get("threads") or "auto",
-                         None, None, None, None, None, None, f"skipped: {r.get('error')}"])
+                         None, None, None, None, None, None, f"{verdict}: {err}"])
             continue
         lat = r["latency"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages_ms", {}).items() if k != "infer")

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from ppdeploy.bench import environment, report
 from ppdeploy.bench.offline import CaseResult, MeasureSettings, ModelCase, expand_cases, run_cases
+from ppdeploy.errors import PPDeployError
 
 log = logging.getLogger("ppdeploy.bench")
 
@@ -139,10 +140,10 @@ class SuitePlan:
     sweep, BF16/INT8 variants where the precision layer offers them, and the OCR pipeline against the peers."""
 
     backends: tuple[str, ...] = CPU_BACKENDS
+    # BF16 needs no calibration, so it is measured per model here (through its accuracy gate on synthetic data);
+    # INT8 needs calibration from the task's own inputs and is judged on the pipeline in the Precision block.
     precision_cases: tuple[tuple[str, str, str], ...] = (
-        ("ppocrv4-det", "openvino", "bf16"), ("ppocrv4-rec", "openvino", "bf16"),
-        ("ppocrv4-det", "onnxruntime", "int8"), ("ppocrv4-rec", "onnxruntime", "int8"),
-        ("ppocrv4-det", "openvino", "int8"), ("ppocrv4-rec", "openvino", "int8"),
+        ("ppocrv4-det", "openvino", "bf16"), ("ppocrv4-rec", "openvino", "bf16"), ("ppocr-cls", "openvino", "bf16"),
     )
     rec_batches: tuple[int, ...] = (1, 2, 4, 8)
     threads: int | None = None
@@ -154,6 +155,17 @@ class SuitePlan:
     pages: int = 4
     models: bool = True
     ocr: bool = True
+    # OCR precision search (ppdeploy optimize ocr): per-stage BF16/INT8 judged on the whole pipeline
+    precision: bool = True
+    precision_backends: tuple[str, ...] = ("onnxruntime", "openvino")
+    precision_precisions: tuple[str, ...] = ("fp32", "bf16", "int8")
+    precision_pages: int = 3
+    precision_settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=3, min_time_s=1.0, max_time_s=30.0)
+    # Serving: `ppdeploy serve` in a child process, open-loop load per offered rate
+    serving: bool = True
+    serving_duration_s: float = 10.0
+    serving_rec_rates: tuple[float, ...] = (25.0, 50.0, 100.0, 200.0)
+    serving_ocr_rates: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def model_cases(self) -> list[ModelCase]:
         t = [self.threads]
@@ -196,9 +208,77 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         ofiles = write_ocr_run(result, env, out_dir, with_samples=False)
         files.update({f"ocr_{k}": v for k, v in ofiles.items()})
         blocks["ocr"] = ocr_section(result, out_dir, ofiles.get("cdf"), ofiles.get("bars"), md_dir)
+    if plan.precision:
+        from ppdeploy.bench.optimize import ocr_optimize_section, optimize_ocr
+
+        tick = progress("OCR precision search", 1) if progress else None
+        opt_dir = out_dir / "optimize-ocr"
+        res = optimize_ocr(opt_dir, precisions=plan.precision_precisions, backends=plan.precision_backends,
+                           threads=plan.threads, pages=plan.precision_pages, settings=plan.precision_settings)
+        pngs = {s: Path(res.files[f"plot_{s}"]) for s in res.stages if f"plot_{s}" in res.files}
+        blocks["precision"] = ("`ppdeploy optimize ocr` over " + ", ".join(plan.precision_backends) + " × "
+                               + ", ".join(plan.precision_precisions) + " (the model repository it wrote is in "
+                               f"`{_rel(opt_dir, md_dir)}`).\n\n" + ocr_optimize_section(res, pngs, opt_dir, md_dir, heading="####"))
+        files["optimize_ocr"] = opt_dir / "optimize.md"
+        if tick:
+            tick()
+    if plan.serving:
+        tick = progress("serving load tests", 2) if progress else None
+        blocks["serving"] = run_serving(plan, out_dir, md_dir, env, files, tick)
     update_benchmarks_md(Path(markdown_path), blocks)
     files["benchmarks_md"] = Path(markdown_path)
     return files
+
+
+def run_serving(plan: SuitePlan, out_dir: Path, md_dir: Path, env: dict[str, Any], files: dict[str, Path],
+                tick: Callable[[], None] | None = None) -> str:
+    """Two open-loop sweeps against `ppdeploy serve`: the rec model over KServe v2 (dynamic batching) and the
+    whole OCR pipeline over /v1/ocr. Each server runs as a child process on a free loopback port."""
+    from ppdeploy.bench.load import LoadSettings, fetch_v2_inputs, image_request, run_load, v2_request
+    from ppdeploy.bench.pages import synthetic_pages
+    from ppdeploy.bench.server_process import ServerProcess
+
+    settings = LoadSettings(timeout_s=60, drain_s=60)
+    parts: list[str] = []
+    runs = [
+        ("serving_rec", ["ppocrv4-rec", "--max-batch-size", "8", "--max-queue-delay-ms", "2"] + _threads(plan),
+         "v2", plan.serving_rec_rates, "PP-OCRv4 rec over KServe v2 (binary tensors, one 3x48x320 line per request; "
+         "dynamic batching up to 8, 2 ms queue delay)"),
+        ("serving_ocr", ["ocr"] + _threads(plan), "ocr", plan.serving_ocr_rates,
+         "whole OCR pipeline over /v1/ocr (one synthetic document page per request)"),
+    ]
+    for prefix, serve_args, kind, rates, what in runs:
+        try:
+            with ServerProcess(serve_args, log_path=out_dir / f"{prefix}_server.log") as srv:
+                if kind == "v2":
+                    inputs = fetch_v2_inputs(srv.url, "ppocrv4-rec", 1, shape_overrides={"x": (3, 48, 320)})
+                    template = v2_request("ppocrv4-rec", inputs)
+                else:
+                    page = synthetic_pages(_pages_dir(), 1).images[0]
+                    template = image_request("ocr", page.read_bytes(), page.name)
+                results = run_load(srv.url, template, rates, plan.serving_duration_s, "poisson", settings)
+            meta = {"target": f"ppdeploy serve {' '.join(serve_args)}", "request": template.describe,
+                    "distribution": "poisson", "duration_s": plan.serving_duration_s, "rates": list(rates)}
+            lf = write_load_run(results, meta, env, out_dir, prefix=prefix, with_samples=False)
+            files.update({f"{prefix}_{k}": v for k, v in lf.items()})
+            parts += [f"#### {what}", "", load_section([r.to_dict(False) for r in results], meta,
+                                                       lf.get("latency_vs_load"), md_dir)]
+        except PPDeployError as exc:
+            parts += [f"#### {what}", "", f"Not measured: {exc}", ""]
+        if tick:
+            tick()
+    return "\n".join(parts)
+
+
+def _threads(plan: SuitePlan) -> list[str]:
+    return ["--threads", str(plan.threads)] if plan.threads else []
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _pages_dir() -> Path:
@@ -221,8 +301,9 @@ def _block(name: str) -> str:
 
 SKELETON = f"""# ppdeploy benchmarks
 
-Regenerate the measured blocks with `ppdeploy bench --all --out bench/`.
-Only the blocks between `ppdeploy-bench:*` markers are rewritten; everything else is kept as written.
+All numbers come from one command, `ppdeploy bench --all --out bench/`, which rewrites only the blocks between
+`ppdeploy-bench:*` markers (JSON and plots go to `bench/`). Hand-written sections and numbers pasted from
+other machines (GPU, serving, Ray) live outside the markers and survive a regeneration.
 
 ## Machine
 
@@ -235,6 +316,18 @@ Only the blocks between `ppdeploy-bench:*` markers are rewritten; everything els
 ## OCR pipeline
 
 {_block("ocr")}
+
+## Precision
+
+{_block("precision")}
+
+## Serving
+
+{_block("serving")}
+
+## GPU
+
+## Ray
 """
 
 

@@ -37,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="run the whole suite and regenerate BENCHMARKS.md")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="--all: the markdown file to update (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="--all: short timing windows (a smoke run, not for publishing)")
+    p.add_argument("--skip", default="", help="--all: parts to leave out, comma list of models, ocr, precision, serving")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -157,9 +158,20 @@ def _run_all(args, show: bool) -> int:
 
     threads = _ints(args.threads, "threads")
     plan = SuitePlan(threads=threads[0] if threads else None, pages=args.pages)
+    skip = set(_csv(args.skip))
+    unknown = skip - {"models", "ocr", "precision", "serving"}
+    if unknown:
+        raise PPDeployError(f"--skip: unknown part(s) {sorted(unknown)}", hint="models, ocr, precision, serving")
+    plan.models, plan.ocr = "models" not in skip, "ocr" not in skip
+    plan.precision, plan.serving = "precision" not in skip, "serving" not in skip
     if args.quick:
         plan.model_settings = MeasureSettings(warmup=1, min_runs=3, min_time_s=0.2, max_time_s=5.0)
         plan.ocr_settings = MeasureSettings(warmup=1, min_runs=1, min_time_s=0.0, max_time_s=30.0)
+        plan.precision_settings = MeasureSettings(warmup=1, min_runs=1, min_time_s=0.0, max_time_s=10.0)
+        plan.precision_pages = 1
+        plan.serving_duration_s = 2.0
+        plan.serving_rec_rates = (20.0,)
+        plan.serving_ocr_rates = (0.5,)
     if args.peers.strip().lower() == "none":
         plan.peers = ()
     with progress_bars(show) as progress:

@@ -16,6 +16,20 @@ from ppdeploy.errors import InputError
 SERVICE_S = 0.04
 
 
+def decode_v2(body: bytes, header_length: str | None) -> np.ndarray:
+    """The one input of a KServe v2 request: JSON `data`, or Triton's binary extension (header + raw bytes)."""
+    if header_length is None:
+        req = json.loads(body)
+        spec = req["inputs"][0]
+        return np.asarray(spec["data"], dtype=np.float32).reshape(spec["shape"])
+    n = int(header_length)
+    req = json.loads(body[:n])
+    spec = req["inputs"][0]
+    size = spec["parameters"]["binary_data_size"]
+    assert n + size == len(body)
+    return np.frombuffer(body[n:n + size], dtype="<f4").reshape(spec["shape"])
+
+
 def make_server(threaded: bool, capacity: int = 1000, service_s: float = SERVICE_S):
     slots = threading.BoundedSemaphore(capacity)
     served = []
@@ -48,8 +62,7 @@ def make_server(threaded: bool, capacity: int = 1000, service_s: float = SERVICE
                 self._reply(429, {"error": "queue full"})
                 return
             try:
-                req = json.loads(body)
-                x = np.asarray(req["inputs"][0]["data"], dtype=np.float32).reshape(req["inputs"][0]["shape"])
+                x = decode_v2(body, self.headers.get("inference-header-content-length"))
                 time.sleep(service_s)
                 served.append(time.perf_counter())
                 self._reply(200, {"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32",
@@ -123,6 +136,20 @@ def test_429_and_errors_are_counted(limited_server):
     assert bad.ok == 0 and bad.http_errors == bad.sent == 4
 
 
+def test_v2_request_encodings_carry_the_tensor():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    binary = v2_request("m", {"x": x})
+    assert binary.path == "/v2/models/m/infer"
+    got = decode_v2(binary.content, binary.headers["inference-header-content-length"])
+    assert np.array_equal(got, x)
+    header = json.loads(binary.content[:int(binary.headers["inference-header-content-length"])])
+    assert header["parameters"]["binary_data_output"] is True and header["inputs"][0]["datatype"] == "FP32"
+    as_json = v2_request("m", {"x": x}, binary=False)
+    assert np.allclose(decode_v2(as_json.content, None), x)
+    with pytest.raises(InputError):
+        v2_request("m", {"x": np.array(["a"])})
+
+
 def test_unreachable_server_counts_failures():
     import socket
 
@@ -171,3 +198,24 @@ def test_loadtest_cli_rejects_bad_arguments(roomy_server, tmp_path):
     assert main(["loadtest", url, "--rate", "5", "--out", str(tmp_path)]) == 2  # v2 without model
     assert main(["loadtest", "http://192.0.2.10:1", "--model", "m", "--rate", "5", "--out", str(tmp_path)]) == 2
     assert main(["loadtest", url, "--model", "m", "--sweep", "a,b", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_loadtest_against_ppdeploy_serve(tmp_path):
+    """The generator against ppdeploy's own server (a child `ppdeploy serve` on a free loopback port)."""
+    from ppdeploy.bench.server_process import ServerProcess
+    from ppdeploy.cli import main
+
+    with ServerProcess(["ppocr-cls", "--backend", "onnxruntime", "--max-batch-size", "4"], ready_timeout_s=600) as srv:
+        inputs = fetch_v2_inputs(srv.url, "ppocr-cls", 1, shape_overrides={"x": (3, 48, 192)})
+        assert inputs["x"].shape == (1, 3, 48, 192)
+        [res] = run_load(srv.url, v2_request("ppocr-cls", inputs), [20.0], 1.0, "constant",
+                         LoadSettings(timeout_s=60, drain_s=60))
+        assert res.ok == res.scheduled == 20, res.error_examples
+        assert res.http_429 == res.failures == res.http_errors == 0
+        out = tmp_path / "lt"
+        assert main(["loadtest", srv.url, "--model", "ppocr-cls", "--shape", "x=3x48x192", "--rate", "10",
+                     "--duration", "0.5", "--out", str(out)]) == 0
+        data = json.loads((out / "loadtest.json").read_text())
+        assert data["rates"][0]["ok"] == data["rates"][0]["scheduled"] > 0
+    assert srv.exit_code == 0  # SIGTERM drains and exits cleanly
