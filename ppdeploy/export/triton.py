@@ -475,6 +475,10 @@ def export(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | Non
     if unknown:
         raise ConfigError(f"unknown Triton export option(s) {sorted(unknown)}")
     path = Path(model)
+    several = (str(model) == BUNDLED_OCR and not path.exists()) or (path.is_dir() and any(path.glob("*/config.yaml")))
+    if several and overrides.get("plans"):
+        raise ConfigError("--plan gives the engines of one model; export the models of this repository one by one "
+                          "with --backend tensorrt --plan ...", hint="or use --ort-tensorrt fp16 for all of them")
     if str(model) == BUNDLED_OCR and not path.exists():
         return export_bundled_ocr(repo, name=name or BUNDLED_OCR, options=TritonExportOptions(**overrides))
     if path.is_dir() and any(path.glob("*/config.yaml")):

@@ -22,6 +22,8 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,9 +358,12 @@ def build_app(configs: list, options: RayOptions | None = None, settings=None, *
         deployment = serve.deployment(ModelReplica, **model_deployment_options(cfg, options))
         models.append(deployment.bind(cfg, cache_dir))
     ingress = serve.ingress(GatewayASGI(list(configs), settings, app_name))(GatewayReplica)
+    # A bounded queue in front of the gateway: past it Ray answers 503 at once instead of letting requests wait
+    # until clients time out (which, under overload, wastes the work done for them).
+    queue = max(c.dynamic_batching.max_queue_size for c in configs)
     gateway = serve.deployment(ingress, name=GATEWAY, num_replicas=options.gateway_replicas,
                                ray_actor_options={"num_cpus": options.gateway_num_cpus},
-                               max_ongoing_requests=max(64, settings.task_threads * 4))
+                               max_ongoing_requests=max(64, settings.task_threads * 4), max_queued_requests=queue)
     return gateway.bind(*models)
 
 
@@ -428,6 +433,16 @@ def _wait_ready(url: str, timeout_s: float) -> None:
                         hint="check the replica logs (ray logs / the Ray dashboard)")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def main(args: argparse.Namespace) -> int:
     """`ppdeploy serve --ray ...`: deploy on Ray Serve and block until Ctrl-C, then shut Serve down."""
     from ppdeploy.cli.serve import configs_from_args
@@ -435,21 +450,26 @@ def main(args: argparse.Namespace) -> int:
 
     ray, serve = require_ray()
     configs = configs_from_args(args)
-    settings = settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
+    port = args.port or _free_port(args.host)  # Serve's proxy needs a real port number
+    settings = settings_from_env(host=args.host, port=port, api_key=args.api_key,
                                  max_body_bytes=int(args.max_body_mb * (1 << 20)),
                                  max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
                                  strict_readiness=not args.no_strict_readiness)
-    url = start(configs, options_from_args(args), settings, address=getattr(args, "ray_address", None))
-    print(f"ppdeploy on Ray Serve: {url}  (models: {', '.join(c.name for c in configs)}); Ctrl-C stops it",
-          flush=True)
     try:
+        url = start(configs, options_from_args(args), settings, address=getattr(args, "ray_address", None))
+        # `docker stop` / systemd: shut Serve and Ray down as on Ctrl-C. Set after ray.init, which installs a
+        # SIGTERM handler of its own that aborts the process (leaving the cluster's processes behind).
+        signal.signal(signal.SIGTERM, _interrupt)
+        print(f"ppdeploy on Ray Serve: {url}  (models: {', '.join(c.name for c in configs)}); Ctrl-C stops it",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
     return 0
 
 

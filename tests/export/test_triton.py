@@ -149,6 +149,8 @@ def test_tensorrt_engines_per_compute_capability(tmp_path: Path):
     assert single.config.default_model_filename == "model_sm90.plan" and not single.config.cc_model_filenames
     with pytest.raises(ConfigError, match="needs at least one engine"):
         triton.export_model(model, tmp_path / "repo", options=triton.TritonExportOptions(backend="tensorrt"))
+    with pytest.raises(ConfigError, match="one model"):  # one engine set cannot serve det, cls and rec
+        triton.export(triton.BUNDLED_OCR, tmp_path / "ocr", overrides={"backend": "tensorrt", "plans": plans})
     with pytest.raises(ConfigError, match="compute capability"):
         triton.TritonExportOptions(backend="tensorrt", plans={"sm90": plans["9.0"]}).check()
 

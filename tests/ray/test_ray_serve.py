@@ -138,6 +138,38 @@ def test_clean_shutdown(cluster):
     assert not ray.is_initialized()
 
 
+def test_cli_serve_ray_answers_and_stops_on_sigterm(tmp_path):
+    """`ppdeploy serve MODEL --ray` in its own process: ready, answers v2, exits 0 on SIGTERM with the port closed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ppdeploy", "serve", "ppocr-cls", "--ray", "--replicas", "1",
+                                 "--backend", "onnxruntime", "--threads", "1", "--num-cpus-per-replica", "0.25",
+                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "Ctrl-C stops it" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(1)
+        x = np.zeros((2, 3, 48, 192), np.float32)
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        response = httpx.post(f"{url}/v2/models/ppocr-cls/infer", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["shape"] == [2, 2]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code == 0, log_path.read_text()[-3000:]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/v2/health/live", timeout=5)
+
+
 def test_options_map_to_ray_deployment_settings():
     cfg = ModelConfig(name="rec", source="ppocrv4-rec", max_batch_size=16,
                       autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3})
