@@ -35,6 +35,10 @@ def register(sub) -> None:
                    help="OCR rec/cls: --calib images are text-line crops, not pages")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="INT8 activation range method (default %(default)s)")
+    p.add_argument("--quantizer", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="INT8: onnxruntime = QDQ ONNX graph (ONNX Runtime, TensorRT); openvino = NNCF on the "
+                        "OpenVINO model (OpenVINO's fast INT8; an IR only the openvino backend runs); "
+                        "auto = openvino when --backend openvino and NNCF is installed")
     p.add_argument("--max-loss", type=float, default=None,
                    help="accuracy budget (default: 0.005 fp16/bf16, 0.01 int8)")
     p.add_argument("--metric", default="auto", choices=["auto", "ctc", "top1", "mask_iou", "rel_l2"],
@@ -100,6 +104,15 @@ def task_gate_from_args(args) -> dict[str, Any]:
             "task_name": f"ocr_char_accuracy[{Path(args.gate_data).resolve()}]"}
 
 
+def quantizer_for(args) -> str:
+    if args.quantizer != "auto":
+        return args.quantizer
+    from ppdeploy.precision import int8_openvino
+
+    wants_openvino = args.backend.strip().lower() in ("openvino", "ov")
+    return "openvino" if wants_openvino and int8_openvino.available() is None else "onnxruntime"
+
+
 def run(args) -> int:
     if args.calib_limit is not None and args.calib_limit < 1:
         raise InputError("--calib-limit must be >= 1")
@@ -107,7 +120,7 @@ def run(args) -> int:
     metric = args.metric
     if metric == "auto" and (Path(args.model) / "preprocess.yaml").is_file():
         metric = "top1"  # a classifier (logits): judged by top-1 agreement, as it is used
-    options: dict[str, Any] = {"method": args.calib_method, "metric": metric,
+    options: dict[str, Any] = {"method": args.calib_method, "metric": metric, "quantizer": quantizer_for(args),
                                "keep_fp32": _csv(args.keep_fp32), "exclude": _csv(args.exclude),
                                "repair": not args.no_repair, **task_gate_from_args(args)}
     dep = load_from_args(args, calib=calib, max_loss=args.max_loss, precision_options=options)
@@ -145,7 +158,9 @@ def format_summary(dep, report: dict) -> str:
         lines.append(f"  INT8: {q['int8_nodes']}/{q['compute_nodes']} compute nodes quantized "
                      f"({report.get('method')}); excluded {len(report.get('excluded', []))}")
     if "calibration_cache_hit" in report:
-        lines.append(f"  calibration: {'from cache' if report['calibration_cache_hit'] else 'computed now'}")
+        hit = report["calibration_cache_hit"]
+        lines.append("  calibration: " + ("statistics by NNCF per candidate" if hit is None
+                                          else "from cache" if hit else "computed now"))
     if report:
         step = "from cache" if report.get("cache_hit") else f"{report.get('seconds', 0)} s"
         evaluations = (report.get("search") or {}).get("evaluations", 0)

@@ -28,6 +28,7 @@ log = logging.getLogger("ppdeploy.precision")
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
+QUANTIZERS = ("onnxruntime", "openvino")
 # Default loss budgets, in points of agreement with FP32 (see compare.py): half a point for FP16/BF16,
 # one point for INT8. Task gates use the same scale (e.g. 0.005 = half a point of character accuracy).
 DEFAULT_MAX_LOSS = {"fp16": 0.005, "bf16": 0.005, "int8": 0.01}
@@ -68,7 +69,8 @@ def as_calibration(calib: Any, input_names: Sequence[str]) -> CalibrationSet | N
 def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: CalibrationSet | Any | None = None,
           max_loss: float | None = None, keep_fp32: Sequence[str] = (), method: str = "minmax",
           exclude: Sequence[str] = (), metric: str = "auto", task_metric: TaskMetric | None = None,
-          task_name: str = "task", repair: bool = True, rebuild: bool = False) -> PrecisionResult:
+          task_name: str = "task", repair: bool = True, rebuild: bool = False,
+          quantizer: str = "onnxruntime") -> PrecisionResult:
     """Produce the `precision` variant of `onnx_path`, gated against FP32 (see module doc).
 
     keep_fp32: node names kept FP32 in FP16 graphs (added to the automatic repair's findings).
@@ -77,6 +79,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     task_metric: `runner -> score` over a whole task (e.g. OCR character accuracy with this model's runner
         swapped in); when given it is the gate, and the output metric only ranks INT8 exclusions.
     repair: search for FP32 keeps / INT8 exclusions when the first candidate fails (else fail at once).
+    quantizer: INT8 only. "onnxruntime": ORT's QDQ ONNX graph (for ONNX Runtime, TensorRT); "openvino": NNCF on
+        the OpenVINO model, an OpenVINO IR that only the openvino backend builds (its fast INT8 path).
     """
     from ppdeploy.precision import graph
 
@@ -85,6 +89,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         raise InputError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return PrecisionResult(onnx_path, "fp32")
+    if quantizer not in QUANTIZERS:
+        raise InputError(f"unknown quantizer '{quantizer}'", hint=f"choose from {', '.join(QUANTIZERS)}")
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'", hint=f"choose from {', '.join(METHODS)}")
     if not onnx_path.is_file():
@@ -108,6 +114,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
 
     parts = {
         "onnx": sha256_file(onnx_path), "precision": precision, "method": method if precision == "int8" else None,
+        "quantizer": quantizer if precision == "int8" else None,
         "keep_fp32": sorted(keep_fp32), "exclude": sorted(exclude), "calib": calib.hash if calib else None,
         "gate": {"max_loss": budget, "metric": metric, "task": task_name if task_metric else None,
                  "data": gate_data.hash, "repair": repair},
@@ -128,8 +135,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
             if precision == "fp16":
                 record.update(_build_fp16(model, onnx_path, make_gates, work, out / GRAPH, keep_fp32, repair))
             elif precision == "int8":
-                record.update(_build_int8(onnx_path, calib_part, method, cache, make_gates, work, out / GRAPH,
-                                          exclude, repair))
+                record.update(_build_int8(onnx_path, calib_part, method, cache, make_gates, work, out,
+                                          exclude, repair, quantizer))
             else:
                 record.update(_build_bf16(onnx_path, make_gates))
         record["data"] = {"gate": task_name if task_metric else gate_data.source,
@@ -143,10 +150,11 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     entry = cache.get_or_build("precision", parts, build, label=f"{onnx_path.name} {precision}", rebuild=rebuild)
     record = json.loads((entry.path / RECORD).read_text())
     record["cache_hit"] = entry.hit
-    graph_path = entry.path / GRAPH if (entry.path / GRAPH).is_file() else onnx_path
+    graph_path = entry.path / record["graph"] if record.get("graph") else onnx_path
+    hint = "bf16" if precision == "bf16" else ("openvino" if record.get("quantizer") == "openvino" else None)
     return PrecisionResult(graph_path, precision, record.get("kept_fp32", []), record.get("excluded", []),
-                           calib.hash if calib else None, record, "bf16" if precision == "bf16" else None,
-                           method if precision == "int8" else None, entry.hit)
+                           calib.hash if calib else None, record, hint, method if precision == "int8" else None,
+                           entry.hit)
 
 
 def _save(model, path: Path) -> Path:
@@ -167,7 +175,7 @@ def _build_fp16(model, onnx_path, make_gates, work, target, keep_fp32, repair) -
     result = fp16.build(model, gate, _save, work, keep_nodes=keep_fp32, repair=repair)
     _save(result.model, target)
     fp16.smoke_run(target, gate_sample(outputs))
-    return {"gate": result.report.to_dict(), "kept_fp32": result.kept_fp32, "keep_ops": fp16.default_keep_ops(),
+    return {"graph": target.name, "gate": result.report.to_dict(), "kept_fp32": result.kept_fp32, "keep_ops": fp16.default_keep_ops(),
             "search": {"evaluations": len(result.tried), "tried": result.tried}}
 
 
@@ -178,18 +186,30 @@ def gate_sample(gate) -> dict:
     return samples.samples[0]
 
 
-def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, target, exclude, repair) -> dict:
+def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exclude, repair, quantizer) -> dict:
     import shutil
 
     from ppdeploy.precision import int8
 
-    prepared = int8.prepare(onnx_path, work / "prepared.onnx")
-    ranges, hit = int8.calibrate(prepared, calib_part, method, cache)
     gate, proxy = make_gates(onnx_path)
-    result = int8.search(prepared, ranges, method, gate, proxy, work, exclude=exclude, auto_exclude=repair)
-    shutil.copyfile(result.path, target)
-    return {"gate": result.report.to_dict(), "excluded": result.excluded, "method": method,
-            "calibration_cache_hit": hit, "int8": int8.quantized_fraction(target),
+    if quantizer == "openvino":
+        from ppdeploy.precision import int8_openvino
+
+        candidate, quantizable = int8_openvino.candidates(onnx_path, calib_part, method, work)
+        result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair,
+                             backend_hint="openvino")
+        target = int8_openvino.copy_ir(result.path, out / "model.xml")
+        fraction, hit = int8_openvino.int8_fraction(target), None
+    else:
+        prepared = int8.prepare(onnx_path, work / "prepared.onnx")
+        ranges, hit = int8.calibrate(prepared, calib_part, method, cache)
+        candidate, quantizable = int8.ort_candidates(prepared, ranges, method, work)
+        result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair)
+        target = out / GRAPH
+        shutil.copyfile(result.path, target)
+        fraction = int8.quantized_fraction(target)
+    return {"graph": target.name, "gate": result.report.to_dict(), "excluded": result.excluded, "method": method,
+            "quantizer": quantizer, "calibration_cache_hit": hit, "int8": fraction,
             "search": {"evaluations": result.evaluations, "sensitivity": result.sensitivity}}
 
 
@@ -197,10 +217,8 @@ def _build_bf16(onnx_path, make_gates) -> dict:
     gate, _ = make_gates(onnx_path)
     report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16")
     if not report.passed:
-        from ppdeploy.errors import AccuracyError
-
-        raise AccuracyError(f"BF16 (OpenVINO inference precision) fails its accuracy gate: {report.summary()}",
-                            hint="use --precision fp32, or raise --max-loss")
+        raise report.error("BF16 (OpenVINO inference precision) fails its accuracy gate",
+                           hint="use --precision fp32, or raise --max-loss")
     return {"gate": report.to_dict(), "backend_hint": "bf16"}
 
 

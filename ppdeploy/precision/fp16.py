@@ -222,17 +222,16 @@ def build(model, gate: Gate, save: Callable[[object, Path], Path], work: Path, *
     report, candidate = judge(fixed)
     if report.passed or not repair:
         if not report.passed:
-            raise AccuracyError(f"FP16 build fails its accuracy gate: {report.summary()}",
-                                hint="enable repair, raise --max-loss, or use --precision bf16/fp32")
+            raise report.error("FP16 build fails its accuracy gate",
+                               hint="enable repair, raise --max-loss, or use --precision bf16/fp32")
         return RepairResult(candidate, fixed, report, tried)
 
     pool = [n for n in candidates(model, keep_ops) if n not in set(fixed)]
     everything, _ = judge(fixed + pool)
     if not everything.passed:
-        raise AccuracyError(
+        raise everything.error(
             "FP16 build fails its accuracy gate even with every computing node kept in FP32 "
-            f"(the FP16 casts at its edges already cost too much): {everything.summary()}",
-            hint="use --precision fp32 or bf16, or raise --max-loss")
+            "(the FP16 casts at its edges already cost too much)", hint="use --precision fp32 or bf16, or raise --max-loss")
 
     cache: dict[frozenset, bool] = {}
 
@@ -240,9 +239,9 @@ def build(model, gate: Gate, save: Callable[[object, Path], Path], work: Path, *
         key = frozenset(kept)
         if key not in cache:
             if counter[0] >= max_evaluations:
-                raise AccuracyError(
+                raise report.error(
                     f"FP16 repair gave up after {counter[0]} gate evaluations without isolating the culprits "
-                    f"(first result: {report.summary()})", hint="use --precision fp32 or bf16")
+                    "(first result)", hint="use --precision fp32 or bf16")
             cache[key] = judge(fixed + kept)[0].passed
         return cache[key]
 
@@ -263,7 +262,7 @@ def build(model, gate: Gate, save: Callable[[object, Path], Path], work: Path, *
     kept = fixed + culprits
     final, candidate = judge(kept)
     if not final.passed:  # gates on few samples can be noisy at the margin; never ship a failing graph
-        raise AccuracyError(f"FP16 repair found {culprits} but the result still fails: {final.summary()}")
+        raise final.error(f"FP16 repair found {culprits} but the result still fails")
     log.info("fp16: kept %d node(s) in FP32 after %d evaluations: %s", len(culprits), counter[0], culprits)
     return RepairResult(candidate, kept, final, tried)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ppdeploy.backends.base import Runner
+from ppdeploy.errors import AccuracyError
 from ppdeploy.precision import compare
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.runners import candidate_runner, ort_runner
@@ -41,6 +42,12 @@ class GateReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def error(self, message: str, hint: str | None = None) -> AccuracyError:
+        """The AccuracyError for a failed build; carries this report as `.report`."""
+        err = AccuracyError(f"{message}: {self.summary()}", hint=hint)
+        err.report = self.to_dict()
+        return err
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"

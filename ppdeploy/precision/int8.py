@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ppdeploy.cache import EngineCache, sha256_file
-from ppdeploy.errors import AccuracyError, ConversionError, InputError
+from ppdeploy.errors import ConversionError, InputError
 from ppdeploy.precision import graph
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.gate import Gate, GateReport
@@ -217,34 +217,28 @@ class SearchResult:
     evaluations: int = 0
 
 
-def search(prepared: Path, ranges: Path, method: str, gate: Gate, proxy: Gate, work: Path, *,
-           exclude: Sequence[str] = (), op_types: Sequence[str] = QUANT_OPS,
-           groups: int = SENSITIVITY_GROUPS, auto_exclude: bool = True) -> SearchResult:
-    """Quantize; if `gate` fails, exclude the costliest node groups (ranked on `proxy`) until it passes."""
-    import onnx
+def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantizable: Sequence[str], gate: Gate,
+           proxy: Gate, *, exclude: Sequence[str] = (), groups: int = SENSITIVITY_GROUPS, auto_exclude: bool = True,
+           backend_hint: str | None = None) -> SearchResult:
+    """Quantize; if `gate` fails, exclude the costliest node groups (ranked on `proxy`) until it passes.
 
-    counter = [0]
-
-    def candidate(excluded: Sequence[str], only: Sequence[str] | None = None) -> Path:
-        counter[0] += 1
-        return quantize(prepared, ranges, work / f"int8-candidate-{counter[0]}.onnx", method,
-                        exclude=excluded, only=only, op_types=op_types)
-
+    `candidate(excluded, only)` writes an INT8 graph (quantizing only `only` when given) and returns its path;
+    `backend_hint` says what runs candidates in the gates (None: ONNX Runtime, "openvino": OpenVINO).
+    """
     base = list(exclude)
-    first_path = candidate(base)
-    first = gate.evaluate(first_path)
+    first_path = candidate(base, None)
+    first = gate.evaluate(first_path, backend_hint)
     if first.passed:
         return SearchResult(first_path, base, first, [], gate.evaluations)
     if not auto_exclude:
-        raise AccuracyError(f"INT8 build fails its accuracy gate: {first.summary()}",
-                            hint="allow automatic exclusion, raise --max-loss, or try --calib-method entropy/percentile")
+        raise first.error("INT8 build fails its accuracy gate",
+                          hint="allow automatic exclusion, raise --max-loss, or try --calib-method entropy/percentile")
 
-    quantizable = [n for n in graph.nodes_of_types(onnx.load(str(prepared), load_external_data=False), op_types)
-                   if n not in set(base)]
-    node_groups = graph.chunk(quantizable, groups)
+    pool = [n for n in quantizable if n not in set(base)]
+    node_groups = graph.chunk(pool, groups)
     sensitivity = []
     for i, group in enumerate(node_groups):
-        rep = proxy.evaluate(candidate(base, only=group))
+        rep = proxy.evaluate(candidate(base, group), backend_hint)
         sensitivity.append({"group": i, "nodes": group, "loss": round(rep.loss, 6)})
         log.info("int8: group %d/%d (%d nodes, %s..) alone costs %.4f", i + 1, len(node_groups), len(group),
                  group[0], rep.loss)
@@ -257,17 +251,17 @@ def search(prepared: Path, ranges: Path, method: str, gate: Gate, proxy: Gate, w
 
     def judge(k: int) -> GateReport:
         if k not in tried:
-            path = candidate(excluded_top(k))
-            tried[k] = (path, gate.evaluate(path))
+            path = candidate(excluded_top(k), None)
+            tried[k] = (path, gate.evaluate(path, backend_hint))
         return tried[k][1]
 
     # Smallest k whose exclusion passes, assuming more exclusion never hurts (true up to gate noise, and
     # the final graph is always one that was judged to pass).
     lo, hi = 0, len(ranked)
     if not judge(hi).passed:
-        raise AccuracyError(
-            f"INT8 build fails its gate even with all {len(quantizable)} quantizable nodes excluded: "
-            f"{tried[hi][1].summary()}", hint="the FP32 graph itself disagrees with the gate's reference; check the data")
+        raise tried[hi][1].error(
+            f"INT8 build fails its gate even with all {len(pool)} quantizable nodes excluded",
+            hint="the FP32 graph itself disagrees with the gate's reference; check the data")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if judge(mid).passed:
@@ -277,7 +271,23 @@ def search(prepared: Path, ranges: Path, method: str, gate: Gate, proxy: Gate, w
     path, report = tried[hi]
     excluded = excluded_top(hi)
     log.info("int8: excluded %d node(s) in %d group(s) to pass: %s", len(excluded) - len(base), hi, report.summary())
-    return SearchResult(path, excluded, report, sensitivity, gate.evaluations + proxy.evaluations)
+    evaluations = gate.evaluations + (proxy.evaluations if proxy is not gate else 0)
+    return SearchResult(path, excluded, report, sensitivity, evaluations)
+
+
+def ort_candidates(prepared: Path, ranges: Path, method: str, work: Path,
+                   op_types: Sequence[str] = QUANT_OPS) -> tuple[Callable, list[str]]:
+    """(candidate writer, quantizable node names) for ONNX Runtime's quantizer with cached ranges."""
+    import onnx
+
+    counter = [0]
+
+    def candidate(excluded: Sequence[str], only: Sequence[str] | None) -> Path:
+        counter[0] += 1
+        return quantize(prepared, ranges, work / f"int8-candidate-{counter[0]}.onnx", method,
+                        exclude=excluded, only=only, op_types=op_types)
+
+    return candidate, graph.nodes_of_types(onnx.load(str(prepared), load_external_data=False), op_types)
 
 
 def quantized_fraction(path: Path, op_types: Sequence[str] = QUANT_OPS) -> dict[str, Any]:

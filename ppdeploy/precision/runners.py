@@ -3,7 +3,8 @@ cache (candidates are throw-away; only the accepted graph is cached, by `apply`)
 
 FP32, FP16 and INT8 candidates run in ONNX Runtime on the CPU (FP16 nodes without a CPU kernel are run by
 ORT through inserted casts, so overflow to inf still shows, as it would on a GPU). BF16 is not a graph
-but a backend setting, so BF16 candidates run in OpenVINO with INFERENCE_PRECISION_HINT=bf16.
+but a backend setting, so BF16 candidates run in OpenVINO with INFERENCE_PRECISION_HINT=bf16; NNCF's INT8
+IR for OpenVINO runs there too.
 """
 from __future__ import annotations
 
@@ -47,4 +48,6 @@ def openvino_runner(onnx_path: Path, precision: str, threads: int | None = None)
 def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: int | None = None) -> Runner:
     if backend_hint == "bf16":
         return openvino_runner(onnx_path, "bf16", threads)
+    if backend_hint == "openvino":  # OpenVINO-only graphs (NNCF's INT8 IR), run at FP32 precision otherwise
+        return openvino_runner(onnx_path, "fp32", threads)
     return ort_runner(onnx_path, threads)
