@@ -29,15 +29,62 @@ REFERENCE = "rapidocr-paddle"
 
 @dataclass
 class OCRConfig:
+    """One ppdeploy OCR configuration: a backend and precision for all stages, or a dict per stage.
+
+    calib: per-stage calibration sets, needed for INT8 stages (the OCR constructor takes none, so such a
+    configuration is assembled from `load_model(..., calib=...)` runners with `OCR.from_runners`).
+    """
+
     backend: str | dict[str, str]
     precision: str | dict[str, str] = "fp32"
+    calib: dict[str, Any] | None = None
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
+
         def part(v: Any) -> str:
             return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
 
         return f"ppdeploy {part(self.backend)} {part(self.precision)}"
+
+    def stage_backend(self, stage: str) -> str:
+        return self.backend if isinstance(self.backend, str) else self.backend.get(stage, "auto")
+
+    def stage_precision(self, stage: str) -> str:
+        return self.precision if isinstance(self.precision, str) else self.precision.get(stage, "fp32")
+
+
+class _AssembledOCR:
+    """OCR over runners loaded stage by stage (with calibration); closes them with the pipeline."""
+
+    def __init__(self, config: OCRConfig, threads: int | None, options: dict[str, Any]):
+        from ppdeploy.deploy import load_model
+        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR
+
+        self.deployments = {}
+        try:
+            for stage, model in DEFAULT_MODELS.items():
+                precision = config.stage_precision(stage)
+                self.deployments[stage] = load_model(
+                    model, backend=config.stage_backend(stage), precision=precision, threads=threads,
+                    calib=(config.calib or {}).get(stage) if precision != "fp32" else None)
+        except BaseException:
+            self.close()
+            raise
+        d = self.deployments
+        self.ocr = OCR.from_runners(d["det"].runner, d["rec"].runner, d["cls"].runner, **options)
+        self.backends = self.ocr.backends
+
+    def predict(self, data):
+        return self.ocr.predict(data)
+
+    def close(self) -> None:
+        for dep in self.deployments.values():
+            dep.close()
+        self.deployments = {}
 
 
 @dataclass
@@ -124,7 +171,10 @@ def run_ppdeploy(config: OCRConfig, images: Sequence[bytes], settings: MeasureSe
     ocr = None
     try:
         t0 = time.perf_counter()
-        ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **(options or {}))
+        if config.calib:
+            ocr = _AssembledOCR(config, threads, dict(options or {}))
+        else:
+            ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **(options or {}))
         entry.load_s = round(time.perf_counter() - t0, 3)
         entry.stage_backends = dict(ocr.backends)
 

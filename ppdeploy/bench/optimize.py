@@ -410,6 +410,17 @@ class OCROptimizeResult:
     calibration: dict[str, Any]
     evaluation: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
+    stage_calibration: dict[str, Any] = field(default_factory=dict, repr=False)  # CalibrationSet per stage
+
+    def chosen(self) -> dict[str, tuple[str, str]] | None:
+        """Stage -> (backend, precision) of the combination that passed, or None."""
+        if not self.combined.get("passed"):
+            return None
+        out = {}
+        for stage, cands in self.stages.items():
+            w = next(c for c in cands if c.status == "winner")
+            out[stage] = (w.backend, w.precision)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": "ocr", "target": self.target, "reference": self.reference, "max_line_loss": self.max_line_loss,
@@ -518,6 +529,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
                                {"pages": [str(p) for p in calib_pages]},
                                {"pages": [str(p) for p in eval_pages], "source": eval_set.source,
                                 "reference_char_accuracy": reference_char_accuracy})
+    result.stage_calibration = stage_calib
     _write_ocr_outputs(result, Path(out_dir), threads)
     return result
 
@@ -627,7 +639,9 @@ def ocr_optimize_section(result: OCROptimizeResult, pngs: Mapping[str, Path], ou
     lines = [f"Reference: {result.reference}. A stage candidate passes when the whole pipeline with it swapped in reads "
              f"at least {(1 - result.max_line_loss) * 100:.1f} % of the reference's lines identically on the evaluation "
              "pages (disjoint from the calibration pages); its speed is the stage's own time per page on the tensors the "
-             "pipeline fed it.", ""]
+             "pipeline fed it. `lines = reference` compares exact strings, spaces included; `char acc.` is against the "
+             "page labels and, like ppdeploy.evaluation.metrics, ignores spaces — so a candidate can keep 100 % "
+             "character accuracy and still fail the line gate on spacing alone.", ""]
     ref_acc = result.evaluation.get("reference_char_accuracy")
     lines += [f"Evaluation pages: {result.evaluation.get('source')}"
               + (f"; the reference pipeline's character accuracy on them: {ref_acc * 100:.2f} %." if ref_acc is not None
