@@ -86,6 +86,33 @@ def _ru_maxrss_mib() -> float | None:
         return None
 
 
+def gpu_memory_mib(pid: int | None = None) -> float | None:
+    """GPU memory this process holds now (all GPUs, MiB, from nvidia-smi); None without a GPU or the tool."""
+    import os
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    pid = pid or os.getpid()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    total = 0.0
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            try:
+                total += float(parts[1])
+            except ValueError:
+                continue
+    return total
+
+
 def measure(call: Callable[[], Mapping[str, float] | None], settings: MeasureSettings) -> Measurement:
     """Time `call` (which may return per-stage ms) after warm-up until min count and min time are met."""
     for _ in range(settings.warmup):
@@ -131,6 +158,7 @@ class CaseResult:
     throughput: float | None = None  # items per second
     stages_ms: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float | None = None
+    gpu_memory_mib: float | None = None  # held by this process after the case (GPU backends only)
     load_s: float | None = None
     samples_ms: list[float] = field(default_factory=list)
 
@@ -201,6 +229,15 @@ def load_runner(model: str, backend: str, precision: str, threads: int | None) -
 
     dep = load_model(model, backend=backend, precision=precision, threads=threads)
     return LoadedModel(dep.runner, dep.backend, dep.close)
+
+
+def _on_gpu(backend: str) -> bool:
+    from ppdeploy.backends import REGISTRY, get_backend
+
+    try:
+        return backend in REGISTRY and get_backend(backend).device == "gpu"
+    except PPDeployError:
+        return False
 
 
 def expand_cases(models: Iterable[str], backends: Iterable[str], precisions: Iterable[str],
@@ -278,5 +315,7 @@ def _run_one(case: ModelCase, loaded: LoadedModel, settings: MeasureSettings,
     res.throughput = round(case.batch * len(m.samples_ms) / (sum(m.samples_ms) / 1e3), 3)
     res.stages_ms = stage_means(m.stages)
     res.peak_rss_mib = rss.peak_mib
+    if _on_gpu(loaded.backend):
+        res.gpu_memory_mib = gpu_memory_mib()
     res.samples_ms = m.samples_ms
     return res

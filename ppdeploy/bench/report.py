@@ -50,13 +50,16 @@ def model_rows(results: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
             continue
         lat = r["latency"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages_ms", {}).items() if k != "infer")
+        mem = r.get("peak_rss_mib")
+        if r.get("gpu_memory_mib") is not None:
+            mem = f"{mem} (GPU {r['gpu_memory_mib']:.0f})"
         rows.append([r["model"], backend, r["precision"], r["batch"], r.get("threads") or "auto",
-                     lat["p50"], lat["p90"], lat["p99"], lat["max"], r["throughput"], r.get("peak_rss_mib"), stages])
+                     lat["p50"], lat["p90"], lat["p99"], lat["max"], r["throughput"], mem, stages])
     return rows
 
 
 MODEL_HEADERS = ["model", "backend", "precision", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                 "items/s", "peak RSS MiB", "stages (mean ms)"]
+                 "items/s", "peak RSS MiB (GPU MiB)", "stages (mean ms)"]
 
 
 def models_markdown(results: Sequence[Mapping[str, Any]]) -> str:
