@@ -324,9 +324,13 @@ class GatewayASGI:
 
     async def __call__(self, scope, receive, send) -> None:
         if self._app is None:
+            from ray import serve
+
             from ppdeploy.serve.app import build_app
 
-            self._app = build_app(self.configs, self.settings, host_class=ray_model_host_class(self.app_name))
+            # The name the app was deployed under (`serve run` calls it "default"), not the one we would choose.
+            app_name = serve.get_replica_context().app_name or self.app_name
+            self._app = build_app(self.configs, self.settings, host_class=ray_model_host_class(app_name))
         await self._app(scope, receive, send)
 
 

@@ -21,6 +21,7 @@ from ppdeploy.serve import ray as ppray  # noqa: E402
 from ppdeploy.serve.app import ServerSettings  # noqa: E402
 from ppdeploy.serve.config import ModelConfig  # noqa: E402
 
+APP = "ppdeploy-under-test"  # not ppray.APP_NAME: the gateway must find its models under the name it was given
 COMMON = dict(backends=["onnxruntime"], threads=1, max_batch_size=4, dynamic_batching={"max_queue_delay_ms": 5})
 
 
@@ -64,7 +65,8 @@ def cluster(local_engines):
     port = free_port()
     options = ppray.RayOptions(replicas=2, num_cpus_per_replica=0.25, gateway_num_cpus=0.25)
     try:
-        url = ppray.start(configs(), options, ServerSettings(host="127.0.0.1", port=port), timeout_s=300)
+        url = ppray.start(configs(), options, ServerSettings(host="127.0.0.1", port=port), app_name=APP,
+                          timeout_s=300)
         yield url
     finally:
         serve.shutdown()
@@ -72,10 +74,10 @@ def cluster(local_engines):
 
 
 def test_two_replicas_per_model_are_running_in_separate_processes(cluster):
-    status = serve.status().applications[ppray.APP_NAME]
+    status = serve.status().applications[APP]
     for model in ("det", "rec"):
         assert status.deployments[ppray.deployment_name(model)].replica_states == {"RUNNING": 2}
-    handle = serve.get_deployment_handle(ppray.deployment_name("rec"), app_name=ppray.APP_NAME)
+    handle = serve.get_deployment_handle(ppray.deployment_name("rec"), app_name=APP)
     pids = {handle.describe.remote().result()["pid"] for _ in range(24)}
     assert len(pids) == 2 and os.getpid() not in pids
 
