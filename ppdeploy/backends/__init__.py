@@ -13,7 +13,6 @@ REGISTRY: dict[str, str] = {
     "tensorrt-rtx": "ppdeploy.backends.tensorrt:TensorRTRTXBackend",
     "onnxruntime-cuda": "ppdeploy.backends.onnxruntime_cuda:OnnxRuntimeCUDABackend",
     "openvino": "ppdeploy.backends.openvino:OpenVINOBackend",
-    "openvino-paddle": "ppdeploy.backends.openvino:OpenVINOPaddleBackend",  # not in select.DEFAULT_CHAIN
     "onnxruntime": "ppdeploy.backends.onnxruntime:OnnxRuntimeBackend",
     "paddle": "ppdeploy.backends.paddle:PaddleBackend",
 }

@@ -99,26 +99,3 @@ class OpenVINOBackend(Backend):
         except Exception as exc:
             raise BuildError(f"OpenVINO could not import the cached blob in {artifact_dir}: {str(exc)[:500]}") from exc
         return OpenVINORunner(compiled, options)
-
-
-class OpenVINOPaddleBackend(OpenVINOBackend):
-    """OpenVINO reading the legacy Paddle model (`inference.pdmodel`) with its own Paddle frontend, skipping ONNX.
-
-    Added for the OCR task: on PP-OCRv4 rec its graph ran ~27% faster than the same model read from the
-    paddle2onnx ONNX, with bit-identical outputs (det and cls: no difference). Not in the auto chain; ask for it by
-    name (e.g. OCR(backend={"rec": "openvino-paddle", ...})). FP32 only, like any backend reading Paddle.
-    """
-
-    name = "openvino-paddle"
-    consumes = "paddle"
-
-    def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
-        if Path(model_path).suffix != ".pdmodel":
-            raise BuildError(f"openvino-paddle reads legacy .pdmodel programs only, not {Path(model_path).name}",
-                             hint="use --backend openvino (through ONNX) for Paddle 3 inference.json models")
-        super().build(model_path, out_dir, options)
-
-    def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
-        runner = super().load(artifact_dir, options)
-        runner.backend = self.name  # say which route built it in reports
-        return runner
