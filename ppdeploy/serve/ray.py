@@ -165,6 +165,20 @@ def run_grouped(runner: Runner, requests: Sequence[Mapping[str, np.ndarray]], ba
     return results  # type: ignore[return-value]
 
 
+def _serve_batch(serve, fn, **kwargs):
+    """`serve.batch(**kwargs)(fn)`, dropping the options this Ray version lacks (newest first): batch_size_fn
+    (counts rows instead of requests) and max_concurrent_batches (one batch per runner)."""
+    for optional in ("batch_size_fn", "max_concurrent_batches", None):
+        try:
+            return serve.batch(**kwargs)(fn)
+        except TypeError:
+            if optional is None:
+                raise
+            log.info("this Ray Serve has no serve.batch(%s=...); running without it", optional)
+            kwargs.pop(optional)
+    raise AssertionError("unreachable")
+
+
 class ModelReplica:
     """One replica of one tensor model: `cfg.instance_count` runners, fed by Ray Serve's @serve.batch."""
 
@@ -181,14 +195,10 @@ class ModelReplica:
         self.batchable = all(t.shape and t.shape[0] is None for t in self.io.inputs)
         self._free: list[Runner] = list(engine.runners)
         self._pool = concurrent.futures.ThreadPoolExecutor(len(self._free), thread_name_prefix=f"infer-{cfg.name}")
-        batch_kwargs = dict(max_batch_size=cfg.max_batch_size if self.batchable else 1,
-                            batch_wait_timeout_s=cfg.dynamic_batching.max_queue_delay_ms / 1000.0,
-                            max_concurrent_batches=len(self._free))
-        try:  # count rows, not requests, where this Ray version can (batch_size_fn: Ray >= 2.50)
-            self._batched = serve.batch(batch_size_fn=lambda items: sum(_rows(f) for f in items), **batch_kwargs)(
-                self._run_batch)
-        except TypeError:
-            self._batched = serve.batch(**batch_kwargs)(self._run_batch)
+        self._batched = _serve_batch(serve, self._run_batch, max_batch_size=cfg.max_batch_size if self.batchable else 1,
+                                     batch_wait_timeout_s=cfg.dynamic_batching.max_queue_delay_ms / 1000.0,
+                                     max_concurrent_batches=len(self._free),
+                                     batch_size_fn=lambda items: sum(_rows(f) for f in items))
         log.info("model %s ready on %s in this replica", cfg.name, self.backend)
 
     def describe(self) -> dict:

@@ -138,14 +138,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of arrivals per offered rate")
     parser.add_argument("--out", default="ray-bench.json")
+    parser.add_argument("--cls-rates", default="25,50,100,150", help="offered rates (req/s) for v2 cls")
+    parser.add_argument("--ocr-rates", default="1,2,4,6", help="offered rates (req/s) for /v1/ocr")
+    parser.add_argument("--layouts", default="plain:1x1,plain:2x1,ray:1x1,ray:2x1,ray:1x2",
+                        help="server:COPIESxTHREADS list; copies = instances (plain) or replicas (ray)")
     args = parser.parse_args()
     import ray
 
-    cls_rates, ocr_rates = [25, 50, 100, 150], [1, 2, 4, 6]
-    layouts = [run_plain_server(1, 1, args.duration, cls_rates, ocr_rates),
-               run_plain_server(2, 1, args.duration, cls_rates, ocr_rates)]
-    for replicas, threads in ((1, 1), (2, 1), (1, 2)):
-        layouts.append(run_ray_layout(replicas, threads, args.duration, cls_rates, ocr_rates))
+    cls_rates = [float(r) for r in args.cls_rates.split(",")]
+    ocr_rates = [float(r) for r in args.ocr_rates.split(",")]
+    layouts = []
+    for item in args.layouts.split(","):
+        server, _, shape = item.partition(":")
+        copies, threads = (int(v) for v in shape.split("x"))
+        run = run_plain_server if server == "plain" else run_ray_layout
+        layouts.append(run(copies, threads, args.duration, cls_rates, ocr_rates))
     report = {"ray": ray.__version__, "cpus": os.cpu_count(), "duration_s": args.duration, "layouts": layouts}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
