@@ -18,7 +18,6 @@ import ipaddress
 import json
 import math
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence

@@ -345,7 +345,7 @@ def plot_candidates(cands: Sequence[Candidate], path: Path, target: str, title: 
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value(c):.2f} {c.status}", va="center", fontsize=7)
     ax.set_xlabel(xlabel or ("p50 latency at batch 1 (ms) — lower is better" if target == "latency"
                              else "best throughput (items/s) — higher is better"))
-    ax.set_title(title + " (green: winner, red: failed gate)", fontsize=9)
+    ax.set_title(title + " (green: winner; failed candidates: see the table)", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     ax.margins(x=0.35)
     fig.tight_layout()

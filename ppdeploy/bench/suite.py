@@ -117,18 +117,22 @@ def plot_ocr_bars(entries: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ok = [e for e in entries if e["ok"]]
     if not ok:
         return None
+    import textwrap
+
     plt = report._plt()
     ok.sort(key=lambda e: e["pages_per_s"])
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(ok) + 1.2))
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(ok) + 1.2))
     colors = ["tab:orange" if e["kind"] == "peer" else "tab:blue" for e in ok]
-    bars = ax.barh([e["name"] for e in ok], [e["pages_per_s"] for e in ok], color=colors)
+    labels = [textwrap.fill(e["name"], 30) for e in ok]
+    bars = ax.barh(labels, [e["pages_per_s"] for e in ok], color=colors)
     for bar, e in zip(bars, ok):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {e['latency_ms']['mean'] / 1e3:.2f} s/page",
                 va="center", fontsize=7)
-    ax.set_xlabel("pages / s (blue: ppdeploy, orange: reference tools)")
+    ax.set_xlabel("pages/s (blue: ppdeploy, orange: reference tools)")
     ax.tick_params(axis="y", labelsize=7)
     ax.margins(x=0.3)
     fig.tight_layout()
+    fig.subplots_adjust(left=max(fig.subplotpars.left, 0.3))
     return report._save(fig, path)
 
 
