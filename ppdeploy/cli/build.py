@@ -70,11 +70,13 @@ def calibration_from_args(args) -> Any:
 
     if args.calib_npy:
         return CalibrationSet.from_npy(args.calib_npy, _input_names(args), limit=args.calib_limit)
+    role = OCR_ROLE.get(args.model)
+    if not args.calib and role is not None and args.precision != "fp32":
+        args.calib = synthetic_pages(args)
     if not args.calib:
         return None
     from ppdeploy.precision import tasks
 
-    role = OCR_ROLE.get(args.model)
     if role is not None:
         det = None if role == "det" or args.crops else _fp32_ort_runner("ppocrv4-det", args)
         return tasks.ocr_calibration(role, args.calib, det_runner=det, limit=args.calib_limit)
@@ -83,6 +85,30 @@ def calibration_from_args(args) -> Any:
         return tasks.classification_calibration(args.calib, preprocess_yaml, limit=args.calib_limit)
     raise InputError(f"--calib images need the task's preprocessing, which ppdeploy does not know for {args.model}",
                      hint="use an OCR zoo model, a classifier folder with preprocess.yaml, or --calib-npy DIR")
+
+
+SYNTHETIC_PAGES = 8
+SYNTHETIC_SEED = 1000  # the evaluation sets elsewhere use other seeds: calibration stays disjoint from them
+
+
+def synthetic_pages(args) -> str | None:
+    """OCR zoo models without --calib: calibrate/gate on generated pages (printed, never silent)."""
+    import sys
+
+    from ppdeploy.cache import EngineCache
+    from ppdeploy.errors import PPDeployError
+    from ppdeploy.evaluation.synth import SynthOptions, generate
+
+    folder = EngineCache(args.cache_dir).root / "calibration-pages" / f"synth-{SYNTHETIC_SEED}-{SYNTHETIC_PAGES}"
+    try:
+        if not (folder / "labels.json").is_file():
+            generate(folder, SynthOptions(pages=SYNTHETIC_PAGES, seed=SYNTHETIC_SEED))
+    except PPDeployError as exc:  # no CJK font: fall back to generated tensors (fp16/bf16) or ask for --calib
+        print(f"note: no --calib given and synthetic pages are unavailable ({exc})", file=sys.stderr)
+        return None
+    print(f"note: no --calib given; using {SYNTHETIC_PAGES} synthetic pages (seed {SYNTHETIC_SEED}) in {folder}",
+          file=sys.stderr)
+    return str(folder)
 
 
 def _input_names(args) -> list[str]:

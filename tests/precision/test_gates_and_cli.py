@@ -1,0 +1,86 @@
+"""The OCR task gate (page character accuracy of the whole pipeline), the OpenVINO INT8 path, and `ppdeploy build`."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from ppdeploy.precision import apply
+
+
+@pytest.fixture(scope="session")
+def ocr_pages(tmp_path_factory):
+    """Two labelled synthetic pages for calibration and two others (another seed) for the gate."""
+    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.fonts import cjk_fonts
+
+    if not cjk_fonts():
+        pytest.skip("no CJK font installed (fonts-wqy-microhei)")
+    root = tmp_path_factory.mktemp("pages")
+    generate(root / "calib", SynthOptions(pages=2, seed=31, max_side=640))
+    generate(root / "eval", SynthOptions(pages=2, seed=32, max_side=640))
+    return root / "calib", root / "eval"
+
+
+@pytest.mark.slow
+def test_int8_rec_gated_on_page_char_accuracy(rec_onnx, cls_onnx, ocr_pages, precision_cache):
+    from ppdeploy.convert import to_onnx
+    from ppdeploy.cache import EngineCache
+    from ppdeploy.precision.runners import ort_runner
+    from ppdeploy.precision.tasks import ocr_calibration, ocr_char_accuracy
+    from ppdeploy.source import detect
+
+    calib_dir, eval_dir = ocr_pages
+    det_onnx = to_onnx(detect("ppocrv4-det", None, export_dir=None), cache=EngineCache()).onnx_path
+    runners = {"det": ort_runner(det_onnx), "rec": ort_runner(rec_onnx), "cls": ort_runner(cls_onnx)}
+    calib = ocr_calibration("rec", calib_dir, det_runner=runners["det"])  # the crops the pipeline really sees
+    assert len(calib) >= 8
+    result = apply(rec_onnx, "int8", cache=precision_cache, calib=calib, method="entropy",
+                   task_metric=ocr_char_accuracy(eval_dir, "rec", runners), task_name="ocr page chars")
+    gate = result.report["gate"]
+    assert gate["gate"] == "ocr page chars" and gate["passed"]
+    assert gate["reference"] > 0.9  # FP32 pipeline really reads the pages
+    assert gate["loss"] <= 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed (pip install 'ppdeploy[nncf]')")
+def test_int8_for_openvino_through_nncf(cls_onnx, cls_calib, precision_cache):
+    result = apply(cls_onnx, "int8", cache=precision_cache, calib=cls_calib, quantizer="openvino")
+    assert result.onnx_path.suffix == ".xml" and result.onnx_path.with_suffix(".bin").is_file()
+    assert result.backend_hint == "openvino"
+    assert result.report["gate"]["passed"] and result.report["int8"]["int8_nodes"] > 0
+
+    from ppdeploy.precision.runners import openvino_runner
+
+    runner = openvino_runner(result.onnx_path, "fp32")
+    probs = runner.infer(cls_calib.samples[0])[runner.output_names[0]]
+    assert probs.shape == (1, 2) and np.isfinite(probs).all()
+
+
+def test_build_cli_reports_gate_and_cache(tmp_path, capsys, monkeypatch):
+    from ppdeploy.cli import main
+
+    from .test_fragile import outlier_convs
+
+    model = outlier_convs(tmp_path / "outliers.onnx")
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        np.save(npy / f"s{i:02d}.npy", rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+    args = ["build", str(model), "--backend", "onnxruntime", "--precision", "int8", "--calib-npy", str(npy),
+            "--max-loss", "0.02", "--metric", "rel_l2", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args + ["--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    report = first["precision_report"]
+    assert report["gate"]["passed"] and report["excluded"] == ["conv_b"] and not report["cache_hit"]
+
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "gate: PASS" in text and "precision step: from cache" in text and "excluded 1" in text
+
+    assert main(args + ["--no-repair"]) == 2  # the first candidate fails the gate: a clear error, no engine
+    assert "fails its accuracy gate" in capsys.readouterr().err
