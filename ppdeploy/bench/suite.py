@@ -239,7 +239,7 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
     if plan.serving:
         tick = progress("serving load tests", 2) if progress else None
         blocks["serving"] = run_serving(plan, out_dir, md_dir, env, files, tick)
-    update_benchmarks_md(Path(markdown_path), blocks)
+    update_benchmarks_md(Path(markdown_path), blocks, env)
     files["benchmarks_md"] = Path(markdown_path)
     return files
 
@@ -301,10 +301,16 @@ def _pages_dir() -> Path:
     return default_root() / "bench-pages"
 
 
-def update_benchmarks_md(path: Path, blocks: dict[str, str]) -> None:
-    """Replace (or create) the generated blocks; hand-written sections around them stay as they are."""
+def update_benchmarks_md(path: Path, blocks: dict[str, str], env: dict[str, Any] | None = None) -> None:
+    """Replace (or create) the generated blocks; hand-written sections around them stay as they are.
+
+    With `env`, each measured block starts with its own date and load, since blocks may come from different runs.
+    """
     doc = path.read_text() if path.is_file() else SKELETON
     for name, body in blocks.items():
+        if env is not None and name != "environment":
+            body = (f"_Measured {env.get('date')} on {env.get('cpu_model')} ({env.get('usable_cores')} cores), "
+                    f"load average at start {env.get('load_average_at_start')}._\n\n" + body)
         doc = report.replace_block(doc, name, body)
     path.write_text(doc)
 

@@ -35,7 +35,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="bench-results", help="output folder for JSON, PNG plots and report (default %(default)s)")
     p.add_argument("--no-samples", action="store_true", help="leave raw per-call samples out of the JSON (smaller files)")
     p.add_argument("--all", action="store_true", help="run the whole suite and regenerate BENCHMARKS.md")
-    p.add_argument("--markdown", default="BENCHMARKS.md", help="--all: the markdown file to update (default %(default)s)")
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="the markdown file --all (or --update-markdown) updates "
+                                                               "(default %(default)s)")
+    p.add_argument("--update-markdown", action="store_true",
+                   help="also replace the Models / OCR pipeline block of --markdown with this run's table")
     p.add_argument("--quick", action="store_true", help="--all: short timing windows (a smoke run, not for publishing)")
     p.add_argument("--skip", default="", help="--all: parts to leave out, comma list of models, ocr, precision, serving")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,7 +125,18 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
     with progress_bars(show) as progress:
         tick = progress("benchmark cases", len(cases)) if progress else None
         results = run_cases(cases, settings, shape_overrides=shapes, on_case=(lambda c, r: tick()) if tick else None)
-    files = write_model_run(ModelRun(environment.describe(), settings, results), out, with_samples=not args.no_samples)
+    env = environment.describe()
+    files = write_model_run(ModelRun(env, settings, results), out, with_samples=not args.no_samples)
+    if args.update_markdown:
+        from ppdeploy.bench.suite import _settings_line, models_section, update_benchmarks_md
+
+        md = Path(args.markdown)
+        rows = [r.to_dict(True) for r in results]
+        plots = {k: files.get(k) for k in ("latency_vs_batch", "throughput", "cdf")}
+        update_benchmarks_md(md, {"environment": environment.markdown(env),
+                                  "models": _settings_line(settings) + "\n\n" + models_section(rows, out, plots, md.resolve().parent)},
+                             env)
+        files["benchmarks_md"] = md
     print(report.models_markdown([r.to_dict(False) for r in results]))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
     return 0 if any(r.ok for r in results) else 1
@@ -146,7 +160,16 @@ def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
         result = bench_ocr(pages.images, configs, labels=pages.labels, peers=peers, threads=threads, settings=_settings(args, ocr=True),
                            on_entry=(lambda e: tick()) if tick else None)
     result["pages_source"] = pages.source
-    files = write_ocr_run(result, environment.describe(), out, with_samples=not args.no_samples)
+    env = environment.describe()
+    files = write_ocr_run(result, env, out, with_samples=not args.no_samples)
+    if args.update_markdown:
+        from ppdeploy.bench.suite import ocr_section, update_benchmarks_md
+
+        md = Path(args.markdown)
+        update_benchmarks_md(md, {"environment": environment.markdown(env),
+                                  "ocr": ocr_section(result, out, files.get("cdf"), files.get("bars"), md.resolve().parent)},
+                             env)
+        files["benchmarks_md"] = md
     print(ocr_markdown(result))
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
     return 0 if any(e["ok"] and e["kind"] == "ppdeploy" for e in result["entries"]) else 1

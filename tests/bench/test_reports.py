@@ -16,9 +16,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.slow
 def test_bench_model_matrix_writes_report(tmp_path, capsys):
     out = tmp_path / "b"
+    md_path = tmp_path / "BENCHMARKS.md"
+    md_path.write_text("# mine\n\n## Serving\n\nnumbers pasted by hand\n")
     code = main(["bench", "ppocr-cls", "--backends", "onnxruntime,no-such-backend", "--batch-sizes", "1,2",
-                 "--warmup", "1", "--min-runs", "5", "--min-time", "0", "--out", str(out), "--no-progress"])
+                 "--warmup", "1", "--min-runs", "5", "--min-time", "0", "--out", str(out), "--no-progress",
+                 "--update-markdown", "--markdown", str(md_path)])
     assert code == 0
+    doc = md_path.read_text()
+    assert "numbers pasted by hand" in doc and "ppdeploy-bench:models:begin" in doc and "_Measured " in doc
+    assert "![latency vs batch size](b/models_latency_vs_batch.png)" in doc  # relative to the markdown file
     data = json.loads((out / "models.json").read_text())
     assert data["environment"]["cpu_model"] and data["environment"]["versions"]["onnxruntime"]
     rows = data["results"]
