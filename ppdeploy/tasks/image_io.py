@@ -73,10 +73,14 @@ def _decode_file(path: Path, max_pixels: int) -> np.ndarray:
 
 
 def _decode_bytes(data: bytes, what: str, max_pixels: int) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        pil = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns above 89 MP; our own max_pixels check decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"{what} is not a recognised image ({len(data)} bytes, starts with {data[:8]!r})",
