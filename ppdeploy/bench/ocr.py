@@ -206,12 +206,21 @@ def run_peer_entry(name: str, image_paths: Sequence[Path], settings: MeasureSett
     run = run_peer(name, image_paths, cache_root=cache_root, settings=ocr_settings, threads=threads,
                    warmup=settings.warmup, min_runs=settings.min_runs, min_time_s=settings.min_time_s,
                    max_time_s=settings.max_time_s)
-    entry = OCREntry(name, "peer", peer.backend, "as shipped", run.ok, run.error, load_s=run.load_s,
+    entry = OCREntry(name, "peer", peer.backend, _peer_precision(peer.backend), run.ok, run.error, load_s=run.load_s,
                      versions=run.versions, peak_rss_mib=run.peak_rss_mib)
     if run.ok:
         lines = [[(line["text"], line["box"]) for line in out["lines"]] for out in run.outputs]
         _fill(entry, run.samples_ms, run.stages_ms, lines)
     return entry
+
+
+def _peer_precision(backend: str) -> str:
+    if backend != "OpenVINO":
+        return "fp32"
+    from ppdeploy.device import cpu_supports_bf16
+
+    # OpenVINO's CPU plugin lowers to bf16 by itself where the CPU has it, unless told otherwise (RapidOCR does not).
+    return "runtime default (bf16 on this CPU)" if cpu_supports_bf16() else "runtime default (fp32 on this CPU)"
 
 
 def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], lines: list[Lines]) -> None:
@@ -249,8 +258,13 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
     from ppdeploy.cache import default_root
     from ppdeploy.tasks.ocr.pipeline import OCROptions
 
+    from ppdeploy.backends.base import default_threads
+
     if not image_paths:
         raise PPDeployError("no images to benchmark OCR on")
+    # Everyone gets the same explicit thread count: left unset, Paddle Inference (rapidocr-paddle) would use
+    # one math thread and ONNX Runtime its own guess of physical cores, which would not be a fair comparison.
+    threads = threads or default_threads()
     images = [Path(p).read_bytes() for p in image_paths]
     options = dict(ocr_options or {})
     ocr_settings = OCRSettings.from_ocr_options(OCROptions.from_kwargs(**options))
