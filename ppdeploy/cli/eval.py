@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     o.add_argument("--data", required=True, help="folder with images and labels.json or Label.txt")
     add_ocr_model_args(o)
     o.add_argument("--keep-spaces", action="store_true", help="compare texts with spaces (default: ignore spaces)")
+    o.add_argument("--nfkc", action="store_true",
+                   help="NFKC-normalise texts before comparing (full-width = half-width: ￥ = ¥, ， = ,)")
     o.add_argument("--json", action="store_true")
     o.set_defaults(handler=run_ocr)
     s = sub.add_parser("synth", help="generate a synthetic labelled OCR set")
@@ -38,7 +40,7 @@ def run_ocr(args: argparse.Namespace) -> int:
 
     ocr = build_ocr(args)
     try:
-        report = evaluate_ocr(ocr, args.data, ignore_space=not args.keep_spaces)
+        report = evaluate_ocr(ocr, args.data, ignore_space=not args.keep_spaces, nfkc=args.nfkc)
     finally:
         ocr.close()
     doc = {"data": args.data, "backends": ocr.backends, **report.to_dict()}

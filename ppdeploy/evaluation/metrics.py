@@ -8,6 +8,8 @@ pairs are taken greedily by IoU, each line used once.
 - char accuracy = 1 - mean over ground-truth lines of edit_distance(pred, gt) / max(len(pred), len(gt))
   (PaddleOCR's "norm_edit_dis"); an unmatched ground-truth line counts as fully wrong.
 With `ignore_space=True` (PaddleOCR's RecMetric default) spaces are removed before texts are compared.
+With `nfkc=True` both texts are NFKC-normalised first, so full-width and half-width forms count as equal
+(￥/¥, ，/, , ０/0): off by default, as in PaddleOCR; useful when labels mix the two forms.
 """
 from __future__ import annotations
 
@@ -113,19 +115,23 @@ class OCRMetrics:
         }
 
 
-def _norm(text: str, ignore_space: bool) -> str:
+def _norm(text: str, ignore_space: bool, nfkc: bool = False) -> str:
+    if nfkc:
+        import unicodedata
+
+        text = unicodedata.normalize("NFKC", text)
     return text.replace(" ", "") if ignore_space else text
 
 
 def score_image(pred: Sequence[tuple[str, Sequence]], gt: Sequence[tuple[str, Sequence]], *,
-                ignore_space: bool = True, iou_threshold: float = IOU_THRESHOLD) -> OCRMetrics:
+                ignore_space: bool = True, nfkc: bool = False, iou_threshold: float = IOU_THRESHOLD) -> OCRMetrics:
     """pred / gt: (text, box) pairs of one image."""
     pairs = match_boxes([b for _, b in pred], [b for _, b in gt], iou_threshold)
     m = OCRMetrics(images=1, gt_lines=len(gt), pred_lines=len(pred), matched=len(pairs))
     matched_text = {j: pred[i][0] for i, j in pairs}
     for j, (gt_text, _) in enumerate(gt):
-        p = _norm(matched_text.get(j, ""), ignore_space)
-        g = _norm(gt_text, ignore_space)
+        p = _norm(matched_text.get(j, ""), ignore_space, nfkc)
+        g = _norm(gt_text, ignore_space, nfkc)
         m.exact_lines += int(p == g)
         m.norm_edit_sum += normalized_edit_distance(p, g)
     return m

@@ -68,9 +68,9 @@ class OCREvaluation:
         }
 
 
-def evaluate_ocr(ocr: Any, data_dir: str | Path, *, ignore_space: bool = True) -> OCREvaluation:
+def evaluate_ocr(ocr: Any, data_dir: str | Path, *, ignore_space: bool = True, nfkc: bool = False) -> OCREvaluation:
     labelled = read_labelled_folder(data_dir)
     run = run_ocr_folder(ocr, [item.path for item in labelled])
     preds = [[(line.text, line.box) for line in r.lines] for r in run.results]
     gts = [[(line.text, line.box) for line in item.lines] for item in labelled]
-    return OCREvaluation(score_dataset(preds, gts, ignore_space=ignore_space), run, labelled)
+    return OCREvaluation(score_dataset(preds, gts, ignore_space=ignore_space, nfkc=nfkc), run, labelled)

@@ -38,6 +38,9 @@ def test_score_image_counts_exact_chars_and_detection():
     assert m.char_accuracy == pytest.approx(1 - (0 + 1 / 6 + 1) / 3)
     strict = score_image(pred, gt, ignore_space=False)
     assert strict.exact_lines == 0
+    width = [("￥12，5", box(0, 0))]
+    assert score_image([("¥12,5", box(0, 0))], width).exact_lines == 0
+    assert score_image([("¥12,5", box(0, 0))], width, nfkc=True).exact_lines == 1
 
 
 def test_text_agreement_counts_missing_and_extra_lines():
