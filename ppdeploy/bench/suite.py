@@ -203,24 +203,16 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         plots = {"latency_vs_batch": mfiles.get("latency_vs_batch"), "throughput": mfiles.get("throughput"),
                  "cdf": mfiles.get("cdf")}
         blocks["models"] = _settings_line(plan.model_settings) + "\n\n" + models_section(rows, out_dir, plots, md_dir)
+    md_path = Path(markdown_path)
+    update_benchmarks_md(md_path, blocks, env)  # each part is saved as soon as it is measured
     optimized = None
     if plan.precision:
-        from ppdeploy.bench.optimize import ocr_optimize_section, optimize_ocr
-
-        tick = progress("OCR precision search", 1) if progress else None
-        opt_dir = out_dir / "optimize-ocr"
-        res = optimized = optimize_ocr(opt_dir, precisions=plan.precision_precisions,
-                                       backends=plan.precision_backends, threads=plan.threads,
-                                       pages=plan.precision_pages, settings=plan.precision_settings)
-        pngs = {s: Path(res.files[f"plot_{s}"]) for s in res.stages if f"plot_{s}" in res.files}
-        blocks["precision"] = (
-            "`ppdeploy optimize ocr` over " + ", ".join(plan.precision_backends) + " × "
-            + ", ".join(plan.precision_precisions) + f" (the model repository it wrote is in `{_rel(opt_dir, md_dir)}`; "
-            "the chosen combination is also timed against the reference tools in the OCR pipeline table).\n\n"
-            + ocr_optimize_section(res, pngs, opt_dir, md_dir, heading="####"))
-        files["optimize_ocr"] = opt_dir / "optimize.md"
-        if tick:
-            tick()
+        try:
+            optimized = _run_precision(plan, out_dir, md_dir, blocks, files, progress)
+        except PPDeployError as exc:  # one part failing must not cost the others
+            log.error("OCR precision search failed: %s", exc)
+            blocks["precision"] = f"Not measured in this run: {exc}"
+        update_benchmarks_md(md_path, blocks, env)
     if plan.ocr:
         pages = load_pages(data_dir) if data_dir is not None else synthetic_pages(_pages_dir(), plan.pages)
         configs = [OCRConfig(b, p) for b, p in plan.ocr_configs]
@@ -236,12 +228,34 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         ofiles = write_ocr_run(result, env, out_dir, with_samples=False)
         files.update({f"ocr_{k}": v for k, v in ofiles.items()})
         blocks["ocr"] = ocr_section(result, out_dir, ofiles.get("cdf"), ofiles.get("bars"), md_dir)
+        update_benchmarks_md(md_path, blocks, env)
     if plan.serving:
         tick = progress("serving load tests", 2) if progress else None
         blocks["serving"] = run_serving(plan, out_dir, md_dir, env, files, tick)
-    update_benchmarks_md(Path(markdown_path), blocks, env)
+    update_benchmarks_md(md_path, blocks, env)
     files["benchmarks_md"] = Path(markdown_path)
     return files
+
+
+def _run_precision(plan: SuitePlan, out_dir: Path, md_dir: Path, blocks: dict[str, str], files: dict[str, Path],
+                   progress) -> Any:
+    """`optimize ocr` over the plan's backends x precisions; fills the precision block, returns the result."""
+    from ppdeploy.bench.optimize import ocr_optimize_section, optimize_ocr
+
+    tick = progress("OCR precision search", 1) if progress else None
+    opt_dir = out_dir / "optimize-ocr"
+    res = optimize_ocr(opt_dir, precisions=plan.precision_precisions, backends=plan.precision_backends,
+                       threads=plan.threads, pages=plan.precision_pages, settings=plan.precision_settings)
+    pngs = {s: Path(res.files[f"plot_{s}"]) for s in res.stages if f"plot_{s}" in res.files}
+    blocks["precision"] = (
+        "`ppdeploy optimize ocr` over " + ", ".join(plan.precision_backends) + " × "
+        + ", ".join(plan.precision_precisions) + f" (the model repository it wrote is in `{_rel(opt_dir, md_dir)}`; "
+        "the chosen combination is also timed against the reference tools in the OCR pipeline table).\n\n"
+        + ocr_optimize_section(res, pngs, opt_dir, md_dir, heading="####"))
+    files["optimize_ocr"] = opt_dir / "optimize.md"
+    if tick:
+        tick()
+    return res
 
 
 def run_serving(plan: SuitePlan, out_dir: Path, md_dir: Path, env: dict[str, Any], files: dict[str, Path],
