@@ -1,11 +1,12 @@
 """OCR pipeline benchmark: pages through ppdeploy's OCR on each backend/precision, and through the RapidOCR
 peers, in one run on the same images and the same det/cls/rec settings.
 
-Every run starts from the encoded image bytes already in memory (decode is part of the measured time for
-both ppdeploy and peers), warms up, then cycles over the pages until a minimum count and time. The texts
-of the first pass are kept so each entry's agreement with the reference (RapidOCR on Paddle Inference,
-the stand-in for PaddleOCR) is reported next to its speed: a fast pipeline that reads different text is
-not a win.
+All pipelines are loaded side by side (peers as long-lived worker processes) and timed in interleaved
+rounds, so the shared machine's drifting background load falls on all of them alike. Every reading starts
+from the encoded image bytes already in memory (decode is part of the measured time for ppdeploy and peers
+alike), and its CPU time is recorded next to the wall time. The texts of the first (untimed) pass are kept
+so each entry's agreement with the reference (RapidOCR on Paddle Inference, the stand-in for PaddleOCR) is
+reported next to its speed: a fast pipeline that reads different text is not a win.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ppdeploy.bench.offline import MeasureSettings, PeakRSS
-from ppdeploy.bench.peers import PEERS, OCRSettings, run_peer
+from ppdeploy.bench.offline import MeasureSettings
+from ppdeploy.bench.peers import PEERS, OCRSettings, PeerProcess
 from ppdeploy.bench.stats import stage_means, summarize
 from ppdeploy.errors import PPDeployError
 
@@ -96,7 +97,8 @@ class OCREntry:
     ok: bool
     error: str | None = None
     pages: int = 0  # timed page runs
-    latency_ms: dict[str, float] | None = None  # per page
+    latency_ms: dict[str, float] | None = None  # per page, wall clock
+    cpu_ms: dict[str, float] | None = None  # per page, CPU time of the reading process
     pages_per_s: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float | None = None
@@ -141,77 +143,85 @@ def line_agreement(reference: Sequence[Sequence[str]], candidate: Sequence[Seque
 Lines = list[tuple[str, Any]]  # (text, box) per line
 
 
-def _cycle(images: Sequence[bytes], once: Callable[[bytes], tuple[dict[str, float], Lines]],
-           settings: MeasureSettings) -> tuple[list[float], list[dict[str, float]], list[Lines]]:
-    for data in images[: max(1, settings.warmup)]:
-        once(data)
-    samples, stages, texts = [], [], []
-    start = time.perf_counter()
-    i = 0
-    while True:
-        data = images[i % len(images)]
-        t0 = time.perf_counter()
-        timings, lines = once(data)
-        samples.append((time.perf_counter() - t0) * 1e3)
-        stages.append(timings)
-        if i < len(images):
-            texts.append(lines)
-        i += 1
-        elapsed = time.perf_counter() - start
-        if (i >= max(settings.min_runs, len(images)) and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
-            break
-    return samples, stages, texts
+@dataclass
+class Reading:
+    wall_ms: float
+    cpu_ms: float  # CPU time of the reading process (all its threads): less sensitive to other jobs than wall time
+    stages: dict[str, float]
+    lines: Lines
 
 
-def run_ppdeploy(config: OCRConfig, images: Sequence[bytes], settings: MeasureSettings, threads: int | None,
-                 options: dict[str, Any] | None = None) -> OCREntry:
-    from ppdeploy.tasks.ocr.pipeline import OCR
+class _PpdeployContestant:
+    def __init__(self, config: OCRConfig, images: Sequence[bytes], threads: int | None, options: dict[str, Any]):
+        from ppdeploy.tasks.ocr.pipeline import OCR
 
-    entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
-    ocr = None
-    try:
+        self.entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
+        self.images = images
         t0 = time.perf_counter()
         if config.calib:
-            ocr = _AssembledOCR(config, threads, dict(options or {}))
+            self.ocr: Any = _AssembledOCR(config, threads, options)
         else:
-            ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **(options or {}))
-        entry.load_s = round(time.perf_counter() - t0, 3)
-        entry.stage_backends = dict(ocr.backends)
+            self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **options)
+        self.entry.load_s = round(time.perf_counter() - t0, 3)
+        self.entry.stage_backends = dict(self.ocr.backends)
 
-        def once(data: bytes) -> tuple[dict[str, float], Lines]:
-            result = ocr.predict(data)
-            return result.timings, [(line.text, line.box) for line in result.lines]
+    def read(self, index: int) -> Reading:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        result = self.ocr.predict(self.images[index])
+        wall_ms = (time.perf_counter() - wall0) * 1e3
+        cpu_ms = (time.process_time() - cpu0) * 1e3
+        return Reading(wall_ms, cpu_ms, dict(result.timings), [(line.text, line.box) for line in result.lines])
 
-        with PeakRSS() as rss:
-            samples, stages, texts = _cycle(images, once, settings)
-    except PPDeployError as exc:
-        entry.error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-        return entry
-    except Exception as exc:
-        log.exception("OCR benchmark %s failed", config.label)
-        entry.error = f"{type(exc).__name__}: {exc}"
-        return entry
-    finally:
-        if ocr is not None:
-            ocr.close()
-        gc.collect()
-    _fill(entry, samples, stages, texts)
-    entry.peak_rss_mib = rss.peak_mib
-    return entry
+    def finish(self) -> None:
+        self.ocr.close()
 
 
-def run_peer_entry(name: str, image_paths: Sequence[Path], settings: MeasureSettings, threads: int | None,
-                   ocr_settings: OCRSettings, cache_root: Path) -> OCREntry:
-    peer = PEERS[name]
-    run = run_peer(name, image_paths, cache_root=cache_root, settings=ocr_settings, threads=threads,
-                   warmup=settings.warmup, min_runs=settings.min_runs, min_time_s=settings.min_time_s,
-                   max_time_s=settings.max_time_s)
-    entry = OCREntry(name, "peer", peer.backend, _peer_precision(peer.backend), run.ok, run.error, load_s=run.load_s,
-                     versions=run.versions, peak_rss_mib=run.peak_rss_mib)
-    if run.ok:
-        lines = [[(line["text"], line["box"]) for line in out["lines"]] for out in run.outputs]
-        _fill(entry, run.samples_ms, run.stages_ms, lines)
-    return entry
+class _PeerContestant:
+    def __init__(self, name: str, image_paths: Sequence[Path], threads: int | None, ocr_settings: OCRSettings,
+                 cache_root: Path):
+        peer = PEERS[name]
+        self.entry = OCREntry(name, "peer", peer.backend, _peer_precision(peer.backend), False)
+        self.proc = PeerProcess(name, image_paths, cache_root=cache_root, settings=ocr_settings, threads=threads)
+        self.entry.load_s = round(self.proc.info.get("load_s", 0.0), 3)
+        self.entry.versions = self.proc.info.get("versions", {})
+
+    def read(self, index: int) -> Reading:
+        r = self.proc.run(index)
+        return Reading(r["wall_ms"], r["cpu_ms"], r["stages"], [(l["text"], l["box"]) for l in r["lines"]])
+
+    def finish(self) -> None:
+        try:
+            self.entry.peak_rss_mib = self.proc.peak_rss_mib()
+        finally:
+            self.proc.close()
+
+
+def _run_interleaved(contestants: list[Any], n_images: int, settings: MeasureSettings) -> None:
+    """A first untimed pass over every page (warm-up; its text is each contestant's result), then timed rounds in
+    which every contestant reads one page, the order rotating per round, until each has at least `min_runs`
+    pages and `min_time_s` of timed reading (or `max_time_s` each has passed). Interleaving spreads the
+    machine's drifting background load over all contestants instead of charging it to whoever ran last."""
+    first: dict[int, list[Lines]] = {id(c): [] for c in contestants}
+    for c in contestants:
+        for i in range(n_images):
+            first[id(c)].append(c.read(i).lines)
+        for _ in range(max(0, settings.warmup - 1)):
+            c.read(0)
+    readings: dict[int, list[Reading]] = {id(c): [] for c in contestants}
+    start = time.perf_counter()
+    rnd = 0
+    while True:
+        k = rnd % len(contestants)
+        for c in contestants[k:] + contestants[:k]:
+            readings[id(c)].append(c.read(rnd % n_images))
+        rnd += 1
+        enough = all(len(r) >= max(settings.min_runs, n_images) and sum(x.wall_ms for x in r) >= settings.min_time_s * 1e3
+                     for r in readings.values())
+        if enough or time.perf_counter() - start >= settings.max_time_s * len(contestants):
+            break
+    for c in contestants:
+        rs = readings[id(c)]
+        _fill(c.entry, [r.wall_ms for r in rs], [r.stages for r in rs], first[id(c)], [r.cpu_ms for r in rs])
 
 
 def _peer_precision(backend: str) -> str:
@@ -223,8 +233,10 @@ def _peer_precision(backend: str) -> str:
     return "runtime default (bf16 on this CPU)" if cpu_supports_bf16() else "runtime default (fp32 on this CPU)"
 
 
-def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], lines: list[Lines]) -> None:
+def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]], lines: list[Lines],
+          cpu_ms: list[float]) -> None:
     entry.ok = True
+    entry.cpu_ms = summarize(cpu_ms).to_dict()
     entry.pages = len(samples)
     entry.samples_ms = samples
     entry.latency_ms = summarize(samples).to_dict()
@@ -269,15 +281,33 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
     options = dict(ocr_options or {})
     ocr_settings = OCRSettings.from_ocr_options(OCROptions.from_kwargs(**options))
     cache_root = Path(cache_root) if cache_root else default_root()
+    contestants: list[Any] = []
     entries: list[OCREntry] = []
-    for name in peers:
-        entries.append(run_peer_entry(name, image_paths, settings, threads, ocr_settings, cache_root))
-        if on_entry:
-            on_entry(entries[-1])
-    for config in configs:
-        entries.append(run_ppdeploy(config, images, settings, threads, options))
-        if on_entry:
-            on_entry(entries[-1])
+    try:
+        starters = [(name, lambda n=name: _PeerContestant(n, image_paths, threads, ocr_settings, cache_root))
+                    for name in peers]
+        starters += [(cfg.label, lambda c=cfg: _PpdeployContestant(c, images, threads, options)) for cfg in configs]
+        for label, start in starters:
+            try:
+                contestants.append(start())
+                entries.append(contestants[-1].entry)
+            except Exception as exc:  # a pipeline that cannot start is a row with its reason, not a lost run
+                if not isinstance(exc, PPDeployError):
+                    log.exception("starting %s failed", label)
+                kind = "peer" if label in PEERS else "ppdeploy"
+                entries.append(OCREntry(label, kind, PEERS[label].backend if kind == "peer" else "?", "?", False,
+                                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+            if on_entry:
+                on_entry(entries[-1])
+        if contestants:
+            _run_interleaved(contestants, len(images), settings)
+    finally:
+        for c in contestants:
+            try:
+                c.finish()
+            except Exception:
+                log.exception("closing %s failed", c.entry.name)
+        gc.collect()
     ref = next((e for e in entries if e.name == REFERENCE and e.ok), None)
     if ref is None:  # no peer reference: agreement against ppdeploy on Paddle Inference fp32, if it ran
         ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == "paddle" and e.precision == "fp32" and e.ok), None)
@@ -307,7 +337,7 @@ def ocr_markdown(result: dict[str, Any]) -> str:
     rows = []
     for e in entries:
         if not e["ok"]:
-            rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None, None,
+            rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None, None, None,
                          ("rejected by its accuracy gate: " if "accuracy gate" in str(e["error"]) else "could not run: ")
                          + str(e["error"])])
             continue
@@ -321,7 +351,8 @@ def ocr_markdown(result: dict[str, Any]) -> str:
         agree = (e.get("agreement") or {}).get("line_agreement")
         rows.append([
             e["name"], e["backend"] if e["kind"] == "peer" else ", ".join(f"{k}:{v}" for k, v in e.get("stage_backends", {}).items()),
-            e["precision"], e["pages"], lat["mean"] / 1e3, lat["p90"] / 1e3, e["pages_per_s"],
+            e["precision"], e["pages"], lat["mean"] / 1e3, lat["p90"] / 1e3,
+            e["cpu_ms"]["mean"] / 1e3 if e.get("cpu_ms") else None, e["pages_per_s"],
             round(base["latency_ms"]["mean"] / lat["mean"], 2) if base else None,
             round(fastest_peer["latency_ms"]["mean"] / lat["mean"], 2) if fastest_peer else None,
             f"{agree * 100:.1f} %" if agree is not None else None,
@@ -329,7 +360,7 @@ def ocr_markdown(result: dict[str, Any]) -> str:
         ])
     fastest = f"fastest peer = {fastest_peer['name']}" if fastest_peer else "no peer ran"
     return markdown_table(
-        ["pipeline", "backend", "precision", "pages timed", "s/page mean", "s/page p90", "pages/s",
+        ["pipeline", "backend", "precision", "pages timed", "s/page mean", "s/page p90", "CPU s/page", "pages/s",
          f"× vs {REFERENCE}", "× vs fastest peer", f"lines = {result.get('reference') or 'ref'}", "char acc. vs labels",
          "stages (mean ms)"],
-        rows) + f"\n\n({fastest}; speed-up = ratio of mean s/page measured in this run.)"
+        rows) + f"\n\n({fastest}; speed-up = ratio of mean s/page, measured in interleaved rounds in this run; CPU s/page sums all threads of the reading process.)"

@@ -1,9 +1,14 @@
-"""Runs one RapidOCR flavour over images and prints JSON timings. Executed as a script by `ppdeploy.bench.peers`
-inside the peer's own virtual environment, so it imports nothing from ppdeploy (and only the standard library
-before the peer itself).
+"""Runs one RapidOCR flavour for `ppdeploy.bench.peers`, as a long-lived child process in the peer's own virtual
+environment, so it imports nothing from ppdeploy (only the standard library before the peer itself).
 
-Input: one JSON object on stdin (package, config overrides, image paths, warm-up and timing bounds).
-Output: one line starting with RESULT_MARKER followed by JSON (RapidOCR logs to stdout too).
+Protocol, one JSON object per line:
+  stdin  first line: {"package", "images": [paths], "overrides": {section: {key: value}}}
+         then:       {"cmd": "run", "index": i}  |  {"cmd": "stats"}
+  stdout every reply is one line starting with RESULT_MARKER (RapidOCR logs to stdout too):
+         init:  {"ok", "load_s", "versions", "config"} or {"ok": false, "error"}
+         run:   {"ok", "wall_ms", "cpu_ms", "stages": {det, cls, rec}, "lines": [{text, score, box}]}
+         stats: {"ok", "peak_rss_mib"}
+The parent decides when and how often each image runs, so peers and ppdeploy can be interleaved.
 """
 from __future__ import annotations
 
@@ -40,71 +45,66 @@ def make_engine(package: str, overrides: dict):
     return engine, config
 
 
-def run(spec: dict) -> dict:
-    images = [Path(p).read_bytes() for p in spec["images"]]
-    t0 = time.perf_counter()
-    engine, config = make_engine(spec["package"], spec.get("overrides", {}))
-    load_s = time.perf_counter() - t0
+def versions(package: str) -> dict:
+    from importlib import metadata
 
-    def once(data: bytes):
-        start = time.perf_counter()
-        result, elapse = engine(data)
-        total_ms = (time.perf_counter() - start) * 1e3
-        return total_ms, result, elapse
+    out = {}
+    for dist in (package.replace("_", "-"), "onnxruntime", "openvino", "paddlepaddle", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
-    outputs = []
-    for data in images[: max(1, spec.get("warmup", 1))]:
-        once(data)
-    # One full pass first (its texts are the result), then cycle until the minimum count and time.
-    samples, stages = [], []
-    start = time.perf_counter()
-    i = 0
-    while True:
-        idx = i % len(images)
-        total_ms, result, elapse = once(images[idx])
-        samples.append(total_ms)
-        if elapse:
-            names = ("det", "cls", "rec")
-            stages.append({n: float(v) * 1e3 for n, v in zip(names, elapse) if v is not None})
-        if i < len(images):
-            lines = []
-            for item in result or []:
-                box, text, score = item[0], item[1], item[2]
-                lines.append({"text": text, "score": float(score), "box": [[float(x), float(y)] for x, y in box]})
-            outputs.append({"image": spec["images"][idx], "lines": lines})
-        i += 1
-        elapsed = time.perf_counter() - start
-        if (i >= max(spec["min_runs"], len(images)) and elapsed >= spec["min_time_s"]) or elapsed >= spec["max_time_s"]:
-            break
-    versions = {}
-    try:
-        from importlib import metadata
 
-        for dist in (spec["package"].replace("_", "-"), "onnxruntime", "openvino", "paddlepaddle", "numpy"):
-            try:
-                versions[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                pass
-    except Exception:
-        pass
+def run_once(engine, data: bytes) -> dict:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result, elapse = engine(data)
+    wall_ms = (time.perf_counter() - wall0) * 1e3
+    cpu_ms = (time.process_time() - cpu0) * 1e3
+    stages = {n: float(v) * 1e3 for n, v in zip(("det", "cls", "rec"), elapse or []) if v is not None}
+    lines = [{"text": item[1], "score": float(item[2]), "box": [[float(x), float(y)] for x, y in item[0]]}
+             for item in result or []]
+    return {"ok": True, "wall_ms": wall_ms, "cpu_ms": cpu_ms, "stages": stages, "lines": lines}
+
+
+def peak_rss_mib() -> float | None:
     try:
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except (ImportError, OSError):
-        peak = None
-    return {"ok": True, "load_s": load_s, "peak_rss_mib": peak, "samples_ms": samples, "stages_ms": stages, "outputs": outputs,
-            "versions": versions, "config": config}
+        return None
+
+
+def reply(obj: dict) -> None:
+    sys.stdout.write("\n" + RESULT_MARKER + json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
 
 def main() -> int:
-    spec = json.loads(sys.stdin.read())
     try:
-        out = run(spec)
+        spec = json.loads(sys.stdin.readline())
+        images = [Path(p).read_bytes() for p in spec["images"]]
+        t0 = time.perf_counter()
+        engine, config = make_engine(spec["package"], spec.get("overrides", {}))
+        reply({"ok": True, "load_s": time.perf_counter() - t0, "versions": versions(spec["package"]), "config": config})
     except Exception as exc:
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
-    sys.stdout.write("\n" + RESULT_MARKER + json.dumps(out) + "\n")
-    sys.stdout.flush()
+        reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]})
+        return 1
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            if cmd.get("cmd") == "run":
+                reply(run_once(engine, images[int(cmd["index"])]))
+            elif cmd.get("cmd") == "stats":
+                reply({"ok": True, "peak_rss_mib": peak_rss_mib()})
+            else:
+                reply({"ok": False, "error": f"unknown command {cmd!r}"})
+        except Exception as exc:
+            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]})
     return 0
 
 

@@ -4,8 +4,8 @@ RapidOCR on Paddle Inference, on ONNX Runtime and on OpenVINO.
 Each peer runs in its own virtual environment under the cache directory, created on first use, because
 their pins conflict with ppdeploy's (rapidocr-openvino 1.4.4 wants openvino<=2024.0.0). A peer venv sees
 ppdeploy's environment *after* its own packages (a .pth that adds the parent site-packages), so only what
-differs is installed: the peer wheel with --no-deps plus its pinned runtime. The peer runs as a subprocess
-(`peer_worker.py`) and prints JSON timings and texts.
+differs is installed: the peer wheel with --no-deps plus its pinned runtime. The peer runs as a long-lived
+subprocess (`peer_worker.py`) that reads the image it is told to and answers with JSON timings and text.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -171,49 +172,64 @@ def _run(cmd: list[str], timeout_s: float, what: str) -> None:
         raise PPDeployError(f"could not {what}: {' / '.join(tail)}", hint="peer environments need PyPI access the first time")
 
 
-@dataclass
-class PeerRun:
-    name: str
-    ok: bool
-    error: str | None = None
-    samples_ms: list[float] = field(default_factory=list)
-    stages_ms: list[dict[str, float]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=dict)
-    load_s: float | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    peak_rss_mib: float | None = None  # whole worker process, lifetime peak
+class PeerProcess:
+    """One peer as a long-lived worker process (see peer_worker.py): started once, then asked to read image i
+    whenever the benchmark schedules it, so peers and ppdeploy can be timed in interleaved rounds."""
 
+    def __init__(self, name: str, images: Sequence[Path], *, cache_root: Path, settings: OCRSettings,
+                 threads: int | None, timeout_s: float = 600):
+        if name not in PEERS:
+            raise PPDeployError(f"unknown peer '{name}'", hint=f"choose from {', '.join(PEERS)}")
+        self.name = name
+        self.peer = PEERS[name]
+        self.timeout_s = timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.info: dict[str, Any] = {}
+        python = ensure_peer_env(cache_root, self.peer)
+        spec = {"package": self.peer.package, "images": [str(p) for p in images],
+                "overrides": rapidocr_overrides(settings, threads, self.peer)}
+        # stderr goes to a file, not a pipe: nobody reads it while the worker runs, and a full pipe would block it.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, text=True, bufsize=1)
+        self.info = self._ask(spec)
 
-def run_peer(name: str, images: Sequence[Path], *, cache_root: Path, settings: OCRSettings, threads: int | None,
-             warmup: int, min_runs: int, min_time_s: float, max_time_s: float, timeout_s: float = 1800) -> PeerRun:
-    if name not in PEERS:
-        raise PPDeployError(f"unknown peer '{name}'", hint=f"choose from {', '.join(PEERS)}")
-    peer = PEERS[name]
-    try:
-        python = ensure_peer_env(cache_root, peer)
-    except PPDeployError as exc:
-        return PeerRun(name, False, str(exc).splitlines()[0])
-    spec = {
-        "package": peer.package, "images": [str(p) for p in images], "overrides": rapidocr_overrides(settings, threads, peer),
-        "warmup": warmup, "min_runs": min_runs, "min_time_s": min_time_s, "max_time_s": max_time_s,
-    }
-    try:
-        proc = subprocess.run([str(python), str(WORKER)], input=json.dumps(spec), capture_output=True, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return PeerRun(name, False, f"timed out after {timeout_s:.0f}s")
-    payload = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            payload = json.loads(line[len(RESULT_MARKER):])
-    if payload is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return PeerRun(name, False, f"worker exited {proc.returncode} without a result: {' / '.join(tail)}")
-    if not payload.get("ok"):
-        log.debug("%s traceback: %s", name, payload.get("traceback"))
-        return PeerRun(name, False, payload.get("error"))
-    return PeerRun(name, True, None, payload["samples_ms"], payload["stages_ms"], payload["outputs"],
-                   payload.get("versions", {}), payload.get("load_s"), payload.get("config", {}),
-                   payload.get("peak_rss_mib"))
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise PPDeployError(f"{self.name} worker is gone: {self._stderr_tail()}") from None
+        for line in self.proc.stdout:  # skip the peer's own logging until our reply
+            if line.startswith(RESULT_MARKER):
+                reply = json.loads(line[len(RESULT_MARKER):])
+                if not reply.get("ok"):
+                    log.debug("%s traceback: %s", self.name, reply.get("traceback"))
+                    raise PPDeployError(f"{self.name}: {reply.get('error')}")
+                return reply
+        raise PPDeployError(f"{self.name} worker exited without answering: {self._stderr_tail()}")
 
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return " / ".join(self._stderr.read().strip().splitlines()[-3:])
+
+    def run(self, index: int) -> dict[str, Any]:
+        """Read image `index`: {wall_ms, cpu_ms, stages, lines} as measured inside the worker (no IPC in it)."""
+        return self._ask({"cmd": "run", "index": index})
+
+    def peak_rss_mib(self) -> float | None:
+        return self._ask({"cmd": "stats"}).get("peak_rss_mib")
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self._stderr.close()

@@ -126,5 +126,9 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     assert {"det_infer", "rec_infer", "decode"} <= set(mine["stages_ms"])
     assert peer["versions"]["rapidocr-paddle"] == "1.4.5"
     assert peer["latency_ms"]["count"] == len(peer["samples_ms"]) >= 2
+    for e in (peer, mine):  # interleaved rounds: both read the page the same number of times, CPU time recorded
+        assert e["pages"] == max(peer["pages"], mine["pages"])
+        assert e["cpu_ms"]["mean"] > 0
+    assert peer["peak_rss_mib"] > 0  # reported by the worker process
     assert (out / "ocr_pages_per_s.png").read_bytes().startswith(PNG)
     assert "rapidocr-paddle" in (out / "ocr.md").read_text()
