@@ -3,7 +3,7 @@
 Deterministic for a given seed and font set: every random choice comes from one `random.Random(seed)`.
 Each page is a small document (receipt / notice / table-like lines) at most `max_side` pixels on its long
 side, so detection works at the model's native resolution. Mild degradations: page rotation (+-2 degrees),
-Gaussian blur, Gaussian noise, JPEG compression — each on part of the pages.
+Gaussian blur, Gaussian noise, JPEG compression — each on part of the pages; a few pages are upside down.
 
 Ground truth per line: the text and the quadrilateral around its ink (rotated with the page).
 Fonts: CJK from fonts-wqy-microhei / fonts-wqy-zenhei / fonts-arphic-uming (any found), Latin from
@@ -93,12 +93,13 @@ class SynthOptions:
     pages: int = 10
     seed: int = 0
     max_side: int = 960
-    min_font_px: int = 18
+    min_font_px: int = 14
     max_font_px: int = 34
     rotate_degrees: float = 2.0
     blur_fraction: float = 0.3
     noise_fraction: float = 0.3
     jpeg_fraction: float = 0.3
+    upside_down_fraction: float = 0.1  # pages turned 180 degrees: only the direction classifier reads them
 
 
 def _load_fonts():
@@ -160,6 +161,8 @@ def render_page(rng: random.Random, opts: SynthOptions, cjk_fonts, all_fonts, im
     img = np.asarray(page)[:, :, ::-1].copy()
 
     angle = rng.uniform(-opts.rotate_degrees, opts.rotate_degrees)
+    if rng.random() < opts.upside_down_fraction:
+        angle += 180.0
     if abs(angle) > 0.05:
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
         img = cv2.warpAffine(img, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=tuple(tint[::-1]))
