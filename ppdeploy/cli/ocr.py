@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from ppdeploy.errors import PPDeployError
 
 # CLI flag -> OCR option (defaults live in the option dataclasses; None here means "keep the default")
 _OPTION_FLAGS = [

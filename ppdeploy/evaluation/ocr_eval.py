@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ppdeploy.errors import InputError
 from ppdeploy.evaluation.dataset import LabelledImage, read_labelled_folder

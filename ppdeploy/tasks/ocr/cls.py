@@ -1,7 +1,6 @@
 """Text direction classifier (0 / 180 degrees), as PaddleOCR's `tools/infer/predict_cls.py`."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
