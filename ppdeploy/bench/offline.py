@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ppdeploy import zoo
-from ppdeploy.bench.stats import LatencySummary, stage_means, summarize
+from ppdeploy.bench.stats import stage_means, summarize
 from ppdeploy.errors import InputError, PPDeployError
 
 log = logging.getLogger("ppdeploy.bench")
@@ -39,6 +39,7 @@ class Measurement:
     samples_ms: list[float]
     stages: list[dict[str, float]]
     wall_s: float
+    cpu_ms: list[float] = field(default_factory=list)  # process CPU time per call (all threads)
 
 
 class PeakRSS:
@@ -117,19 +118,36 @@ def measure(call: Callable[[], Mapping[str, float] | None], settings: MeasureSet
     """Time `call` (which may return per-stage ms) after warm-up until min count and min time are met."""
     for _ in range(settings.warmup):
         call()
-    samples: list[float] = []
-    stages: list[dict[str, float]] = []
+    m = Measurement([], [], 0.0)
     start = time.perf_counter()
     while True:
-        t0 = time.perf_counter()
-        timings = call()
-        samples.append((time.perf_counter() - t0) * 1e3)
-        if timings:
-            stages.append(dict(timings))
+        _timed_call(call, m)
         elapsed = time.perf_counter() - start
-        if (len(samples) >= settings.min_runs and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
+        if (len(m.samples_ms) >= settings.min_runs and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
             break
-    return Measurement(samples, stages, time.perf_counter() - start)
+    m.wall_s = time.perf_counter() - start
+    return m
+
+
+def _timed_call(call: Callable[[], Mapping[str, float] | None], m: Measurement) -> None:
+    c0, t0 = time.process_time(), time.perf_counter()
+    timings = call()
+    m.samples_ms.append((time.perf_counter() - t0) * 1e3)
+    m.cpu_ms.append((time.process_time() - c0) * 1e3)
+    if timings:
+        m.stages.append(dict(timings))
+
+
+def rss_mib() -> float | None:
+    """Resident memory of this process now (MiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -157,8 +175,10 @@ class CaseResult:
     latency: dict[str, float] | None = None
     throughput: float | None = None  # items per second
     stages_ms: dict[str, float] = field(default_factory=dict)
-    peak_rss_mib: float | None = None
+    peak_rss_mib: float | None = None  # sequential runs: peak resident memory during this case
+    load_rss_mib: float | None = None  # resident memory added by loading this engine
     gpu_memory_mib: float | None = None  # held by this process after the case (GPU backends only)
+    cpu_ms: dict[str, float] | None = None  # process CPU time per call (all threads)
     load_s: float | None = None
     samples_ms: list[float] = field(default_factory=list)
 
@@ -253,30 +273,29 @@ def run_cases(
     shape_overrides: Mapping[str, Sequence[int]] | None = None,
     on_case: Callable[[ModelCase, CaseResult], None] | None = None,
     loader: Callable[[str, str, str, int | None], LoadedModel] = load_runner,
+    interleave: bool = False,
 ) -> list[CaseResult]:
-    """Run every case; one loaded model serves all batch sizes of the same (model, backend, precision, threads)."""
-    results: list[CaseResult] = []
+    """Run every case; one loaded model serves all batch sizes of the same (model, backend, precision, threads).
+
+    interleave=False: one case after the other, each with its exact peak RSS. interleave=True: every engine is
+    loaded first, then the cases take turns in short time slices until each has its count and time, so a
+    drifting background load on a shared machine is spread over all of them (their ratios stay honest);
+    memory is then reported as what each engine added when it loaded.
+    """
     groups: dict[tuple, list[ModelCase]] = {}
     for case in cases:
         groups.setdefault((case.model, case.backend, case.precision, case.threads), []).append(case)
-    for (model, backend, precision, threads), group in groups.items():
-        loaded: LoadedModel | None = None
-        load_s = None
-        error = None
-        try:
-            t0 = time.perf_counter()
-            loaded = loader(model, backend, precision, threads)
-            load_s = round(time.perf_counter() - t0, 3)
-        except PPDeployError as exc:
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-        except Exception as exc:  # a backend library's own failure: record it, keep the matrix going
-            log.exception("loading %s on %s/%s failed", model, backend, precision)
-            error = f"{type(exc).__name__}: {exc}"
+    if interleave:
+        return _run_interleaved(groups, settings, shape_overrides, on_case, loader)
+    results: list[CaseResult] = []
+    for key, group in groups.items():
+        loaded, load_s, load_rss, error = _load(key, loader)
         for case in group:
             if loaded is None:
                 res = CaseResult(case.model, case.backend, case.precision, case.batch, case.threads, False, error)
             else:
                 res = _run_one(case, loaded, settings, shape_overrides, load_s)
+                res.load_rss_mib = load_rss
             results.append(res)
             if on_case:
                 on_case(case, res)
@@ -284,6 +303,116 @@ def run_cases(
             loaded.close()
         gc.collect()
     return results
+
+
+def _load(key: tuple, loader) -> tuple[LoadedModel | None, float | None, float | None, str | None]:
+    model, backend, precision, threads = key
+    try:
+        rss0, t0 = rss_mib(), time.perf_counter()
+        loaded = loader(model, backend, precision, threads)
+        load_s, rss1 = round(time.perf_counter() - t0, 3), rss_mib()
+        return loaded, load_s, (round(rss1 - rss0, 1) if rss0 is not None and rss1 is not None else None), None
+    except PPDeployError as exc:
+        return None, None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # a backend library's own failure: record it, keep the matrix going
+        log.exception("loading %s on %s/%s failed", model, backend, precision)
+        return None, None, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Slot:
+    """One case being timed in interleaved rounds."""
+
+    case: ModelCase
+    result: CaseResult
+    call: Callable[[], Mapping[str, float]] | None = None
+    m: Measurement = field(default_factory=lambda: Measurement([], [], 0.0))
+
+    def done(self, settings: MeasureSettings) -> bool:
+        total_s = sum(self.m.samples_ms) / 1e3
+        return self.call is None or total_s >= settings.max_time_s or (
+            len(self.m.samples_ms) >= settings.min_runs and total_s >= settings.min_time_s)
+
+
+def _run_interleaved(groups, settings, shape_overrides, on_case, loader) -> list[CaseResult]:
+    slots: list[_Slot] = []
+    loaded_all: list[LoadedModel] = []
+    try:
+        for key, group in groups.items():
+            loaded, load_s, load_rss, error = _load(key, loader)
+            if loaded is not None:
+                loaded_all.append(loaded)
+            for case in group:
+                res = CaseResult(case.model, case.backend, case.precision, case.batch, case.threads, False, error,
+                                 resolved_backend=loaded.backend if loaded else None, load_s=load_s,
+                                 load_rss_mib=load_rss)
+                slot = _Slot(case, res)
+                if loaded is not None:
+                    _prepare(slot, loaded.runner, settings, shape_overrides)
+                slots.append(slot)
+        # Short turns (a tenth of the minimum time each) so every case sees every phase of the background load.
+        turn_s = max(0.05, settings.min_time_s / 10)
+        rnd = 0
+        reported: set[int] = set()
+        while True:
+            for i, slot in enumerate(slots):  # report each case as soon as it has all its samples
+                if i not in reported and slot.done(settings):
+                    reported.add(i)
+                    if slot.m.samples_ms and slot.result.error is None:
+                        _finish(slot.result, slot.m, slot.case.batch)
+                    if on_case:
+                        on_case(slot.case, slot.result)
+            active = [s for s in slots if not s.done(settings)]
+            if not active:
+                break
+            k = rnd % len(active)
+            for slot in active[k:] + active[:k]:
+                end = time.perf_counter() + turn_s
+                try:
+                    while True:
+                        _timed_call(slot.call, slot.m)
+                        if time.perf_counter() >= end or slot.done(settings):
+                            break
+                except Exception as exc:
+                    log.exception("benchmarking %s failed", slot.case)
+                    slot.result.error, slot.call = f"{type(exc).__name__}: {exc}", None
+            rnd += 1
+    finally:
+        for loaded in loaded_all:
+            loaded.close()
+        gc.collect()
+    return [s.result for s in slots]
+
+
+def _prepare(slot: _Slot, runner, settings: MeasureSettings, shape_overrides) -> None:
+    case = slot.case
+    try:
+        feeds = make_feeds(runner.io, sample_shape_for(case.model, runner.io, shape_overrides), case.batch)
+        slot.result.input_shapes = {k: list(v.shape) for k, v in feeds.items()}
+
+        def call() -> Mapping[str, float]:
+            runner.infer(feeds)
+            return runner.last_timings
+
+        for _ in range(settings.warmup):
+            call()
+        slot.call = call
+    except PPDeployError as exc:
+        slot.result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    except Exception as exc:
+        log.exception("preparing %s failed", case)
+        slot.result.error = f"{type(exc).__name__}: {exc}"
+
+
+def _finish(res: CaseResult, m: Measurement, batch: int) -> None:
+    res.ok = True
+    res.latency = summarize(m.samples_ms).to_dict()
+    res.throughput = round(batch * len(m.samples_ms) / (sum(m.samples_ms) / 1e3), 3)
+    res.stages_ms = stage_means(m.stages)
+    res.cpu_ms = summarize(m.cpu_ms).to_dict() if m.cpu_ms else None
+    res.samples_ms = m.samples_ms
+    if _on_gpu(res.resolved_backend or res.backend):
+        res.gpu_memory_mib = gpu_memory_mib()
 
 
 def _run_one(case: ModelCase, loaded: LoadedModel, settings: MeasureSettings,
@@ -309,13 +438,6 @@ def _run_one(case: ModelCase, loaded: LoadedModel, settings: MeasureSettings,
         log.exception("benchmarking %s failed", case)
         res.error = f"{type(exc).__name__}: {exc}"
         return res
-    summary: LatencySummary = summarize(m.samples_ms)
-    res.ok = True
-    res.latency = summary.to_dict()
-    res.throughput = round(case.batch * len(m.samples_ms) / (sum(m.samples_ms) / 1e3), 3)
-    res.stages_ms = stage_means(m.stages)
+    _finish(res, m, case.batch)
     res.peak_rss_mib = rss.peak_mib
-    if _on_gpu(loaded.backend):
-        res.gpu_memory_mib = gpu_memory_mib()
-    res.samples_ms = m.samples_ms
     return res

@@ -46,20 +46,23 @@ def model_rows(results: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
             err = str(r.get("error"))
             verdict = "rejected by its accuracy gate" if "accuracy gate" in err else "could not run"
             rows.append([r["model"], backend, r["precision"], r["batch"], r.get("threads") or "auto",
-                         None, None, None, None, None, None, f"{verdict}: {err}"])
+                         None, None, None, None, None, None, None, f"{verdict}: {err}"])
             continue
         lat = r["latency"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages_ms", {}).items() if k != "infer")
         mem = r.get("peak_rss_mib")
+        if mem is None and r.get("load_rss_mib") is not None:
+            mem = f"+{r['load_rss_mib']:.0f} at load"
         if r.get("gpu_memory_mib") is not None:
             mem = f"{mem} (GPU {r['gpu_memory_mib']:.0f})"
         rows.append([r["model"], backend, r["precision"], r["batch"], r.get("threads") or "auto",
-                     lat["p50"], lat["p90"], lat["p99"], lat["max"], r["throughput"], mem, stages])
+                     lat["p50"], lat["p90"], lat["p99"], lat["max"], (r.get("cpu_ms") or {}).get("mean"),
+                     r["throughput"], mem, stages])
     return rows
 
 
 MODEL_HEADERS = ["model", "backend", "precision", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                 "items/s", "peak RSS MiB (GPU MiB)", "stages (mean ms)"]
+                 "CPU ms", "items/s", "RSS MiB (GPU MiB)", "stages (mean ms)"]
 
 
 def models_markdown(results: Sequence[Mapping[str, Any]]) -> str:

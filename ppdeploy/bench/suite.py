@@ -24,9 +24,10 @@ class ModelRun:
     settings: MeasureSettings
     results: list[CaseResult]
     files: dict[str, str] = field(default_factory=dict)
+    interleaved: bool = False
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
-        return {"environment": self.env, "settings": asdict(self.settings),
+        return {"environment": self.env, "settings": asdict(self.settings), "interleaved": self.interleaved,
                 "results": [r.to_dict(with_samples) for r in self.results]}
 
 
@@ -43,7 +44,7 @@ def write_model_run(run: ModelRun, out_dir: Path, *, prefix: str = "models", wit
                                "latency CDF at batch 1 (per call)"),
     }
     files.update({k: v for k, v in plots.items() if v is not None})
-    md = [f"# {title}", "", environment.markdown(run.env), "", _settings_line(run.settings), "",
+    md = [f"# {title}", "", environment.markdown(run.env), "", _settings_line(run.settings, run.interleaved), "",
           models_section(rows, out_dir, plots, out_dir)]
     files["markdown"] = out_dir / f"{prefix}.md"
     files["markdown"].write_text("\n".join(md) + "\n")
@@ -63,10 +64,15 @@ def models_section(rows: list[dict[str, Any]], out_dir: Path, plots: dict[str, P
     return "\n".join(parts)
 
 
-def _settings_line(s: MeasureSettings) -> str:
+def _settings_line(s: MeasureSettings, interleaved: bool = False) -> str:
+    how = ("All engines are loaded first and the cases take turns in short slices (interleaved), so background "
+           "load on the shared machine falls on all of them alike; RSS is what each engine added when it loaded (the "
+           "first engine of a library also pays for importing that library). "
+           if interleaved else "Cases run one after the other; RSS is the peak during the case. ")
     return (f"Each case: {s.warmup} warm-up calls, then timed calls until at least {s.min_runs} calls and "
             f"{s.min_time_s:g} s (at most {s.max_time_s:g} s); random inputs of the shape shown; engines loaded "
-            f"from the cache, so build time is not included. Throughput = batch × calls / summed latency.")
+            f"from the cache, so build time is not included. {how}Throughput = batch × calls / summed latency; "
+            "CPU ms = process CPU time per call, all threads.")
 
 
 def write_ocr_run(result: dict[str, Any], env: dict[str, Any], out_dir: Path, *, prefix: str = "ocr",
@@ -195,14 +201,16 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
     if plan.models:
         cases = plan.model_cases()
         tick = progress("models", len(cases)) if progress else None
-        results = run_cases(cases, plan.model_settings, on_case=(lambda c, r: tick()) if tick else None)
-        run = ModelRun(env, plan.model_settings, results)
+        results = run_cases(cases, plan.model_settings, on_case=(lambda c, r: tick()) if tick else None,
+                            interleave=True)
+        run = ModelRun(env, plan.model_settings, results, interleaved=True)
         mfiles = write_model_run(run, out_dir, with_samples=False, title="Models")
         files.update({f"models_{k}": v for k, v in mfiles.items()})
         rows = [r.to_dict(True) for r in results]
         plots = {"latency_vs_batch": mfiles.get("latency_vs_batch"), "throughput": mfiles.get("throughput"),
                  "cdf": mfiles.get("cdf")}
-        blocks["models"] = _settings_line(plan.model_settings) + "\n\n" + models_section(rows, out_dir, plots, md_dir)
+        blocks["models"] = (_settings_line(plan.model_settings, interleaved=True) + "\n\n"
+                            + models_section(rows, out_dir, plots, md_dir))
     md_path = Path(markdown_path)
     update_benchmarks_md(md_path, blocks, env)  # each part is saved as soon as it is measured
     optimized = None

@@ -33,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--peers", default="rapidocr-paddle,rapidocr-onnxruntime,rapidocr-openvino",
                    help="OCR: reference tools to run in the same run (comma list; 'none' for none)")
     p.add_argument("--out", default="bench-results", help="output folder for JSON, PNG plots and report (default %(default)s)")
+    p.add_argument("--interleave", action="store_true",
+                   help="models: load every engine first and time the cases in alternating slices (fairer ratios on "
+                        "a busy machine; memory is then reported as RSS added at load, not per-case peak)")
     p.add_argument("--no-samples", action="store_true", help="leave raw per-call samples out of the JSON (smaller files)")
     p.add_argument("--all", action="store_true", help="run the whole suite and regenerate BENCHMARKS.md")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="the markdown file --all (or --update-markdown) updates "
@@ -124,9 +127,11 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
     settings = _settings(args, ocr=False)
     with progress_bars(show) as progress:
         tick = progress("benchmark cases", len(cases)) if progress else None
-        results = run_cases(cases, settings, shape_overrides=shapes, on_case=(lambda c, r: tick()) if tick else None)
+        results = run_cases(cases, settings, shape_overrides=shapes, on_case=(lambda c, r: tick()) if tick else None,
+                            interleave=args.interleave)
     env = environment.describe()
-    files = write_model_run(ModelRun(env, settings, results), out, with_samples=not args.no_samples)
+    files = write_model_run(ModelRun(env, settings, results, interleaved=args.interleave), out,
+                            with_samples=not args.no_samples)
     if args.update_markdown:
         from ppdeploy.bench.suite import _settings_line, models_section, update_benchmarks_md
 
@@ -134,7 +139,8 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
         rows = [r.to_dict(True) for r in results]
         plots = {k: files.get(k) for k in ("latency_vs_batch", "throughput", "cdf")}
         update_benchmarks_md(md, {"environment": environment.markdown(env),
-                                  "models": _settings_line(settings) + "\n\n" + models_section(rows, out, plots, md.resolve().parent)},
+                                  "models": _settings_line(settings, args.interleave) + "\n\n"
+                                            + models_section(rows, out, plots, md.resolve().parent)},
                              env)
         files["benchmarks_md"] = md
     print(report.models_markdown([r.to_dict(False) for r in results]))

@@ -45,6 +45,17 @@ def test_bench_model_matrix_writes_report(tmp_path, capsys):
     assert "| ppocr-cls | onnxruntime | fp32 | 2 |" in md
     assert "could not run" in md
     assert "| p50 ms |" in capsys.readouterr().out
+    # interleaved: same cases, taking turns; memory is what each engine added at load
+    out2 = tmp_path / "b2"
+    assert main(["bench", "ppocr-cls", "--backends", "onnxruntime,openvino", "--interleave", "--warmup", "1",
+                 "--min-runs", "5", "--min-time", "0.2", "--out", str(out2), "--no-progress"]) == 0
+    data2 = json.loads((out2 / "models.json").read_text())
+    assert data2["interleaved"] is True
+    assert [r["backend"] for r in data2["results"] if r["ok"]] == ["onnxruntime", "openvino"]
+    for r in data2["results"]:
+        assert r["latency"]["count"] >= 5 and r["load_rss_mib"] is not None and r["peak_rss_mib"] is None
+        assert r["cpu_ms"]["mean"] > 0
+    assert "interleaved" in (out2 / "models.md").read_text()
 
 
 def test_bench_without_model_is_a_clear_error(tmp_path):
