@@ -86,3 +86,17 @@ def test_backend_matches_paddleocr_reference(backend, ocr_for, labelled, referen
     assert ref_metrics.char_accuracy > 0.95 and ref_metrics.det_recall > 0.95
     assert abs(metrics.char_accuracy - ref_metrics.char_accuracy) <= 0.002, report
     assert agreement.rate >= 0.99, report
+
+
+def test_agreement_check_detects_a_pipeline_that_is_not_paddleocrs(ocr_for, labelled, reference):
+    """The >= 99 % gate has teeth: batching rec crops 12 at a time instead of PaddleOCR's 6 changes how much
+    padding each crop gets, and that alone changes the text of several lines of this set."""
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    images, _ = labelled
+    ref_preds, _ = reference
+    base = ocr_for("onnxruntime")
+    other = OCR.from_runners(det=base.detector.runner, rec=base.recognizer.runner, cls=base.classifier.runner,
+                             rec_batch_size=12)
+    preds = [[(line.text, line.box) for line in other.predict(img).lines] for img in images]
+    assert text_agreement(preds, ref_preds).rate < 0.99
