@@ -662,10 +662,11 @@ def ocr_optimize_section(result: OCROptimizeResult, pngs: Mapping[str, Path], ou
     """The OCR optimize report body (tables per stage, plots linked relative to `relative_to`)."""
     lines = [f"Reference: {result.reference}. A stage candidate passes when the whole pipeline with it swapped in reads "
              f"at least {(1 - result.max_line_loss) * 100:.1f} % of the reference's lines identically on the evaluation "
-             "pages (disjoint from the calibration pages); its speed is the stage's own time per page on the tensors the "
-             "pipeline fed it, the passing candidates timed in turns. `lines = reference` compares exact strings, spaces included; `char acc.` is against the "
-             "page labels and, like ppdeploy.evaluation.metrics, ignores spaces — so a candidate can keep 100 % "
-             "character accuracy and still fail the line gate on spacing alone.", ""]
+             "pages (disjoint from the calibration pages); its speed is the stage's own time per page on the tensors "
+             "the pipeline fed it, the passing candidates timed in turns. `lines = reference` compares exact strings, "
+             "spaces included; `char acc.` is against the page labels and, like ppdeploy.evaluation.metrics, ignores "
+             "spaces — so a candidate can keep 100 % character accuracy and still fail the line gate on spacing "
+             "alone.", ""]
     ref_acc = result.evaluation.get("reference_char_accuracy")
     lines += [f"Evaluation pages: {result.evaluation.get('source')}"
               + (f"; the reference pipeline's character accuracy on them: {ref_acc * 100:.2f} %." if ref_acc is not None
