@@ -98,3 +98,14 @@ def test_options_are_paddleocr_defaults_and_validated():
         OCROptions.from_kwargs(det_limit_type="median")
     with pytest.raises(ConfigError, match="batch_size"):
         OCROptions.from_kwargs(rec_batch_size=0)
+
+
+def test_per_stage_choices():
+    from ppdeploy.tasks.ocr.pipeline import _per_stage
+
+    assert _per_stage("openvino", "backend") == {"det": "openvino", "cls": "openvino", "rec": "openvino"}
+    assert _per_stage({"rec": "onnxruntime", "default": "openvino"}, "backend") == \
+        {"det": "openvino", "cls": "openvino", "rec": "onnxruntime"}
+    assert _per_stage({"rec": "bf16"}, "precision") == {"det": None, "cls": None, "rec": "bf16"}
+    with pytest.raises(ConfigError, match="unknown stage"):
+        _per_stage({"recognizer": "openvino"}, "backend")

@@ -105,9 +105,10 @@ def option_names() -> list[str]:
 
 def _per_stage(value: Any, what: str) -> dict[str, Any]:
     if isinstance(value, Mapping):
-        unknown = set(value) - set(STAGES)
+        unknown = set(value) - set(STAGES) - {"default"}
         if unknown:
-            raise ConfigError(f"{what} given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+            raise ConfigError(f"{what} given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}"
+                              " (and 'default' for the others)")
         default = value.get("default")
         return {s: value.get(s, default) for s in STAGES}
     return {s: value for s in STAGES}
@@ -125,7 +126,8 @@ class OCR:
     """PP-OCR pipeline. `OCR(backend="auto").predict("page.png")` -> OCRResult.
 
     backend / precision: one name for all stages, or a dict per stage, e.g.
-    `backend={"det": "openvino", "rec": "onnxruntime", "cls": "onnxruntime"}`.
+    `backend={"det": "openvino", "rec": "onnxruntime", "cls": "onnxruntime"}`; stages left out get the
+    dict's "default" entry, else "auto" / "fp32".
     load_options: extra `load_model` arguments per stage, e.g. {"rec": {"calib": ..., "max_loss": 0.01}}.
     """
 
