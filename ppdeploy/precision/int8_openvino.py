@@ -10,8 +10,6 @@ openvino backend builds from; the precision cache and the gate treat it like any
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -71,12 +69,9 @@ def candidates(onnx_path: Path, calib: CalibrationSet, method: str, work: Path) 
         kwargs = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
         if advanced is not None:
             kwargs["advanced_parameters"] = advanced
-        sink = io.StringIO()
-        try:
-            # NNCF draws its own rich progress bars and logs per step; keep one line per candidate instead.
-            with contextlib.redirect_stdout(sink):
-                quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(samples),
-                                          subset_size=len(samples), fast_bias_correction=True, **kwargs)
+        try:  # NNCF draws its own progress bars (statistics collection, bias correction)
+            quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(samples),
+                                      subset_size=len(samples), fast_bias_correction=True, **kwargs)
         except Exception as exc:
             raise ConversionError(f"NNCF quantization failed: {str(exc)[:500]}") from exc
         out = work / f"int8-ov-candidate-{counter[0]}.xml"
