@@ -53,7 +53,7 @@ def build_ocr(args: argparse.Namespace):
 def register(subparsers) -> None:
     p = subparsers.add_parser("ocr", help="read text in images with PP-OCR (det -> cls -> rec)",
                               description=__doc__)
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, WebP, TIFF)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, WebP, TIFF) or folders of them")
     add_ocr_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON document with lines, boxes, scores, timings")
     p.add_argument("--draw", metavar="OUT", default=None,
@@ -64,8 +64,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ppdeploy.evaluation.ocr_eval import list_images
     from ppdeploy.tasks.image_io import load_image
 
+    args.images = [str(p) for item in args.images
+                   for p in (list_images(item) if Path(item).is_dir() else [Path(item)])]
     ocr = build_ocr(args)
     outputs = []
     draw_dir = None
