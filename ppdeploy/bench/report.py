@@ -201,7 +201,7 @@ def plot_latency_vs_load(results: Sequence[Mapping[str, Any]], path: Path, title
     if not pts:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     xs = [r["offered_rate"] for r in pts]
     for q, style in (("p50", "-o"), ("p90", "--s"), ("p99", ":^")):
         ys = [(r.get("latency_ms") or {}).get(q, float("nan")) for r in pts]
@@ -216,8 +216,9 @@ def plot_latency_vs_load(results: Sequence[Mapping[str, Any]], path: Path, title
     ax2.set_ylabel("achieved throughput (ok responses/s)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
-    ax.set_title(title, fontsize=9)
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=4, frameon=False)
+    ax.set_title(title + " (grey: achieved = offered)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
