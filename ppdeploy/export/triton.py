@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppdeploy.backends.base import IOSpec, TensorSpec
-from ppdeploy.errors import ConfigError, InputError, PPDeployError, SourceError
+from ppdeploy.errors import ConfigError, InputError, SourceError
 from ppdeploy.export import triton_schema as schema
 
 log = logging.getLogger("ppdeploy.export.triton")
