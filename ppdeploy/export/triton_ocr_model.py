@@ -61,7 +61,10 @@ class TritonModelRunner(Runner):
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        spec_path = Path(args["model_repository"]) / args["model_version"] / SPEC_FILE
+        model_dir = Path(args["model_repository"])
+        if model_dir.suffix == ".py":  # Triton 22.06 passed the path of model.py here
+            model_dir = model_dir.parent.parent
+        spec_path = model_dir / str(args["model_version"]) / SPEC_FILE
         spec = json.loads(spec_path.read_text())
         runners = {stage: TritonModelRunner(entry["model"], io_from_json(entry["io"]))
                    for stage, entry in spec["stages"].items()}
