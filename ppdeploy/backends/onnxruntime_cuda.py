@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,14 +45,16 @@ class CudaSettings:
     # (25 ms vs 3.9 ms at batch 8; bench/gpu/ort_cuda_run1.json).
     conv_algo_search: str = "EXHAUSTIVE"
     gpu_mem_limit_mib: int | None = None
-    max_cached_shapes: int = 16  # IO-binding buffer sets kept (LRU); one set per distinct input shape
+    max_cached_shapes: int = 32  # shape slots kept (LRU): session (if per shape) + IO binding + device buffers
     # ORT's TensorRT execution provider in front of CUDA (needs libnvinfer 10 on the library path). Its engines and
     # timing cache go to `trt_cache_dir` (default: beside the artifact). Never run here: no libnvinfer anywhere.
     tensorrt_provider: bool = False
     trt_cache_dir: str | None = None
+    session_per_shape: bool = True  # see OnnxRuntimeCUDARunner: avoids re-planning on every shape change
+    batch_buckets: bool = True  # pad dynamic batch dims to powers of two (outputs sliced back)
 
     KEYS = ("device_id", "use_tf32", "cuda_graph", "conv_algo_search", "gpu_mem_limit_mib", "max_cached_shapes",
-            "tensorrt_provider", "trt_cache_dir")
+            "tensorrt_provider", "trt_cache_dir", "session_per_shape", "batch_buckets")
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "CudaSettings":
@@ -130,89 +132,150 @@ def check_cuda_graph_shapes(io: IOSpec, options: BuildOptions) -> None:
                          hint="give shapes with min == opt == max for these inputs, or turn cuda_graph off")
 
 
-class _BufferSet:
-    """Device-resident inputs (and, after the first run, outputs) for one input-shape combination."""
+def batch_bucket(n: int, limit: int | None) -> int:
+    """Next power of two >= n, capped at `limit` (the profile's max batch) and never below n."""
+    bucket = 1 << max(0, (n - 1).bit_length())
+    if limit is not None:
+        bucket = min(bucket, limit)
+    return max(bucket, n)
 
-    def __init__(self, inputs: dict[str, Any]):
+
+def pad_batch(feeds: dict[str, np.ndarray], batchable: set[str], limit: int | None) -> tuple[dict[str, np.ndarray], int]:
+    """Zero-pad the batch dim of the batchable inputs up to its bucket; returns (feeds, real batch)."""
+    sizes = {a.shape[0] for n, a in feeds.items() if n in batchable}
+    if len(sizes) != 1:
+        return feeds, -1  # no common batch dim: leave the request alone
+    n = sizes.pop()
+    target = batch_bucket(n, limit)
+    if target == n:
+        return feeds, n
+    out = {}
+    for name, arr in feeds.items():
+        if name in batchable:
+            padded = np.zeros((target, *arr.shape[1:]), arr.dtype)
+            padded[:n] = arr
+            out[name] = padded
+        else:
+            out[name] = arr
+    return out, n
+
+
+class _ShapeSlot:
+    """Everything bound for one input-shape bucket: its session, IO binding, device input buffers and (after the
+    first run) the device output buffers ORT allocated, all reused by every later call with this shape."""
+
+    def __init__(self, session, inputs: dict[str, Any]):
+        self.session = session
+        self.binding = session.io_binding()
         self.inputs = inputs
         self.outputs: list[Any] | None = None
 
 
 class OnnxRuntimeCUDARunner(Runner):
+    """IO-binding runner. Why a session per input shape (`session_per_shape`, default on): measured on the H100
+    (bench/gpu/shape_probe*.json), ORT's CUDA EP re-plans every convolution whenever a node sees a shape different
+    from its previous call — 60-680 ms per switch depending on the cuDNN search mode, even for shapes it has seen
+    before — while a repeated shape runs in 1-3 ms. One session per shape keeps every node on one shape; sessions
+    share nothing but GPU memory (weights are a few MB). Batch sizes are padded up to powers of two
+    (`batch_buckets`) so a dynamic batcher produces a handful of shapes, not one per batch size."""
+
     backend = "onnxruntime-cuda"
 
-    def __init__(self, session, options: BuildOptions, settings: CudaSettings):
-        super().__init__(io_spec(session), options.shapes)
-        self._session = session
+    def __init__(self, make_session: Callable[[], Any], options: BuildOptions, settings: CudaSettings,
+                 device: str = "cuda"):
+        first = make_session()
+        super().__init__(io_spec(first), options.shapes)
+        self._make_session = make_session
+        self._spare: Any | None = first  # serves the first shape, so a single-shape model creates one session
         self._settings = settings
-        self._binding = session.io_binding()
-        self._sets: OrderedDict[tuple, _BufferSet] = OrderedDict()
-        self._bound: tuple | None = None
+        self._device = device
+        self._slots: OrderedDict[tuple, _ShapeSlot] = OrderedDict()
         self._graph_shape: tuple | None = None
         self._lock = threading.Lock()
+        self.sessions_created = 1
+        batchable = {t.name for t in self.io.inputs if t.shape and t.shape[0] is None}
+        outputs_batched = all(t.shape and t.shape[0] is None for t in self.io.outputs)
+        self._batchable = batchable if settings.batch_buckets and outputs_batched else set()
+        limits = [options.shapes.ranges[n].max[0] for n in batchable if options.shapes and n in options.shapes.ranges]
+        self._batch_limit = min(limits) if limits else None
 
-    def _buffer_set(self, key: tuple, feeds: dict[str, np.ndarray]) -> _BufferSet:
+    def _slot(self, key: tuple, feeds: dict[str, np.ndarray]) -> _ShapeSlot:
         import onnxruntime as ort
 
-        found = self._sets.get(key)
+        found = self._slots.get(key)
         if found is not None:
-            self._sets.move_to_end(key)
+            self._slots.move_to_end(key)
             return found
+        if self._spare is not None:
+            session, self._spare = self._spare, None
+        elif self._settings.session_per_shape:
+            session = self._make_session()
+            self.sessions_created += 1
+        else:
+            session = next(iter(self._slots.values())).session
         dev = int(self._settings.device_id)
-        inputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, "cuda", dev) for n, a in feeds.items()}
-        found = self._sets[key] = _BufferSet(inputs)
-        while len(self._sets) > int(self._settings.max_cached_shapes):
-            evicted, _ = self._sets.popitem(last=False)
-            if evicted == self._bound:
-                self._bound = None
+        inputs = {n: ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self._device, dev)
+                  for n, a in feeds.items()}
+        found = self._slots[key] = _ShapeSlot(session, inputs)
+        while len(self._slots) > int(self._settings.max_cached_shapes):
+            self._slots.popitem(last=False)
         return found
 
-    def _bind(self, key: tuple, bufs: _BufferSet) -> None:
-        b = self._binding
+    def _bind(self, slot: _ShapeSlot) -> None:
+        b = slot.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
-        for name, value in bufs.inputs.items():
+        for name, value in slot.inputs.items():
             b.bind_ortvalue_input(name, value)
-        if bufs.outputs is None:  # first run at this shape: let ORT allocate on the device, then keep those buffers
+        if slot.outputs is None:  # first run at this shape: ORT allocates the outputs on the device; we keep them
             for name in self.output_names:
-                b.bind_output(name, "cuda", int(self._settings.device_id))
+                b.bind_output(name, self._device, int(self._settings.device_id))
         else:
-            for name, value in zip(self.output_names, bufs.outputs):
+            for name, value in zip(self.output_names, slot.outputs):
                 b.bind_ortvalue_output(name, value)
-        self._bound = key
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = tuple((n, a.shape, a.dtype.str) for n, a in sorted(feeds.items()))
         with self._lock:
+            t0 = time.perf_counter()
+            feeds, real = pad_batch(feeds, self._batchable, self._batch_limit) if self._batchable else (feeds, -1)
+            key = tuple((n, a.shape, a.dtype.str) for n, a in sorted(feeds.items()))
             if self._settings.cuda_graph:
                 if self._graph_shape is None:
                     self._graph_shape = key
                 elif key != self._graph_shape:
                     raise InputError(f"this runner replays a CUDA graph captured for {self._graph_shape}; got {key}",
                                      hint="use fixed-size inputs or load without cuda_graph")
-            t0 = time.perf_counter()
-            bufs = self._buffer_set(key, feeds)
+            slot = self._slot(key, feeds)
             for name, arr in feeds.items():
-                bufs.inputs[name].update_inplace(arr)  # synchronous host->device copy into the reused buffer
+                slot.inputs[name].update_inplace(arr)  # synchronous host->device copy into the reused buffer
             t1 = time.perf_counter()
-            if self._bound != key or bufs.outputs is None:
-                self._bind(key, bufs)
-            self._session.run_with_iobinding(self._binding)  # returns after the stream is synchronized
+            first = slot.outputs is None
+            self._bind(slot)
+            slot.session.run_with_iobinding(slot.binding)  # returns after the stream is synchronized
             t2 = time.perf_counter()
-            values = self._binding.get_outputs()
-            if bufs.outputs is None:
-                bufs.outputs = list(values)
-                self._bound = None  # rebind next time to the kept buffers
+            values = slot.binding.get_outputs()
+            if first:
+                slot.outputs = list(values)
             out = {name: value.numpy() for name, value in zip(self.output_names, values)}
+            if real >= 0:
+                out = {k: (v[:real] if v.ndim and v.shape[0] == feeds_batch(feeds, self._batchable) else v)
+                       for k, v in out.items()}
             t3 = time.perf_counter()
         self.last_timings.update(h2d=(t1 - t0) * 1e3, compute=(t2 - t1) * 1e3, d2h=(t3 - t2) * 1e3)
         return out
 
+    @property
+    def _sets(self) -> OrderedDict:  # buffer sets by shape (kept for tests and benchmarks)
+        return self._slots
+
     def close(self) -> None:
         with self._lock:
-            self._sets.clear()
-            self._binding = None
-            self._session = None
+            self._slots.clear()
+            self._spare = None
+
+
+def feeds_batch(feeds: dict[str, np.ndarray], batchable: set[str]) -> int:
+    return next(a.shape[0] for n, a in feeds.items() if n in batchable)
 
 
 def _cuda_available(ort) -> bool:
@@ -295,17 +358,22 @@ class OnnxRuntimeCUDABackend(Backend):
             raise BuildError("tensorrt_provider=True but libnvinfer (TensorRT 10/11) is not on the library path",
                              hint="install TensorRT (pip install tensorrt) or drop tensorrt_provider")
         providers = providers_for(settings, Path(artifact_dir))
-        try:
-            session = ort.InferenceSession(str(Path(artifact_dir) / ARTIFACT), so, providers=providers)
-        except Exception as exc:
-            raise BuildError(f"onnxruntime-cuda could not load {artifact_dir}: {exc}") from exc
-        if settings.tensorrt_provider and "TensorrtExecutionProvider" not in session.get_providers():
-            raise BuildError("onnxruntime could not start its TensorRT execution provider (see ORT's log)")
-        if PROVIDER not in session.get_providers():
-            # ORT silently drops to CPU when libcudart/cuDNN fail to load; a "GPU" runner on the CPU is a lie.
-            raise BuildError("onnxruntime created the session without CUDAExecutionProvider (CUDA or cuDNN libraries "
-                             "failed to load; run with ORT logging at level 0 to see which)")
-        runner = OnnxRuntimeCUDARunner(session, options, settings)
+        path = str(Path(artifact_dir) / ARTIFACT)
+
+        def make_session():
+            try:
+                session = ort.InferenceSession(path, so, providers=providers)
+            except Exception as exc:
+                raise BuildError(f"onnxruntime-cuda could not load {artifact_dir}: {exc}") from exc
+            if settings.tensorrt_provider and "TensorrtExecutionProvider" not in session.get_providers():
+                raise BuildError("onnxruntime could not start its TensorRT execution provider (see ORT's log)")
+            if PROVIDER not in session.get_providers():
+                # ORT silently drops to CPU when libcudart/cuDNN fail to load; a "GPU" runner on the CPU is a lie.
+                raise BuildError("onnxruntime created the session without CUDAExecutionProvider (CUDA or cuDNN "
+                                 "libraries failed to load; run with ORT logging at level 0 to see which)")
+            return session
+
+        runner = OnnxRuntimeCUDARunner(make_session, options, settings)
         if settings.cuda_graph:
             check_cuda_graph_shapes(runner.io, options)
         return runner

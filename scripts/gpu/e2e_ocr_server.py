@@ -49,17 +49,17 @@ def ocr_pages() -> None:
     dict_kw = {"rec_dictionary": os.environ["E2E_DICT"]} if os.environ.get("E2E_DICT") else {}
     big = {"rec_batch_size": 32, "cls_batch_size": 32, **dict_kw}  # PaddleOCR's 6 suits CPUs; a GPU wants larger batches
     gpu = OnnxRuntimeCUDABackend()
-    h, d = {"conv_algo_search": "HEURISTIC"}, {"conv_algo_search": "DEFAULT"}
-    # Run 3 measured EXHAUSTIVE at 0.3 pages/s: it benchmarks cuDNN algorithms for every new input shape, and OCR
-    # brings new shapes all the time. The variants below are the ones that can be fast on dynamic shapes.
+    h = {"conv_algo_search": "HEURISTIC"}
+    # Runs 3-4 (bench/gpu/e2e_ocr_run*.json): with one ORT session for all shapes, every shape change re-planned
+    # the convolutions (0.3-1.7 pages/s, below the CPU's 2.45). The runner now keeps a session per shape bucket.
     variants = [
-        ("cpu fp32 onnxruntime 16 threads", OnnxRuntimeBackend(), "", {}, {}),
+        ("gpu fp32 EXHAUSTIVE", gpu, "", {}, {}),
         ("gpu fp32 HEURISTIC", gpu, "", h, {}),
-        ("gpu fp32 DEFAULT", gpu, "", d, {}),
-        ("gpu fp32 HEURISTIC rec/cls batch 32", gpu, "", h, big),
-        ("gpu fp16 HEURISTIC rec/cls batch 32", gpu, ".fp16", h, big),
-        ("gpu fp32 DEFAULT rec/cls batch 32", gpu, "", d, big),
+        ("gpu fp32 EXHAUSTIVE rec/cls batch 32", gpu, "", {}, big),
+        ("gpu fp16 EXHAUSTIVE rec/cls batch 32", gpu, ".fp16", {}, big),
     ]
+    if os.environ.get("E2E_CPU"):
+        variants.insert(0, ("cpu fp32 onnxruntime 16 threads", OnnxRuntimeBackend(), "", {}, {}))
     for label, be, suffix, extra, ocr_kwargs in variants:
         rs = {s: runner(be, ONNX / f"{m}{suffix}.onnx", **extra)
               for s, m in (("det", "ppocrv4-det"), ("cls", "ppocr-cls"), ("rec", "ppocrv4-rec"))}
@@ -68,7 +68,7 @@ def ocr_pages() -> None:
         for i in range(2 if "cpu" in label else 3):  # pass 0 meets every shape first (cuDNN search, allocations)
             t = time.perf_counter()
             ev = evaluate_ocr(ocr, PAGES)
-            slow = time.perf_counter() - t > 40
+            slow = time.perf_counter() - t > 60
             passes.append(ev.to_dict())
             print(f"{label:36s} pass {i}: {ev.run.pages_per_s:7.2f} pages/s  char_acc {ev.metrics.char_accuracy:.4f}"
                   f"  det_recall {ev.metrics.det_recall:.3f}  stage_ms {json.dumps({k: round(v, 1) for k, v in ev.run.stage_ms.items()})}",

@@ -171,3 +171,46 @@ def test_tensorrt_provider_goes_first_with_its_cache_beside_the_artifact(tmp_pat
     assert opts["trt_fp16_enable"] == "False"  # precision comes from the graph
     be = ortcuda.OnnxRuntimeCUDABackend()
     assert be.key_parts(BuildOptions(extra={"tensorrt_provider": True})) != be.key_parts(BuildOptions())
+
+
+# ------------------------------------------------------------------------------------------------ shape slots (CPU)
+# The runner's bookkeeping (session per shape, batch buckets, buffer reuse) is provider-independent; here it runs on
+# ORT's CPU provider with CPU OrtValues, which exercises the same IO-binding calls as on the GPU.
+
+def _cpu_slot_runner(name: str, **extra):
+    import onnxruntime as ort
+
+    path = str(ocr_onnx(name))
+    opts = BuildOptions(extra=extra)
+    return ortcuda.OnnxRuntimeCUDARunner(
+        lambda: ort.InferenceSession(path, providers=["CPUExecutionProvider"]), opts,
+        ortcuda.CudaSettings.from_options(opts), device="cpu")
+
+
+def test_batch_buckets():
+    assert [ortcuda.batch_bucket(n, None) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+    assert ortcuda.batch_bucket(33, 40) == 40 and ortcuda.batch_bucket(50, 40) == 50
+    x = np.ones((3, 2), np.float32)
+    padded, real = ortcuda.pad_batch({"x": x}, {"x"}, None)
+    assert real == 3 and padded["x"].shape == (4, 2) and not padded["x"][3].any()
+
+
+def test_session_per_shape_slots_pad_and_slice():
+    import onnxruntime as ort
+
+    runner = _cpu_slot_runner("ppocr-cls", max_cached_shapes=2)
+    ref = ort.InferenceSession(str(ocr_onnx("ppocr-cls")), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for n, sessions in ((3, 1), (4, 1), (5, 2), (8, 2), (1, 3)):
+        x = rng.uniform(-1, 1, (n, 3, 48, 192)).astype(np.float32)
+        out = runner.infer(x)
+        want = ref.run(None, {"x": x})[0]
+        got = out[runner.output_names[0]]
+        assert got.shape == want.shape  # padded rows sliced off
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert runner.sessions_created == sessions, (n, runner.sessions_created)
+    assert len(runner._sets) == 2  # LRU bound: bucket 1 and bucket 8 remain
+    shared = _cpu_slot_runner("ppocr-cls", session_per_shape=False)
+    for n in (1, 2, 4):
+        shared.infer(np.zeros((n, 3, 48, 192), np.float32) + 0.5)
+    assert shared.sessions_created == 1 and len(shared._sets) == 3
