@@ -52,7 +52,7 @@ def model_rows(results: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages_ms", {}).items() if k != "infer")
         mem = r.get("peak_rss_mib")
         if mem is None and r.get("load_rss_mib") is not None:
-            mem = f"+{r['load_rss_mib']:.0f} at load"
+            mem = f"{r['load_rss_mib']:+.0f} at load"
         if r.get("gpu_memory_mib") is not None:
             mem = f"{mem} (GPU {r['gpu_memory_mib']:.0f})"
         rows.append([r["model"], backend, r["precision"], r["batch"], r.get("threads") or "auto",
@@ -71,17 +71,19 @@ def models_markdown(results: Sequence[Mapping[str, Any]]) -> str:
 
 def ratio_markdown(results: Sequence[Mapping[str, Any]], baseline_backend: str = "paddle", batch: int = 1) -> str:
     """Per model, p50 latency of each backend/precision relative to a baseline measured in the same run."""
-    by_model: dict[str, dict[str, float]] = {}
+    by_model: dict[str, dict[str, tuple[float, float | None]]] = {}
     for r in results:
         if r["ok"] and r["batch"] == batch:
-            by_model.setdefault(r["model"], {})[f"{r['backend']} {r['precision']}"] = r["latency"]["p50"]
+            cpu = (r.get("cpu_ms") or {}).get("mean")
+            by_model.setdefault(r["model"], {})[f"{r['backend']} {r['precision']}"] = (r["latency"]["p50"], cpu)
     rows = []
     for model, lat in by_model.items():
-        base_key = f"{baseline_backend} fp32"
-        base = lat.get(base_key)
-        for key, p50 in sorted(lat.items(), key=lambda kv: kv[1]):
-            rows.append([model, key, p50, round(base / p50, 2) if base else None])
-    return markdown_table(["model", "backend precision", f"p50 ms (batch {batch})", f"speed-up vs {baseline_backend} fp32"], rows)
+        base = lat.get(f"{baseline_backend} fp32")
+        for key, (p50, cpu) in sorted(lat.items(), key=lambda kv: kv[1][0]):
+            rows.append([model, key, p50, round(base[0] / p50, 2) if base else None,
+                         round(base[1] / cpu, 2) if base and base[1] and cpu else None])
+    return markdown_table(["model", "backend precision", f"p50 ms (batch {batch})",
+                           f"speed-up vs {baseline_backend} fp32 (p50)", "same, by CPU time"], rows)
 
 
 def _plt():
