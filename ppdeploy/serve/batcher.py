@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -156,7 +155,6 @@ class DynamicBatcher:
         self._pad = {n: tuple(a) for n, a in settings.pad.items()}
         self._pending: dict[tuple, deque[_Request]] = {}
         self._depth = 0
-        self._running = 0
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -381,7 +379,6 @@ class DynamicBatcher:
                 return
             if not batch:
                 continue
-            self._running += 1
             try:
                 await self._execute(runner, batch)
             except Exception as exc:  # never lose a request: whatever went wrong, answer everyone in the batch
@@ -390,7 +387,6 @@ class DynamicBatcher:
                     if not r.future.done():
                         r.future.set_exception(InferenceFailed(f"inference failed: {exc}"))
             finally:
-                self._running -= 1
                 # Other workers may be waiting on a group this one left behind.
                 self._wakeup.set()
 

@@ -6,7 +6,6 @@ import io
 import json
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
