@@ -155,46 +155,60 @@ class OverheadResult:
 
 def overhead_benchmark(model: str = "ppocr-cls", shape: Sequence[int] = (1, 3, 48, 192), backend: str = "onnxruntime",
                        requests: int = 2000, warmup: int = 200, threads: int | None = None,
-                       inline_max_ms: float = 1.0) -> OverheadResult:
+                       inline_max_ms: float = 1.0, chunk: int = 200) -> OverheadResult:
+    """Raw and served calls alternate in chunks of `chunk`, so drifting background load hits both alike."""
     from ppdeploy.deploy import load_model
 
     dep = load_model(model, backend=backend, threads=threads)
     name = dep.runner.io.inputs[0].name
     out_name = dep.runner.io.outputs[0].name
     x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
-    for _ in range(warmup):
-        dep.runner.infer({name: x})
-    raw = []
-    for _ in range(requests):
-        t = time.perf_counter()
-        dep.runner.infer({name: x})
-        raw.append((time.perf_counter() - t) * 1e3)
     want = dep.runner.infer({name: x})[out_name]
-    dep.close()
-
     config = (f"name: m\nsource: {model}\nbackends: [{backend}]\nmax_batch_size: 8\n"
               f"dynamic_batching: {{inline_max_ms: {inline_max_ms}}}\n" + (f"threads: {threads}\n" if threads else ""))
     body, header_len = binary_infer_body({name: x})
     headers = {"Inference-Header-Content-Length": str(header_len), "Content-Type": "application/octet-stream"}
-    with running_server([config]) as server:
-        conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
-        lat = []
-        for i in range(warmup + requests):
-            t = time.perf_counter()
-            conn.request("POST", "/v2/models/m/infer", body, headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-            if i >= warmup:
-                lat.append((time.perf_counter() - t) * 1e3)
-            if resp.status != 200:
-                raise PPDeployError(f"server answered {resp.status}: {payload[:200]!r}")
-        conn.close()
-        hl = int(resp.getheader("Inference-Header-Content-Length"))
-        got = np.frombuffer(payload[hl:], dtype=np.float32).reshape(want.shape)
-        if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            raise PPDeployError("server output differs from the raw runner's")
-        time.sleep(0.5)  # let the access log lines arrive
-        server_side = server.access_log_ms()[warmup:]
+    raw: list[float] = []
+    lat: list[float] = []
+    try:
+        with running_server([config]) as server:
+            conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+
+            def served(n: int, keep: bool) -> bytes:
+                payload = b""
+                for _ in range(n):
+                    t = time.perf_counter()
+                    conn.request("POST", "/v2/models/m/infer", body, headers)
+                    resp = conn.getresponse()
+                    payload = resp.read()
+                    if keep:
+                        lat.append((time.perf_counter() - t) * 1e3)
+                    if resp.status != 200:
+                        raise PPDeployError(f"server answered {resp.status}: {payload[:200]!r}")
+                return payload[int(resp.getheader("Inference-Header-Content-Length")):]
+
+            def direct(n: int, keep: bool) -> None:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    dep.runner.infer({name: x})
+                    if keep:
+                        raw.append((time.perf_counter() - t) * 1e3)
+
+            direct(warmup, False)
+            served(warmup, False)
+            logged_before = len(server.access_log_ms())
+            while len(raw) < requests:
+                n = min(chunk, requests - len(raw))
+                direct(n, True)
+                last = served(n, True)
+            conn.close()
+            got = np.frombuffer(last, dtype=np.float32).reshape(want.shape)
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+                raise PPDeployError("server output differs from the raw runner's")
+            time.sleep(0.5)  # let the access log lines arrive
+            server_side = server.access_log_ms()[logged_before:]
+    finally:
+        dep.close()
     raw_p50, srv_p50 = _percentile(raw, 50), _percentile(lat, 50)
     return OverheadResult(model, backend, list(shape), requests, round(raw_p50, 3), round(srv_p50, 3),
                           round(srv_p50 - raw_p50, 3), round(_percentile(server_side, 50), 3),

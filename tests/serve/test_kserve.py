@@ -134,3 +134,14 @@ def test_valid_json_request_parses():
                                        "parameters": {"timeout": 2500}}), None, IO)
     assert req.inputs["x"].shape == (1, 3, 1) and req.inputs["x"][0, 2, 0] == 3.0
     assert req.timeout_ms == 2.5
+
+
+def test_benchmark_request_body_is_valid_binary_protocol():
+    from ppdeploy.serve.loadtest import binary_infer_body
+
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    body, header_len = binary_infer_body({"x": x})
+    io = IOSpec((TensorSpec("x", "float32", (None, 3, None)),), (TensorSpec("y", "float32", (None, 4)),))
+    req = parse_infer_request(body, header_len, io)
+    np.testing.assert_array_equal(req.inputs["x"], x)
+    assert req.outputs[0].binary
