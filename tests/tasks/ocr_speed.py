@@ -24,6 +24,10 @@ def configs():
     return {
         "onnxruntime": lambda: OCR(backend="onnxruntime"),
         "openvino": lambda: OCR(backend="openvino"),
+        "openvino-1-thread": lambda: OCR(backend="openvino", threads=1),
+        "onnxruntime-1-thread": lambda: OCR(backend="onnxruntime", threads=1),
+        "det:openvino rec:openvino cls:onnxruntime 1-thread": lambda: OCR(
+            backend={"det": "openvino", "rec": "openvino", "cls": "onnxruntime"}, threads=1),
         "paddle": lambda: OCR(backend="paddle"),
         "det:openvino rec:openvino cls:onnxruntime": lambda: OCR(
             backend={"det": "openvino", "rec": "openvino", "cls": "onnxruntime"}),
