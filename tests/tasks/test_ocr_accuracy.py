@@ -98,5 +98,6 @@ def test_agreement_check_detects_a_pipeline_that_is_not_paddleocrs(ocr_for, labe
     base = ocr_for("onnxruntime")
     other = OCR.from_runners(det=base.detector.runner, rec=base.recognizer.runner, cls=base.classifier.runner,
                              rec_batch_size=12)
-    preds = [[(line.text, line.box) for line in other.predict(img).lines] for img in images]
-    assert text_agreement(preds, ref_preds).rate < 0.99
+    half = len(images) // 2  # enough lines to show it, half the time
+    preds = [[(line.text, line.box) for line in other.predict(img).lines] for img in images[:half]]
+    assert text_agreement(preds, ref_preds[:half]).rate < 0.99
