@@ -246,9 +246,9 @@ def summarize_records(records: Sequence[RequestRecord], rate: float, distributio
     sent = [r for r in records if r.sent_s is not None]
     lags = [(r.sent_s - r.scheduled_s) * 1e3 for r in sent]
     ends = [r.done_s for r in ok if r.done_s is not None]
-    # The window runs from the first scheduled arrival to the later of the last completion and the end of
-    # the arrival period, so an idle tail does not inflate throughput and a backlog does not hide.
-    window = max(max(ends) if ends else 0.0, duration_s) - (records[0].scheduled_s if records else 0.0)
+    # The window runs from the start of the arrival period (t=0, where the schedule is anchored) to the later
+    # of its end and the last completion, so a backlog draining after the period does not hide.
+    window = max(max(ends) if ends else 0.0, duration_s)
     examples: list[str] = []
     for r in records:
         if r.error and r.error not in examples:
