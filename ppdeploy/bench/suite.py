@@ -81,7 +81,8 @@ def write_ocr_run(result: dict[str, Any], env: dict[str, Any], out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     data = dict(result, environment=env)
     if not with_samples:
-        data["entries"] = [{k: v for k, v in e.items() if k not in ("samples_ms", "texts")} for e in result["entries"]]
+        data["entries"] = [{k: v for k, v in e.items() if k not in ("samples_ms", "texts", "boxes")}
+                           for e in result["entries"]]
     files: dict[str, Path] = {"json": report.write_json(out_dir / f"{prefix}.json", data)}
     series = {e["name"]: [x / 1e3 for x in e["samples_ms"]] for e in result["entries"] if e["ok"]}
     cdf = report.plot_cdf(series, out_dir / f"{prefix}_latency_cdf.png", "OCR: seconds per page, CDF", "s/page")
@@ -175,8 +176,8 @@ class SuitePlan:
     # Serving: `ppdeploy serve` in a child process, open-loop load per offered rate
     serving: bool = True
     serving_duration_s: float = 10.0
-    serving_rec_rates: tuple[float, ...] = (25.0, 50.0, 100.0, 200.0)
-    serving_ocr_rates: tuple[float, ...] = (0.5, 1.0, 2.0)
+    serving_rec_rates: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
+    serving_ocr_rates: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
     def model_cases(self) -> list[ModelCase]:
         t = [self.threads]
