@@ -138,7 +138,7 @@ class Prediction:
 @dataclass
 class ClassificationResult:
     topk: list[Prediction]
-    timings: dict[str, float] = field(default_factory=dict)  # decode, preprocess, infer, postprocess, total (ms)
+    timings: dict[str, float] = field(default_factory=dict)  # preprocess (decode included), infer, postprocess, total: ms per image
 
     @property
     def top1(self) -> Prediction:
