@@ -53,10 +53,8 @@ def ocr_pages() -> None:
     # Runs 3-4 (bench/gpu/e2e_ocr_run*.json): with one ORT session for all shapes, every shape change re-planned
     # the convolutions (0.3-1.7 pages/s, below the CPU's 2.45). The runner now keeps a session per shape bucket.
     variants = [
-        ("gpu fp32 EXHAUSTIVE", gpu, "", {}, {}),
         ("gpu fp32 HEURISTIC", gpu, "", h, {}),
         ("gpu fp32 EXHAUSTIVE rec/cls batch 32", gpu, "", {}, big),
-        ("gpu fp16 EXHAUSTIVE rec/cls batch 32", gpu, ".fp16", {}, big),
     ]
     if os.environ.get("E2E_CPU"):
         variants.insert(0, ("cpu fp32 onnxruntime 16 threads", OnnxRuntimeBackend(), "", {}, {}))
@@ -65,10 +63,10 @@ def ocr_pages() -> None:
               for s, m in (("det", "ppocrv4-det"), ("cls", "ppocr-cls"), ("rec", "ppocrv4-rec"))}
         ocr = OCR.from_runners(rs["det"], rs["rec"], rs["cls"], **{**dict_kw, **ocr_kwargs})
         passes = []
-        for i in range(2 if "cpu" in label else 3):  # pass 0 meets every shape first (cuDNN search, allocations)
+        for i in range(3):  # pass 0 meets every shape first (sessions, cuDNN search); later passes are warm
             t = time.perf_counter()
             ev = evaluate_ocr(ocr, PAGES)
-            slow = time.perf_counter() - t > 60
+            slow = i >= 1 and time.perf_counter() - t > 30
             passes.append(ev.to_dict())
             print(f"{label:36s} pass {i}: {ev.run.pages_per_s:7.2f} pages/s  char_acc {ev.metrics.char_accuracy:.4f}"
                   f"  det_recall {ev.metrics.det_recall:.3f}  stage_ms {json.dumps({k: round(v, 1) for k, v in ev.run.stage_ms.items()})}",
@@ -96,15 +94,25 @@ def binary_v2(model: str, arr: np.ndarray, outputs: list[str]):
                            describe=f"v2 binary infer {model} x{list(arr.shape)}")
 
 
-def start_server(model: Path, name: str, port: int, max_batch: int, delay_ms: float, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ppdeploy", "serve", str(model), "--name", name, "--backend", SERVER_BACKEND,
-           "--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms), "--port", str(port),
-           "--no-access-log", "--max-queue-size", "4096", *extra]
+def start_server(model: Path, name: str, port: int, max_batch: int, delay_ms: float, shape: tuple[int, ...]) -> subprocess.Popen:
+    """`ppdeploy serve --repo` with one model. The config declares the input profile (so the GPU runner warms every
+    batch bucket before the model reports ready) and turns off running batches on the event loop (inline_max_ms 0):
+    a batch whose shape is new to the GPU can take a second, and on the loop it would stall every connection."""
+    import yaml
+
+    repo = Path(tempfile.mkdtemp()) / "repo"
+    (repo / name).mkdir(parents=True)
+    top = max_batch
+    cfg = {"name": name, "source": str(model), "backends": [SERVER_BACKEND], "max_batch_size": max_batch,
+           "inputs": {"x": {"min": [1, *shape], "opt": [top, *shape], "max": [top, *shape]}},
+           "dynamic_batching": {"max_queue_delay_ms": delay_ms, "max_queue_size": 4096, "inline_max_ms": 0}}
+    (repo / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "ppdeploy", "serve", "--repo", str(repo), "--port", str(port), "--no-access-log"]
     log = open(OUT / f"server_{name}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server {name} exited: {(OUT / f'server_{name}.log').read_text()[-2000:]}")
@@ -114,7 +122,7 @@ def start_server(model: Path, name: str, port: int, max_batch: int, delay_ms: fl
         except Exception:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"server {name} not ready in 120 s")
+    raise RuntimeError(f"server {name} not ready in 180 s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -156,7 +164,7 @@ def serve_load(model_key: str, shape: tuple[int, ...], b1_rates: list[float], ba
     x = np.random.default_rng(0).uniform(-1, 1, (1, *shape)).astype(np.float32)
     settings = LoadSettings(timeout_s=10, drain_s=10, max_in_flight=1024)
     for label, mb, rates, port in (("batch1", 1, b1_rates, 8101), ("batched", max_batch, batched_rates, 8102)):
-        proc = start_server(model, label, port, mb, delay_ms if mb > 1 else 0.0, [])
+        proc = start_server(model, label, port, mb, delay_ms if mb > 1 else 0.0, shape)
         try:
             rows = []
 
@@ -192,10 +200,8 @@ def main() -> int:
     if "--smoke" in sys.argv:
         serve_load("ppocr-cls", (3, 48, 192), [20], [40], max_batch=8, delay_ms=2.0, duration=2.0)
     elif "--ocr-only" not in sys.argv:
-        serve_load("ppocr-cls", (3, 48, 192), [100, 200, 300, 400, 600], [200, 400, 800, 1200, 1600, 2400],
-                   max_batch=64, delay_ms=2.0, duration=6.0)
-        serve_load("ppocrv4-rec", (3, 48, 320), [50, 100, 200, 300], [100, 200, 400, 800],
-                   max_batch=32, delay_ms=2.0, duration=6.0)
+        serve_load("ppocr-cls", (3, 48, 192), [150, 300, 450, 600], [300, 600, 1200, 1800, 2400],
+                   max_batch=64, delay_ms=2.0, duration=5.0)
     RESULTS["total_s"] = time.perf_counter() - t0
     save()
     return 0

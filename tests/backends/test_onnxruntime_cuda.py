@@ -214,3 +214,15 @@ def test_session_per_shape_slots_pad_and_slice():
     for n in (1, 2, 4):
         shared.infer(np.zeros((n, 3, 48, 192), np.float32) + 0.5)
     assert shared.sessions_created == 1 and len(shared._sets) == 3
+
+
+def test_warm_up_creates_every_batch_bucket_of_the_profile():
+    runner = _cpu_slot_runner("ppocr-cls")
+    profile = ShapeProfile.from_dict({"x": {"min": [1, 3, 48, 192], "opt": [8, 3, 48, 192], "max": [24, 3, 48, 192]}})
+    runner._batch_limit = 24  # as load() derives it from the profile
+    shapes = runner.warm_up(profile)
+    assert [s[0] for s in shapes] == [1, 2, 4, 8, 16, 24] and all(s[1:] == (3, 48, 192) for s in shapes)
+    assert runner.sessions_created == 6
+    runner.infer(np.ones((13, 3, 48, 192), np.float32))  # bucket 16: already warm, no new session
+    assert runner.sessions_created == 6
+    assert runner.warm_up(ShapeProfile()) == []
