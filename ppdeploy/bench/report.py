@@ -102,11 +102,12 @@ def _label(r: Mapping[str, Any]) -> str:
 
 def plot_latency_vs_batch(results: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     ok = [r for r in results if r["ok"]]
-    models = sorted({r["model"] for r in ok})
+    # only models measured at more than one batch size have a curve to show
+    models = sorted(m for m in {r["model"] for r in ok} if len({r["batch"] for r in ok if r["model"] == m}) > 1)
     if not models:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         series: dict[str, list[tuple[int, float, float]]] = {}
         for r in ok:
@@ -220,7 +221,9 @@ def plot_latency_vs_load(results: Sequence[Mapping[str, Any]], path: Path, title
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
               ncol=4, frameon=False)
-    ax.set_title(title + " (grey: achieved = offered)", fontsize=9)
+    import textwrap
+
+    ax.set_title(textwrap.fill(title + " (grey: achieved = offered)", 80), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
