@@ -75,3 +75,22 @@ def test_loopback_only_by_default():
     ensure_loopback("http://10.1.2.3:8000", allow_remote=True)
     with pytest.raises(InputError, match="http"):
         ensure_loopback("ftp://127.0.0.1/")
+
+
+def test_summary_counts_and_achieved_rate_over_the_arrival_period():
+    from ppdeploy.bench.load import RequestRecord, summarize_records
+
+    records = [
+        RequestRecord(1.0, 1.0, 1.1, 200),
+        RequestRecord(2.0, 2.0, 2.2, 200),
+        RequestRecord(3.0, 3.0, 3.05, 429, "HTTP 429: queue full"),
+        RequestRecord(3.5, 3.5, None, None, "ReadTimeout"),
+        RequestRecord(3.9, None, None, None, "dropped: client in-flight cap reached"),
+    ]
+    r = summarize_records(records, rate=1.25, distribution="poisson", duration_s=4.0)
+    assert (r.scheduled, r.sent, r.ok, r.http_429, r.failures, r.dropped) == (5, 4, 2, 1, 1, 1)
+    assert r.achieved_rps == 0.5  # 2 ok over the 4 s period, not over 1.0..4.0
+    assert r.latency_ms["min"] == pytest.approx(100.0) and r.latency_ms["max"] == pytest.approx(200.0)
+    # a backlog that finishes after the period stretches the window instead of hiding
+    late = summarize_records([RequestRecord(0.5, 0.5, 9.5, 200)], 1.0, "constant", 2.0)
+    assert late.window_s == 9.5 and late.latency_ms["p50"] == pytest.approx(9000.0)
