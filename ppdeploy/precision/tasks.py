@@ -93,6 +93,21 @@ def ocr_char_accuracy(data_dir: str | Path, role: str, runners: Mapping[str, Any
     return metric
 
 
+def ocr_load_kwargs(role: str, calib_dir: str | Path, *, runners: Mapping[str, Any], gate_data: str | Path | None = None,
+                    quantizer: str = "onnxruntime", method: str = "entropy", limit: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for `load_model(zoo model of role, precision="int8"|"fp16"|"bf16", **kwargs)` so an OCR
+    stage is calibrated on the pipeline's own inputs and, with `gate_data` (labelled pages, not the calibration
+    pages), gated on page character accuracy. `runners`: FP32 runners of the stages ("det", "rec", "cls")."""
+    if gate_data is not None and Path(gate_data).resolve() == Path(calib_dir).resolve():
+        raise InputError("the gate's pages must not be the calibration pages")
+    calib = ocr_calibration(role, calib_dir, det_runner=None if role == "det" else runners["det"], limit=limit)
+    options: dict[str, Any] = {"quantizer": quantizer, "method": method}
+    if gate_data is not None:
+        options.update(task_metric=ocr_char_accuracy(gate_data, role, runners),
+                       task_name=f"ocr_char_accuracy[{Path(gate_data).resolve()}]")
+    return {"calib": calib, "precision_options": options}
+
+
 def classification_calibration(folder: str | Path, preprocess_yaml: str | Path | None = None, *,
                                limit: int | None = None, input_name: str = "x") -> CalibrationSet:
     from ppdeploy.tasks.classification import PreprocessConfig, preprocess_image
@@ -116,5 +131,5 @@ def classification_accuracy(samples: CalibrationSet, labels: list[int]) -> TaskM
     return metric
 
 
-__all__ = ["ocr_preprocess", "ocr_calibration", "ocr_char_accuracy", "classification_calibration",
+__all__ = ["ocr_preprocess", "ocr_calibration", "ocr_char_accuracy", "ocr_load_kwargs", "classification_calibration",
            "classification_accuracy", "load_image"]
