@@ -15,6 +15,8 @@ Steps:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,13 +119,15 @@ def calibrate(prepared: Path, calib: CalibrationSet, method: str, cache: EngineC
                                        calibrate_method=ort_method,
                                        extra_options={"symmetric": False} if method == "minmax" else {})
         samples = calib.samples
-        with _progress(len(samples), "calibrating") as bar:
+        # ORT's histogram calibrators print() per call; the progress bar (on stderr) says the same, once.
+        with _progress(len(samples), "calibrating") as bar, contextlib.redirect_stdout(io.StringIO()):
             task = bar.add_task(f"INT8 calibration ({method}, {len(samples)} samples)", total=len(samples))
             step = CALIBRATION_CHUNK if method == "minmax" else HISTOGRAM_CHUNK
             for start in range(0, len(samples), step):
                 chunk = samples[start:start + step]
                 calibrator.collect_data(_Reader(chunk, lambda: bar.advance(task)))
-        save_tensors_data(calibrator.compute_data(), out / "ranges.json")
+            ranges = calibrator.compute_data()
+        save_tensors_data(ranges, out / "ranges.json")
         del calibrator
         for p in sorted(work.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
