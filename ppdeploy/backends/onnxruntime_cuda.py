@@ -45,7 +45,10 @@ class CudaSettings:
     # (25 ms vs 3.9 ms at batch 8; bench/gpu/ort_cuda_run1.json).
     conv_algo_search: str = "EXHAUSTIVE"
     gpu_mem_limit_mib: int | None = None
-    max_cached_shapes: int = 32  # shape slots kept (LRU): session (if per shape) + IO binding + device buffers
+    # Shape slots kept (LRU): session (if per shape) + IO binding + device buffers. Each session holds its own
+    # cuBLAS/cuDNN handles and memory arena: with 32 per model, OCR's stream of new shapes exhausted them on the H100
+    # ("CUBLAS failure 3: the resource allocation failed", bench/gpu/e2e_ocr_run6.log).
+    max_cached_shapes: int = 8
     # ORT's TensorRT execution provider in front of CUDA (needs libnvinfer 10 on the library path). Its engines and
     # timing cache go to `trt_cache_dir` (default: beside the artifact). Never run here: no libnvinfer anywhere.
     tensorrt_provider: bool = False
@@ -254,7 +257,18 @@ class OnnxRuntimeCUDARunner(Runner):
             t1 = time.perf_counter()
             first = slot.outputs is None
             self._bind(slot)
-            slot.session.run_with_iobinding(slot.binding)  # returns after the stream is synchronized
+            try:
+                slot.session.run_with_iobinding(slot.binding)  # returns after the stream is synchronized
+            except RuntimeError:
+                if not (first and len(self._slots) > 1):
+                    raise
+                # Out of GPU resources while starting a new shape: release every other slot's session, retry once.
+                import gc
+
+                for other in [k for k in self._slots if k != key]:
+                    del self._slots[other]
+                gc.collect()
+                slot.session.run_with_iobinding(slot.binding)
             t2 = time.perf_counter()
             values = slot.binding.get_outputs()
             if first:
