@@ -58,9 +58,14 @@ class CudaSettings:
     # At load, run the profile's opt shape at every batch bucket up to its max batch, so sessions exist and cuDNN
     # has chosen its algorithms before the first request (a first shape costs 0.1-1.3 s on the H100).
     warmup: bool = True
+    # Pad input axes up to a multiple, e.g. {"x": {"2": 960, "3": 960}} for det, {"x": {"3": 320}} for rec widths, so
+    # a model fed free-form shapes sees a handful of them (see OnnxRuntimeCUDARunner). Zero padding; outputs of the
+    # input's rank whose axis equals the padded size are cropped back. Off by default: it changes results slightly
+    # (border context), which the accuracy check should judge per model.
+    pad_multiple: dict | None = None
 
     KEYS = ("device_id", "use_tf32", "cuda_graph", "conv_algo_search", "gpu_mem_limit_mib", "max_cached_shapes",
-            "tensorrt_provider", "trt_cache_dir", "session_per_shape", "batch_buckets", "warmup")
+            "tensorrt_provider", "trt_cache_dir", "session_per_shape", "batch_buckets", "warmup", "pad_multiple")
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "CudaSettings":
@@ -166,6 +171,43 @@ def pad_batch(feeds: dict[str, np.ndarray], batchable: set[str], limit: int | No
     return out, n
 
 
+def pad_axes(feeds: dict[str, np.ndarray], multiples: dict) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """Zero-pad the listed axes of each input up to a multiple; returns (feeds, original shapes of padded inputs)."""
+    out, originals = dict(feeds), {}
+    for name, axes in (multiples or {}).items():
+        arr = feeds.get(name)
+        if arr is None:
+            continue
+        target = list(arr.shape)
+        for axis, multiple in axes.items():
+            a, m = int(axis), int(multiple)
+            target[a] = -(-arr.shape[a] // m) * m
+        if tuple(target) != arr.shape:
+            padded = np.zeros(target, arr.dtype)
+            padded[tuple(slice(0, d) for d in arr.shape)] = arr
+            out[name] = padded
+            originals[name] = arr.shape
+    return out, originals
+
+
+def crop_outputs(outputs: dict[str, np.ndarray], padded: dict[str, np.ndarray], originals: dict[str, tuple]) -> dict:
+    """Undo pad_axes on outputs shaped like a padded input (same rank, the padded extent on that axis)."""
+    if not originals:
+        return outputs
+    out = {}
+    for name, value in outputs.items():
+        index = [slice(None)] * value.ndim
+        for inp, orig in originals.items():
+            full = padded[inp].shape
+            if value.ndim != len(full):
+                continue
+            for axis in range(1, value.ndim):
+                if full[axis] != orig[axis] and value.shape[axis] == full[axis]:
+                    index[axis] = slice(0, orig[axis])
+        out[name] = value[tuple(index)]
+    return out
+
+
 class _ShapeSlot:
     """Everything bound for one input-shape bucket: its session, IO binding, device input buffers and (after the
     first run) the device output buffers ORT allocated, all reused by every later call with this shape."""
@@ -244,6 +286,7 @@ class OnnxRuntimeCUDARunner(Runner):
         with self._lock:
             t0 = time.perf_counter()
             feeds, real = pad_batch(feeds, self._batchable, self._batch_limit) if self._batchable else (feeds, -1)
+            feeds, originals = pad_axes(feeds, self._settings.pad_multiple) if self._settings.pad_multiple else (feeds, {})
             key = tuple((n, a.shape, a.dtype.str) for n, a in sorted(feeds.items()))
             if self._settings.cuda_graph:
                 if self._graph_shape is None:
@@ -274,6 +317,7 @@ class OnnxRuntimeCUDARunner(Runner):
             if first:
                 slot.outputs = list(values)
             out = {name: value.numpy() for name, value in zip(self.output_names, values)}
+            out = crop_outputs(out, feeds, originals)
             if real >= 0:
                 out = {k: (v[:real] if v.ndim and v.shape[0] == feeds_batch(feeds, self._batchable) else v)
                        for k, v in out.items()}
@@ -367,7 +411,8 @@ class OnnxRuntimeCUDABackend(Backend):
             s = CudaSettings.from_options(options)
             # Only what changes the artifact or its numerics; the buffer cache size does not.
             parts["cuda"] = {"use_tf32": s.use_tf32, "cuda_graph": s.cuda_graph, "conv_algo_search": s.conv_algo_search,
-                             "tensorrt_provider": s.tensorrt_provider}
+                             "tensorrt_provider": s.tensorrt_provider, "batch_buckets": s.batch_buckets,
+                             "pad_multiple": s.pad_multiple}
         return parts
 
     def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:

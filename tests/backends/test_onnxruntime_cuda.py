@@ -226,3 +226,18 @@ def test_warm_up_creates_every_batch_bucket_of_the_profile():
     runner.infer(np.ones((13, 3, 48, 192), np.float32))  # bucket 16: already warm, no new session
     assert runner.sessions_created == 6
     assert runner.warm_up(ShapeProfile()) == []
+
+
+def test_pad_multiple_buckets_shapes_and_crops_det_maps():
+    x = np.ones((1, 3, 500, 700), np.float32)
+    padded, orig = ortcuda.pad_axes({"x": x}, {"x": {"2": 320, "3": 320}})
+    assert padded["x"].shape == (1, 3, 640, 960) and orig == {"x": (1, 3, 500, 700)}
+    assert padded["x"][:, :, 500:].sum() == 0 and padded["x"][:, :, :500, :700].all()
+    outs = ortcuda.crop_outputs({"map": np.zeros((1, 1, 640, 960)), "seq": np.zeros((1, 240, 10))}, padded, orig)
+    assert outs["map"].shape == (1, 1, 500, 700) and outs["seq"].shape == (1, 240, 10)  # other ranks untouched
+    runner = _cpu_slot_runner("ppocrv4-det", pad_multiple={"x": {"2": 320, "3": 320}})
+    for h, w in ((480, 640), (544, 608), (640, 416)):  # three page sizes, one bucket
+        img = np.random.default_rng(h).uniform(-1, 1, (1, 3, h, w)).astype(np.float32)
+        out = runner.infer(img)
+        assert out[runner.output_names[0]].shape[-2:] == (h, w)
+    assert len(runner._sets) == 1 and runner.sessions_created == 1
