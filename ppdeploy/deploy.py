@@ -84,9 +84,7 @@ def load_model(
     source = detect(model, input_spec, export_dir=None)
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
-    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss)
-    # Extra keywords for ppdeploy.precision.apply (method, keep_fp32, exclude, metric, task_metric, ...).
-    prepared.precision_options = dict(precision_options or {})
+    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, precision_options)
 
     for name in names:
         start = time.perf_counter()
@@ -101,6 +99,11 @@ def load_model(
             continue
         try:
             deployment = _deploy_on(be, prepared, options)
+        except BackendUnavailable as exc:  # learnt only once the graph exists (e.g. an OpenVINO-only INT8 model)
+            attempts.append(record(Attempt(name, SKIPPED, _one_line(exc), time.perf_counter() - start)))
+            if explicit:
+                raise
+            continue
         except (PPDeployError, OSError, RuntimeError) as exc:
             attempts.append(record(Attempt(name, FAILED, _one_line(exc), time.perf_counter() - start)))
             if explicit:
@@ -119,10 +122,11 @@ def load_model(
 class _Prepared:
     """Lazily converted / precision-adjusted ONNX shared by all backends tried for one load_model call."""
 
-    def __init__(self, source, cache, opset, rebuild, calib, max_loss):
+    def __init__(self, source, cache, opset, rebuild, calib, max_loss, precision_options):
         self.source, self.cache, self.opset, self.rebuild = source, cache, opset, rebuild
         self.calib, self.max_loss = calib, max_loss
-        self.precision_options: dict[str, Any] = {}
+        # Extra keywords for ppdeploy.precision.apply (method, keep_fp32, exclude, metric, task_metric, ...).
+        self.precision_options: dict[str, Any] = dict(precision_options or {})
         self._onnx = None
         self._precision: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
@@ -139,10 +143,10 @@ class _Prepared:
         return self._onnx
 
     def for_precision(self, precision: str):
-        """(onnx path, precision key parts, report) for the graph a backend should build from."""
+        """(model path, precision key parts, report, backend hint) for the graph a backend should build from."""
         conv = self.onnx()
         if precision == "fp32":
-            return conv.onnx_path, {"precision": "fp32"}, None
+            return conv.onnx_path, {"precision": "fp32"}, None, None
         if precision not in self._precision:
             from ppdeploy import precision as precision_mod
 
@@ -152,7 +156,7 @@ class _Prepared:
             self.timings["precision"] = time.perf_counter() - start
             self._precision[precision] = res
         res = self._precision[precision]
-        return res.onnx_path, res.key_parts(), res.report
+        return res.onnx_path, res.key_parts(), res.report, res.backend_hint
 
 
 def _precision_mismatch(be, precision: str, source: ModelSource) -> str | None:
@@ -171,7 +175,10 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
     if be.consumes == "paddle":
         model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
     else:
-        model_path, precision_parts, precision_report = prepared.for_precision(options.precision)
+        model_path, precision_parts, precision_report, hint = prepared.for_precision(options.precision)
+        if hint == "openvino" and be.name != "openvino":
+            raise BackendUnavailable(f"the {options.precision} model was quantized with NNCF into OpenVINO's own "
+                                     "format, which only the openvino backend runs")
         onnx_path = model_path
         from ppdeploy.cache import sha256_file
 
