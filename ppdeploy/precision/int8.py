@@ -60,14 +60,17 @@ def prepare(onnx_path: Path, out_path: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tmp = out_path.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=False)
-    except Exception as exc:  # symbolic shape inference gives up on some exported graphs: skip only that part
-        log.info("int8: symbolic shape inference failed (%s); preprocessing without it", str(exc)[:200])
+    # When ORT's symbolic shape inference gives up it dumps sym_shape_infer_temp.onnx (+ external data) into the
+    # current directory; run it from the build folder so nothing lands in the user's working directory.
+    with contextlib.chdir(out_path.parent):
         try:
-            quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=True)
-        except Exception as exc2:
-            raise ConversionError(f"INT8 preprocessing (ONNX Runtime quant_pre_process) failed: {exc2}") from exc2
+            quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=False)
+        except Exception as exc:  # symbolic shape inference gives up on some exported graphs: skip only that part
+            log.info("int8: symbolic shape inference failed (%s); preprocessing without it", str(exc)[:200])
+            try:
+                quant_pre_process(str(onnx_path), str(tmp), skip_symbolic_shape=True)
+            except Exception as exc2:
+                raise ConversionError(f"INT8 preprocessing (ONNX Runtime quant_pre_process) failed: {exc2}") from exc2
     model = onnx.load(str(tmp))
     graph.name_nodes(model)
     onnx.save(model, str(out_path))
