@@ -1,17 +1,20 @@
 """ONNX Runtime with the CUDA execution provider (the `onnxruntime-gpu` package).
 
 The artifact is the ONNX file itself: ORT's optimized graphs are tied to the execution provider that produced them,
-and this one can only be produced with a GPU present, so optimization happens at load (it takes well under a second
-for the OCR models). Inference goes through IO binding: per input shape, device buffers for inputs and outputs are
-allocated once and reused, so a steady stream of same-shaped requests does one host->device copy per input, the
-kernels, and one device->host copy per output. With `cuda_graph=True` (static shapes only) ORT captures the kernels
-into a CUDA graph on the first run and replays it.
+and this one can only be produced with a GPU present, so optimization happens at load (well under a second for the
+OCR models). Inference goes through IO binding: per input-shape bucket there is one ORT session with its own
+binding and device buffers, reused by every call of that shape, so a steady stream of same-shaped requests does one
+host->device copy per input, the kernels, and one device->host copy per output. Why a session per shape, batch
+buckets and the optional `pad_multiple` shape buckets: see OnnxRuntimeCUDARunner (ORT re-plans every convolution
+on each shape change, 60-680 ms on the H100). With `cuda_graph=True` (fixed shapes only) ORT captures the kernels
+into a CUDA graph and replays it.
 
-TF32 is off unless asked for: with it the PP-OCRv4 rec outputs move by up to 2e-2 (measured on the H100), which is
-an accuracy change the user should opt into, not get by default.
+TF32 is off unless asked for: with it the PP-OCRv4 rec outputs move by up to 8e-3 (measured on the H100, 5e-6 with
+it off), an accuracy change the user should opt into, not get by default.
 
-Ran on hardware: onnxruntime-gpu 1.31.1 on an NVIDIA H100 (see bench/gpu/); the CPU tests here cover option
-parsing, build and the unavailable reasons.
+Ran on hardware: onnxruntime-gpu 1.31.1 on an NVIDIA H100 (bench/gpu/README.md; gpu-marked tests in
+tests/backends/test_onnxruntime_cuda.py). The shape-slot logic is also tested on CPU through ORT's CPU provider.
+The optional TensorRT execution provider never ran (no libnvinfer anywhere available).
 """
 from __future__ import annotations
 
