@@ -57,7 +57,7 @@ class Flavour:
     install: str
 
 
-TENSORRT = Flavour("tensorrt", "tensorrt", "TensorRT", "pip install tensorrt (10.x or 11.x; needs a CUDA-capable GPU)")
+TENSORRT = Flavour("tensorrt", "tensorrt", "TensorRT", "pip install tensorrt; versions 10.x and 11.x, NVIDIA GPU needed")
 TENSORRT_RTX = Flavour(
     "tensorrt-rtx", "tensorrt_rtx_bindings", "TensorRT-RTX",
     "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings (or: pip install 'ppdeploy[tensorrt-rtx]')",
