@@ -183,7 +183,7 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
         from ppdeploy.cache import sha256_file
 
         model_parts = {"onnx": sha256_file(model_path), "precision": precision_parts}
-    parts = {"model": model_parts, "backend": be.key_parts(), "options": options.key_parts(),
+    parts = {"model": model_parts, "backend": be.key_parts(options), "options": options.key_parts(),
              "device": device.identity(be.device)}
     label = f"{source.name} {be.name} {options.precision}"
     entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),

@@ -187,8 +187,9 @@ class Backend(abc.ABC):
     def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
         ...
 
-    def key_parts(self) -> dict[str, Any]:
-        """Library identity for the cache key; GPU backends add their build-time switches here."""
+    def key_parts(self, options: BuildOptions | None = None) -> dict[str, Any]:
+        """Library identity for the cache key. Backends with build-time switches add them here with their defaults
+        resolved from `options`, so a default that changes in a later ppdeploy changes the key too."""
         return {"backend": self.name, "version": self.version()}
 
 
