@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ppdeploy import device
-from ppdeploy.backends import get_backend
+from ppdeploy.backends import REGISTRY, get_backend
 from ppdeploy.backends.base import BuildOptions, Runner
 from ppdeploy.cache import EngineCache
 from ppdeploy.errors import BackendUnavailable, BuildError, ConversionError, PPDeployError
@@ -73,6 +73,8 @@ def load_model(
     """Prepare `model` (zoo name, Paddle model dir/file, .onnx, or paddle.nn.Layer + input_spec) and load it.
 
     backend: "auto" (fallback chain), one name (forced: fails clearly if it cannot run), or a list (chain).
+    extra: backend switches. A key named after a backend (e.g. {"onnxruntime-cuda": {"pad_multiple": ...}}) holds
+    switches for that backend alone, so a chain can carry GPU settings without changing the CPU engines' keys.
     """
     if precision not in PRECISIONS:
         raise PPDeployError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
@@ -98,7 +100,7 @@ def load_model(
             attempts.append(record(Attempt(name, SKIPPED, reason)))
             continue
         try:
-            deployment = _deploy_on(be, prepared, options)
+            deployment = _deploy_on(be, prepared, _options_for(options, name))
         except BackendUnavailable as exc:  # learnt only once the graph exists (e.g. an OpenVINO-only INT8 model)
             attempts.append(record(Attempt(name, SKIPPED, _one_line(exc), time.perf_counter() - start)))
             if explicit:
@@ -157,6 +159,14 @@ class _Prepared:
             self._precision[precision] = res
         res = self._precision[precision]
         return res.onnx_path, res.key_parts(), res.report, res.backend_hint
+
+
+def _options_for(options: BuildOptions, backend: str) -> BuildOptions:
+    """The options one backend sees: the shared switches plus its own section of `extra`."""
+    own = options.extra.get(backend) or {}
+    extra = {k: v for k, v in options.extra.items() if k not in REGISTRY}
+    extra.update(own)
+    return replace(options, extra=extra)
 
 
 def _precision_mismatch(be, precision: str, source: ModelSource) -> str | None:

@@ -73,3 +73,12 @@ def test_conversion_failure_falls_back_to_paddle_inference(tmp_path):
     assert all("det" in a.reason for a in failed)
     with pytest.raises(BuildError, match="unsupported Paddle op"):
         load_model(Det(), input_spec=spec, backend="onnxruntime", cache_dir=tmp_path)
+
+
+def test_backend_specific_extras_reach_only_their_backend(tmp_path):
+    plain = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path)
+    with_gpu_switches = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path,
+                                   extra={"onnxruntime-cuda": {"pad_multiple": {"x": {"3": 320}}}})
+    assert with_gpu_switches.cache_hit and with_gpu_switches.engine_dir == plain.engine_dir
+    shared = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path, extra={"some_switch": 1})
+    assert shared.engine_dir != plain.engine_dir  # a shared switch is part of every backend's key
