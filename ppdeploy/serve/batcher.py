@@ -162,6 +162,9 @@ class DynamicBatcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(len(self._runners), thread_name_prefix=f"infer-{name}")
         self._exec_s_avg = 0.0  # recent execution time, for Retry-After estimates
         self._row_ms_avg: float | None = None  # recent inference time per row, for the inline decision
+        # (group key, rows) already run once. A first run of a shape can be slow on any backend (a GPU provider
+        # re-plans its kernels: 0.4-1.3 s measured on the H100), so it never runs on the event loop.
+        self._seen_shapes: set[tuple] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -390,16 +393,18 @@ class DynamicBatcher:
                 # Other workers may be waiting on a group this one left behind.
                 self._wakeup.set()
 
-    def _inline(self, rows: int) -> bool:
+    def _inline(self, shape: tuple, rows: int) -> bool:
         limit = self.settings.inline_max_ms
         return (limit > 0 and len(self._runners) == 1 and self._row_ms_avg is not None
-                and self._row_ms_avg * rows <= limit)
+                and shape in self._seen_shapes and self._row_ms_avg * rows <= limit)
 
     async def _execute(self, runner: Runner, batch: list[_Request]) -> None:
         start = time.perf_counter_ns()
         queue_ns = [start - r.enqueued_ns for r in batch]
+        rows = sum(r.rows for r in batch)
+        shape = (batch[0].key, rows)
         try:
-            if self._inline(sum(r.rows for r in batch)):
+            if self._inline(shape, rows):
                 outs, timings = _run_batch(runner, batch, self._pad)
             else:
                 outs, timings = await self._loop.run_in_executor(self._executor, _run_batch, runner, batch, self._pad)
@@ -419,6 +424,9 @@ class DynamicBatcher:
             return
         self._exec_s_avg = 0.8 * self._exec_s_avg + 0.2 * (timings.infer_ns / 1e9) if self._exec_s_avg else timings.infer_ns / 1e9
         row_ms = timings.infer_ns / 1e6 / timings.size
+        if len(self._seen_shapes) >= 4096:  # free-form shapes (e.g. every rec width): bound the memory
+            self._seen_shapes.clear()
+        self._seen_shapes.add(shape)
         self._row_ms_avg = row_ms if self._row_ms_avg is None else 0.8 * self._row_ms_avg + 0.2 * row_ms
         self._observer.on_batch(timings, queue_ns)
         for r, out, q in zip(batch, outs, queue_ns):
