@@ -176,6 +176,7 @@ class SuitePlan:
     # Serving: `ppdeploy serve` in a child process, open-loop load per offered rate
     serving: bool = True
     serving_duration_s: float = 10.0
+    serving_warmup_s: float = 3.0  # unrecorded load at the lowest rate before the sweep
     serving_rec_rates: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
     serving_ocr_rates: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
@@ -293,9 +294,12 @@ def run_serving(plan: SuitePlan, out_dir: Path, md_dir: Path, env: dict[str, Any
                 else:
                     page = synthetic_pages(_pages_dir(), 1).images[0]
                     template = image_request("ocr", page.read_bytes(), page.name)
+                # Warm-up, not recorded: first connections, first batch shapes, lazy allocations in the engines.
+                run_load(srv.url, template, [min(rates)], plan.serving_warmup_s, "constant", settings)
                 results = run_load(srv.url, template, rates, plan.serving_duration_s, "poisson", settings)
             meta = {"target": f"ppdeploy serve {' '.join(serve_args)}", "request": template.describe,
-                    "distribution": "poisson", "duration_s": plan.serving_duration_s, "rates": list(rates)}
+                    "distribution": "poisson", "duration_s": plan.serving_duration_s, "rates": list(rates),
+                    "warmup_note": f" after {plan.serving_warmup_s:g} s of unrecorded warm-up at {min(rates):g}/s"}
             lf = write_load_run(results, meta, env, out_dir, prefix=prefix, with_samples=False)
             files.update({f"{prefix}_{k}": v for k, v in lf.items()})
             parts += [f"#### {what}", "", load_section([r.to_dict(False) for r in results], meta,
@@ -417,7 +421,7 @@ def write_load_run(results: Sequence[Any], meta: dict[str, Any], env: dict[str, 
 def load_section(rows: list[dict[str, Any]], meta: dict[str, Any], plot: Path | None, relative_to: Path) -> str:
     lines = [
         f"Target {meta.get('target')} ({meta.get('request')}); open-loop {meta.get('distribution')} arrivals, "
-        f"{meta.get('duration_s')} s per offered rate. Latency is measured from each request's scheduled send "
+        f"{meta.get('duration_s')} s per offered rate{meta.get('warmup_note', '')}. Latency is measured from each request's scheduled send "
         "time (so a backlog in the client counts too); `send lag` shows how far the generator fell behind. "
         "The generator shares the CPU with the server when both run on this machine.",
         "",

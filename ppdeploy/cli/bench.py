@@ -199,6 +199,7 @@ def _run_all(args, show: bool) -> int:
         plan.precision_settings = MeasureSettings(warmup=1, min_runs=1, min_time_s=0.0, max_time_s=10.0)
         plan.precision_pages = 1
         plan.serving_duration_s = 2.0
+        plan.serving_warmup_s = 0.5
         plan.serving_rec_rates = (20.0,)
         plan.serving_ocr_rates = (0.5,)
     if args.peers.strip().lower() == "none":
