@@ -18,7 +18,7 @@ from ppdeploy import device
 from ppdeploy.backends import REGISTRY, get_backend
 from ppdeploy.backends.base import BuildOptions, Runner
 from ppdeploy.cache import EngineCache
-from ppdeploy.errors import BackendUnavailable, BuildError, ConversionError, PPDeployError
+from ppdeploy.errors import BackendUnavailable, BuildError, PPDeployError
 from ppdeploy.select import FAILED, SKIPPED, USED, Attempt, chain_for, format_attempts, record
 from ppdeploy.shapes import ShapeProfile
 from ppdeploy.source import ModelSource, detect

@@ -17,28 +17,33 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 class ServerProcess:
-    """Start `ppdeploy serve ARGS --port 0 --host 127.0.0.1`, wait until /v2/health/ready, stop with SIGTERM."""
+    """Start `ppdeploy serve ARGS --port 0 --host 127.0.0.1`, wait until /v2/health/ready, stop with SIGTERM.
 
-    def __init__(self, serve_args: Sequence[str], *, ready_timeout_s: float = 300.0, log_path: Path | None = None):
+    `lines` collects the server's stderr as it runs (with access_log=True, one JSON access-log line per request)."""
+
+    def __init__(self, serve_args: Sequence[str], *, ready_timeout_s: float = 300.0, log_path: Path | None = None,
+                 access_log: bool = False):
         self.serve_args = list(serve_args)
         self.ready_timeout_s = ready_timeout_s
         self.log_path = log_path
+        self.access_log = access_log
         self.url: str | None = None
         self.proc: subprocess.Popen | None = None
-        self._lines: list[str] = []
+        self.lines: list[str] = []
         self.exit_code: int | None = None
 
     def __enter__(self) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "ppdeploy", "serve", *self.serve_args, "--host", "127.0.0.1", "--port", "0",
-               "--no-access-log"]
+        cmd = [sys.executable, "-m", "ppdeploy", "serve", *self.serve_args, "--host", "127.0.0.1", "--port", "0"]
+        if not self.access_log:
+            cmd.append("--no-access-log")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ))
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         found = threading.Event()
 
         def pump() -> None:  # keep reading stderr so the child never blocks on a full pipe
             assert self.proc is not None and self.proc.stderr is not None
             for line in self.proc.stderr:
-                self._lines.append(line.rstrip())
+                self.lines.append(line.rstrip())
                 m = _LISTENING.search(line)
                 if m and self.url is None:
                     self.url = m.group(1)
@@ -59,10 +64,10 @@ class ServerProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         found.wait(timeout=self.ready_timeout_s)
         if self.url is None:
-            raise PPDeployError(f"ppdeploy serve did not start: {' / '.join(self._lines[-5:])}")
+            raise PPDeployError(f"ppdeploy serve did not start: {' / '.join(self.lines[-5:])}")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise PPDeployError(f"ppdeploy serve exited with {self.proc.returncode}: {' / '.join(self._lines[-5:])}")
+                raise PPDeployError(f"ppdeploy serve exited with {self.proc.returncode}: {' / '.join(self.lines[-5:])}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
                     return
@@ -83,8 +88,8 @@ class ServerProcess:
                 self.proc.wait()
         self.exit_code = self.proc.returncode
         if self.log_path is not None:
-            Path(self.log_path).write_text("\n".join(self._lines) + "\n")
+            Path(self.log_path).write_text("\n".join(self.lines) + "\n")
 
     @property
     def log_tail(self) -> list[str]:
-        return self._lines[-20:]
+        return self.lines[-20:]

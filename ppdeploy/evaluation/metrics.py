@@ -21,7 +21,8 @@ import numpy as np
 IOU_THRESHOLD = 0.5
 
 
-def edit_distance(a: str, b: str) -> int:
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance of two strings (or any sequences, e.g. CTC token ids)."""
     if a == b:
         return 0
     if len(a) < len(b):

@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ppdeploy.evaluation.metrics import edit_distance  # token sequences work as well as strings
+
 METRICS = ("auto", "ctc", "top1", "mask_iou", "rel_l2")
 MASK_THRESHOLD = 0.3
 
@@ -52,18 +54,6 @@ def ctc_greedy(probs: np.ndarray, blank: int = 0) -> list[list[int]]:
         seq = row[keep]
         out.append([int(t) for t in seq if t != blank])
     return out
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 def _count_agreement(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:

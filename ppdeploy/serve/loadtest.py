@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -74,6 +72,8 @@ class RunningServer:
 @contextmanager
 def running_server(configs: Sequence[str], timeout_s: float = 300, extra_args: Sequence[str] = ()) -> Iterator[RunningServer]:
     """Serve a repository made of `configs` (config.yaml texts, keyed model name = folder) in a subprocess."""
+    from ppdeploy.bench.server_process import ServerProcess
+
     with tempfile.TemporaryDirectory(prefix="ppdeploy-loadtest-") as tmp:
         for text in configs:
             name = re.search(r"^name:\s*(\S+)", text, re.M)
@@ -81,55 +81,10 @@ def running_server(configs: Sequence[str], timeout_s: float = 300, extra_args: S
                 raise PPDeployError("each benchmark config needs a 'name:' line")
             (Path(tmp) / name.group(1)).mkdir()
             (Path(tmp) / name.group(1) / "config.yaml").write_text(text)
-        proc = subprocess.Popen([sys.executable, "-m", "ppdeploy", "serve", "--repo", tmp, "--port", "0", *extra_args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        server = RunningServer("", proc)
-        seen = threading.Event()
-
-        def pump() -> None:
-            for line in proc.stderr:
-                server.lines.append(line.rstrip("\n"))
-                m = re.search(r"listening on (http://\S+)", line)
-                if m:
-                    server.url = m.group(1)
-                    seen.set()
-            seen.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        try:
-            seen.wait(timeout_s)
-            deadline = time.time() + timeout_s
-            while True:
-                if proc.poll() is not None or not server.url:
-                    raise PPDeployError("benchmark server did not start:\n" + "\n".join(server.lines[-20:]))
-                try:
-                    if _get(server.url, "/v2/health/ready") == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline:
-                    raise PPDeployError("benchmark server not ready in time:\n" + "\n".join(server.lines[-20:]))
-                time.sleep(0.2)
-            yield server
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
-def _get(url: str, path: str) -> int:
-    host = url.removeprefix("http://")
-    conn = http.client.HTTPConnection(host, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
+        args = [a for a in extra_args if a != "--no-access-log"]
+        with ServerProcess(["--repo", tmp, *args], ready_timeout_s=timeout_s,
+                           access_log="--no-access-log" not in extra_args) as proc:
+            yield RunningServer(proc.url, proc.proc, proc.lines)  # the same list: access-log lines keep arriving
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -49,7 +48,6 @@ def ocr_pages() -> None:
     dict_kw = {"rec_dictionary": os.environ["E2E_DICT"]} if os.environ.get("E2E_DICT") else {}
     big = {"rec_batch_size": 32, "cls_batch_size": 32, **dict_kw}  # PaddleOCR's 6 suits CPUs; a GPU wants larger batches
     gpu = OnnxRuntimeCUDABackend()
-    h = {"conv_algo_search": "HEURISTIC"}
     # Runs 3-4 (bench/gpu/e2e_ocr_run*.json): with one ORT session for all shapes, every shape change re-planned
     # the convolutions (0.3-1.7 pages/s, below the CPU's 2.45). The runner now keeps a session per shape bucket.
     # Shape buckets: det pages (longest side <= 960) all padded to 960x960, rec widths to multiples of 320, batch

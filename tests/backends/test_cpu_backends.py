@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from ppdeploy import zoo
 from ppdeploy.deploy import load_model
 from ppdeploy.errors import InputError
 from ppdeploy.verify import generate_inputs
