@@ -131,14 +131,27 @@ class _Prepared:
         self.precision_options: dict[str, Any] = dict(precision_options or {})
         self._onnx = None
         self._precision: dict[str, Any] = {}
+        # A conversion or precision step that failed fails the same way for the next backend in the chain:
+        # remember the error instead of paying for the attempt again.
+        self._failed: dict[str, PPDeployError] = {}
         self.timings: dict[str, float] = {}
         self.conversion_hit = True
+
+    def _once(self, step: str, fn):
+        if step in self._failed:
+            raise self._failed[step]
+        try:
+            return fn()
+        except PPDeployError as exc:
+            self._failed[step] = exc
+            raise
 
     def onnx(self):
         if self._onnx is None:
             from ppdeploy.convert import to_onnx
 
-            result = to_onnx(self.source, opset=self.opset, cache=self.cache, rebuild=self.rebuild)
+            result = self._once("convert", lambda: to_onnx(self.source, opset=self.opset, cache=self.cache,
+                                                           rebuild=self.rebuild))
             self.timings["convert"] = result.seconds
             self.conversion_hit = result.cache_hit
             self._onnx = result
@@ -153,8 +166,9 @@ class _Prepared:
             from ppdeploy import precision as precision_mod
 
             start = time.perf_counter()
-            res = precision_mod.apply(conv.onnx_path, precision, cache=self.cache, calib=self.calib,
-                                      max_loss=self.max_loss, **self.precision_options)
+            res = self._once(precision, lambda: precision_mod.apply(
+                conv.onnx_path, precision, cache=self.cache, calib=self.calib, max_loss=self.max_loss,
+                **self.precision_options))
             self.timings["precision"] = time.perf_counter() - start
             self._precision[precision] = res
         res = self._precision[precision]

@@ -66,8 +66,10 @@ def test_conversion_failure_falls_back_to_paddle_inference(tmp_path):
             return paddle.linalg.det(self.fc(x))
 
     spec = [paddle.static.InputSpec([None, 4, 4], "float32", "x")]
+    conversions = convert.CONVERSIONS["count"]
     dep = load_model(Det(), input_spec=spec, backend="openvino,onnxruntime,paddle", cache_dir=tmp_path)
     assert dep.backend == "paddle"
+    assert convert.CONVERSIONS["count"] == conversions + 1  # the failed conversion is not retried per backend
     failed = [a for a in dep.attempts if a.status == "failed"]
     assert [a.backend for a in failed] == ["openvino", "onnxruntime"]
     assert all("det" in a.reason for a in failed)
