@@ -61,3 +61,17 @@ def test_doctor_reports_backends_and_reasons():
     missing = [b for b in info["backends"].values() if not b["available"]]
     assert all(b["reason"] for b in missing)  # every unavailable backend says why
     assert info["packages"]["paddlepaddle"] and "legacy .pdmodel" in info["conversion_routes"]
+
+
+@pytest.mark.slow
+def test_quickstart_verifies_every_bundled_model_and_reads_pages(capsys):
+    from ppdeploy.cli import main
+
+    assert main(["quickstart", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    for model in ("ppocrv4-det", "ppocrv4-rec", "ppocr-cls", "shapes-cls (PIR)"):
+        rows = [ln for ln in out.splitlines() if model in ln]
+        assert len(rows) == 3 and all("PASS" in ln for ln in rows), rows  # openvino, onnxruntime, paddle
+    assert "FAIL" not in out
+    accuracy = float(out.split("character accuracy ")[1].split("%")[0])
+    assert accuracy > 95.0  # the real trained models reading rendered pages, scored against the labels
