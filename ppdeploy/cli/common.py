@@ -55,7 +55,11 @@ def load_from_args(args: argparse.Namespace, **overrides: Any):
                   shapes=parse_shapes(args.shapes), opset=args.opset, cache_dir=args.cache_dir,
                   rebuild=getattr(args, "rebuild", False))
     kwargs.update(overrides)
-    return load_model(args.model, **kwargs)
+    from rich.console import Console
+
+    # Conversion and engine builds take seconds on a first run; say what is happening (stderr keeps stdout clean).
+    with Console(stderr=True).status(f"preparing {args.model} on {kwargs['backend']} (convert → build, cached)…"):
+        return load_model(args.model, **kwargs)
 
 
 def print_json(data: Any) -> None:
