@@ -29,7 +29,7 @@ def has_gpu() -> bool:
 def pytest_collection_modifyitems(config, items):
     if has_gpu():
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run on the device machine: see README 'GPU tests')")
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (README, section GPU; on the lent device: scripts/gpu/README.md)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
