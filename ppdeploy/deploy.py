@@ -190,6 +190,9 @@ def _precision_mismatch(be, precision: str, source: ModelSource) -> str | None:
         return "Paddle Inference needs a Paddle model, not an ONNX file"
     if precision == "bf16" and be.name != "openvino":
         return "bf16 is offered through OpenVINO's CPU inference precision; use --backend openvino"
+    if precision == "bf16" and not device.cpu_supports_bf16():
+        # OpenVINO would quietly run f32 instead: say so rather than report a bf16 engine that is not one
+        return "bf16 requested but this CPU has no avx512_bf16/AMX"
     return None
 
 

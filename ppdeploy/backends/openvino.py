@@ -63,11 +63,6 @@ class OpenVINOBackend(Backend):
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("openvino") is None:
             return "openvino is not installed (pip install openvino)"
-        if getattr(self, "_precision", None) == "bf16":
-            from ppdeploy.device import cpu_supports_bf16
-
-            if not cpu_supports_bf16():
-                return "bf16 requested but this CPU has no avx512_bf16/AMX"
         return None
 
     def version(self) -> str:
