@@ -371,7 +371,7 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
         with httpx.Client(base_url=srv.url, timeout=60) as h:
             i = 0
             while not stop.is_set():
-                rid = f"d{t}-{i}"
+                rid = f"drain-{t}-{i}"  # a prefix no generated request id has (those are hex)
                 i += 1
                 try:
                     r = h.post("/v2/models/rec/infer", content=body, headers={**headers, "X-Request-ID": rid})
@@ -401,7 +401,7 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
     for line in srv.lines:
         if line.startswith('{"ts"'):
             entry = json.loads(line)
-            if entry["path"].endswith("/infer") and entry["request_id"].startswith("d"):  # this test's requests
+            if entry["path"].endswith("/infer") and entry["request_id"].startswith("drain-"):  # this test's requests
                 accepted[entry["request_id"]] = entry["status"]
     assert accepted and set(accepted) == set(received)  # every request the server took was answered, and received
     assert set(accepted.values()) == {200}
