@@ -59,22 +59,19 @@ class ServerProcess:
         return self
 
     def _wait_ready(self, found: threading.Event) -> None:
-        import httpx
+        from ppdeploy.serve.health import wait_until_ready
 
         deadline = time.monotonic() + self.ready_timeout_s
         found.wait(timeout=self.ready_timeout_s)
         if self.url is None:
             raise PPDeployError(f"ppdeploy serve did not start: {' / '.join(self.lines[-5:])}")
-        while time.monotonic() < deadline:
+
+        def alive() -> None:
             if self.proc.poll() is not None:
                 raise PPDeployError(f"ppdeploy serve exited with {self.proc.returncode}: {' / '.join(self.lines[-5:])}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise PPDeployError(f"ppdeploy serve was not ready after {self.ready_timeout_s:.0f}s")
+
+        if not wait_until_ready(self.url, max(0.0, deadline - time.monotonic()), check_alive=alive):
+            raise PPDeployError(f"ppdeploy serve was not ready after {self.ready_timeout_s:.0f}s")
 
     def __exit__(self, *exc) -> None:
         if self.proc is None:

@@ -433,18 +433,11 @@ def start(configs: list, options: RayOptions, settings, *, address: str | None =
 
 def _wait_ready(url: str, timeout_s: float) -> None:
     """Serve reports the app RUNNING once replicas are constructed; the gateway loads model info after that."""
-    import httpx
+    from ppdeploy.serve.health import wait_until_ready
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise PPDeployError(f"the Ray Serve app at {url} was not ready within {timeout_s:.0f} s",
-                        hint="check the replica logs (ray logs / the Ray dashboard)")
+    if not wait_until_ready(url, timeout_s):
+        raise PPDeployError(f"the Ray Serve app at {url} was not ready within {timeout_s:.0f} s",
+                            hint="check the replica logs (ray logs / the Ray dashboard)")
 
 
 def _interrupt(signum, frame) -> None:

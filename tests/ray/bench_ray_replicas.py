@@ -101,37 +101,21 @@ def run_ray_layout(replicas: int, threads: int, duration: float, cls_rates, ocr_
 
 def run_plain_server(instances: int, threads: int, duration: float, cls_rates, ocr_rates) -> dict:
     """The same repository on `ppdeploy serve` (one process, ppdeploy's batcher), as the reference."""
-    import subprocess
     import tempfile
 
-    import httpx
+    from ppdeploy.bench.server_process import ServerProcess
 
     with tempfile.TemporaryDirectory() as repo:
         for cfg in model_configs(threads, instances):
             cfg.write(repo)
-        port = free_port()
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ppdeploy", "serve", "--repo", repo, "--port", str(port),
-                                 "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError("ppdeploy serve exited")
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+        with ServerProcess(["--repo", repo], ready_timeout_s=600) as server:
+            url = server.url
             layout = {"server": "ppdeploy serve", "instances": instances, "threads": threads,
                       "startup_s": round(time.perf_counter() - started, 1)}
             layout.update(measure(url, duration, cls_rates, ocr_rates))
             print(json.dumps(layout), flush=True)
             return layout
-        finally:
-            proc.terminate()
-            proc.wait(60)
 
 
 def main() -> int:
