@@ -32,7 +32,8 @@ from ppdeploy.tasks.ocr.rec import RecOptions, TextRecognizer
 STAGES = ("det", "cls", "rec")
 DEFAULT_MODELS = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
 TIMING_KEYS = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post",
-               "total")
+               "rec_guard", "total")
+GUARDED_PRECISIONS = ("bf16", "int8", "fp16")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class OCRResult:
     timings: dict[str, float]  # milliseconds per stage, see TIMING_KEYS
     width: int
     height: int
+    guarded_lines: int = 0  # lines the rec guard read again at full precision (see TextRecognizer)
 
     @property
     def text(self) -> str:
@@ -62,6 +64,7 @@ class OCRResult:
             "height": self.height,
             "lines": [line.to_dict() for line in self.lines],
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
+            "guarded_lines": self.guarded_lines,
         }
 
 
@@ -142,13 +145,16 @@ class OCR:
     provider re-plans every convolution on a shape change (60-680 ms on the H100), and OCR sends a new shape on
     almost every call: measured there, 0.3 pages/s without buckets, 16.6 with (bench/gpu/README.md). Zero padding
     is what PaddleOCR's own batching does to shorter crops; CPU backends are unaffected.
+    rec_guard: "auto" (default) loads an FP32 copy of the rec model on the same backend whenever rec runs in a
+    reduced precision (bf16, int8, fp16) and re-reads with it the lines the fast model is unsure of (see
+    TextRecognizer; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None turns it off.
     """
 
     def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
                  det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
                  cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
                  load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
-                 **options: Any):
+                 rec_guard: str | None = "auto", **options: Any):
         from ppdeploy.deploy import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
@@ -168,24 +174,30 @@ class OCR:
             self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
                                                  precision=precisions[stage] or "fp32", threads=threads,
                                                  **extra[stage])
+        guard_precision = _guard_precision(rec_guard, self.deployments["rec"].precision)
+        if guard_precision is not None:
+            # Same backend as the fast model, so the guard differs from it in precision only.
+            self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
+                                                       precision=guard_precision, threads=threads, **extra["rec"])
         runners = {s: d.runner for s, d in self.deployments.items()}
-        self._init(runners["det"], runners["rec"], runners.get("cls"), opts)
+        self._init(runners["det"], runners["rec"], runners.get("cls"), opts, runners.get("rec_guard"))
 
     @classmethod
     def from_runners(klass, det: Any, rec: Any, cls: Any = None, *, use_cls: bool = True,
-                     options: OCROptions | None = None, **kwargs: Any) -> "OCR":
+                     options: OCROptions | None = None, rec_guard: Any = None, **kwargs: Any) -> "OCR":
         """Build the pipeline on runner-like objects you already hold (no model loading).
-        cls=None or use_cls=False skips the direction classifier; kwargs are the same options as OCR(...)."""
+        cls=None or use_cls=False skips the direction classifier; rec_guard is an optional full-precision rec runner
+        (see OCR); kwargs are the same options as OCR(...)."""
         self = klass.__new__(klass)
         self.deployments = {}
-        self._init(det, rec, cls if use_cls else None, options or OCROptions.from_kwargs(**kwargs))
+        self._init(det, rec, cls if use_cls else None, options or OCROptions.from_kwargs(**kwargs), rec_guard)
         return self
 
-    def _init(self, det: Any, rec: Any, cls_runner: Any, options: OCROptions) -> None:
+    def _init(self, det: Any, rec: Any, cls_runner: Any, options: OCROptions, rec_guard: Any = None) -> None:
         self.options = options
         self.detector = TextDetector(det, options.det)
         self.classifier = TextDirectionClassifier(cls_runner, options.cls) if cls_runner is not None else None
-        self.recognizer = TextRecognizer(rec, options.rec)
+        self.recognizer = TextRecognizer(rec, options.rec, guard=rec_guard)
 
     @property
     def backends(self) -> dict[str, str]:
@@ -211,6 +223,7 @@ class OCR:
         det = self.detector(bgr)
         timings.update(det.timings)
         lines: list[OCRLine] = []
+        guarded = 0
         if len(det.boxes):
             t = time.perf_counter()
             crops = crop_all(bgr, det.boxes)
@@ -220,12 +233,13 @@ class OCR:
                 crops, _ = self.classifier(crops)
                 timings["cls"] = (time.perf_counter() - t) * 1e3
             texts, rec_timings = self.recognizer(crops)
-            timings.update(dataclasses.asdict(rec_timings))
+            guarded = rec_timings.guard_lines
+            timings.update({k: v for k, v in dataclasses.asdict(rec_timings).items() if k in timings})
             for box, (text, score) in zip(det.boxes, texts):
                 if score >= self.options.drop_score:
                     lines.append(OCRLine(text, score, box.astype(np.int32).tolist()))
         timings["total"] = (time.perf_counter() - start) * 1e3
-        return OCRResult(lines, timings, width=int(bgr.shape[1]), height=int(bgr.shape[0]))
+        return OCRResult(lines, timings, width=int(bgr.shape[1]), height=int(bgr.shape[0]), guarded_lines=guarded)
 
     __call__ = predict
 
@@ -242,6 +256,16 @@ class OCR:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _guard_precision(rec_guard: str | None, rec_precision: str) -> str | None:
+    if rec_guard is None or rec_guard in ("off", "none"):
+        return None
+    if rec_guard == "auto":
+        return "fp32" if rec_precision in GUARDED_PRECISIONS else None
+    if rec_guard == rec_precision:
+        raise ConfigError(f"rec_guard={rec_guard!r} is the rec model's own precision; a guard must be more precise")
+    return rec_guard
 
 
 def mean_timings(results: Iterable[OCRResult]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Text recognition with a CTC model (PP-OCRv4 rec), as PaddleOCR's `tools/infer/predict_rec.py`."""
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,15 @@ class RecOptions:
     """The model's last class is a space (PP-OCR's dictionaries are used with it)."""
     dictionary: str | None = None
     """Character list, one per line; None: ppocr_keys_v1.txt of the bundled models."""
+    guard_margin: float = 0.3
+    """With a guard model (a reduced-precision rec checked by an FP32 one), a line is read again by the guard when
+    some step's top-two probability gap is below this and swapping the two would change the text. 0 disables."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"rec batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.guard_margin <= 1.0:
+            raise ConfigError(f"rec guard_margin must be within [0, 1], got {self.guard_margin}")
         if self.image_height < 8 or self.image_width < 8:
             raise ConfigError(f"rec image size {self.image_height}x{self.image_width} is too small")
 
@@ -64,16 +70,74 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[st
     return out
 
 
+def _collapse(path: np.ndarray) -> tuple[int, ...]:
+    prev = np.concatenate(([-1], path[:-1]))
+    return tuple(path[(path != prev) & (path != 0)].tolist())
+
+
+MAX_SWAP_COMBINATIONS = 64
+
+
+def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
+    """Rows whose greedy CTC text could change if the model's probabilities moved by up to `margin`.
+
+    At each step, the classes within `margin` of the best are its plausible alternatives. A row is uncertain when
+    some choice of alternatives (several steps may flip together) gives a different collapsed text; flips that only
+    move a blank inside a run of the same character change nothing and do not count. Only steps whose best
+    probability is below (1 + margin) / 2 can have an alternative, since a softmax's runner-up is at most 1 - best;
+    that keeps the check cheap on 6625 classes. Rows with more than MAX_SWAP_COMBINATIONS choices count as uncertain.
+    """
+    if margin <= 0:
+        return []
+    best = probs.argmax(axis=2)
+    best_p = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
+    rows = []
+    for row in range(probs.shape[0]):
+        steps = np.flatnonzero(best_p[row] < (1.0 + margin) / 2.0)
+        if steps.size == 0:
+            continue
+        near = probs[row, steps] > (best_p[row, steps] - margin)[:, None]
+        near[np.arange(steps.size), best[row, steps]] = False
+        choices = [(int(t), np.flatnonzero(near[k]).tolist()) for k, t in enumerate(steps) if near[k].any()]
+        if not choices:
+            continue
+        if np.prod([1 + len(alts) for _, alts in choices]) > MAX_SWAP_COMBINATIONS:
+            rows.append(row)
+            continue
+        path = best[row]
+        text = _collapse(path)
+        for combo in itertools.product(*[[int(path[t]), *alts] for t, alts in choices]):
+            swapped = path.copy()
+            swapped[[t for t, _ in choices]] = combo
+            if _collapse(swapped) != text:
+                rows.append(row)
+                break
+    return rows
+
+
 @dataclass
 class RecTimings:
     rec_pre: float = 0.0
     rec_infer: float = 0.0
     rec_post: float = 0.0
+    rec_guard: float = 0.0
+    """Time spent reading uncertain lines again with the guard model (pre + infer + post)."""
+    guard_lines: int = 0
+    """Lines the guard read again."""
 
 
 class TextRecognizer:
-    def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None):
+    """Crops -> (text, score) per crop.
+
+    guard: an optional second runner of the same model at full precision. When `runner` is a reduced-precision
+    build (BF16, INT8), the lines it is unsure about (`uncertain_rows`) are read again by the guard and the guard's
+    answer is kept, so the text stays FP32's on all but the rarest lines while most lines run at the faster precision.
+    """
+
+    def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None,
+                 guard: Any = None):
         self.runner = runner
+        self.guard = guard
         self.options = options or RecOptions()
         self.input_name = runner.io.inputs[0].name
         self.characters = characters or load_characters(self.options.dictionary, self.options.use_space_char)
@@ -89,21 +153,48 @@ class TextRecognizer:
         opts = self.options
         timings = RecTimings()
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
-        order = np.argsort(ratios, kind="stable")
-        for start in range(0, len(crops), opts.batch_size):
+        guarded = self.guard is not None and opts.guard_margin > 0
+        uncertain: dict[int, list[int]] = {}  # padded batch width -> crops to read again at that width
+        for idx, width in self._batches(crops):
             t0 = time.perf_counter()
-            idx = order[start:start + opts.batch_size]
-            max_ratio = max(opts.image_width / opts.image_height, max(ratios[i] for i in idx))
-            width = int(opts.image_height * max_ratio)
             batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
             t1 = time.perf_counter()
             probs = next(iter(self.runner.infer({self.input_name: batch}).values()))
             t2 = time.perf_counter()
             for i, res in zip(idx, ctc_greedy_decode(probs, self.characters)):
                 results[i] = res
+            if guarded:
+                for row in uncertain_rows(probs, opts.guard_margin):
+                    uncertain.setdefault(width, []).append(idx[row])
             t3 = time.perf_counter()
             timings.rec_pre += (t1 - t0) * 1e3
             timings.rec_infer += (t2 - t1) * 1e3
             timings.rec_post += (t3 - t2) * 1e3
+        if uncertain:
+            t0 = time.perf_counter()
+            # Each line is read again padded to the width its batch had: the padding changes the model's output,
+            # and the lines that are unsure are exactly the ones it can tip over. Same width, same input -> FP32's
+            # answer for the batch PaddleOCR would have formed.
+            for width, which in uncertain.items():
+                for start in range(0, len(which), opts.batch_size):
+                    idx = which[start:start + opts.batch_size]
+                    batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
+                    probs = next(iter(self.guard.infer({self.input_name: batch}).values()))
+                    for i, res in zip(idx, ctc_greedy_decode(probs, self.characters)):
+                        results[i] = res
+                    timings.guard_lines += len(idx)
+            timings.rec_guard = (time.perf_counter() - t0) * 1e3
         return results, timings
+
+    def _batches(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
+        """PaddleOCR's batches: crops sorted by aspect ratio, `batch_size` at a time, each batch padded to the width
+        its widest member needs (at least image_width)."""
+        opts = self.options
+        ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
+        order = np.argsort(ratios, kind="stable").tolist()
+        batches = []
+        for start in range(0, len(order), opts.batch_size):
+            idx = order[start:start + opts.batch_size]
+            max_ratio = max(opts.image_width / opts.image_height, max(ratios[i] for i in idx))
+            batches.append((idx, int(opts.image_height * max_ratio)))
+        return batches

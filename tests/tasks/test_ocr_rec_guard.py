@@ -1,0 +1,111 @@
+"""The rec guard: a reduced-precision rec model whose unsure lines are read again by the FP32 one."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ppdeploy.device import cpu_supports_bf16
+from ppdeploy.evaluation.dataset import read_labelled_folder
+from ppdeploy.tasks.ocr.pipeline import OCR
+from ppdeploy.tasks.ocr.rec import uncertain_rows
+
+
+def one_hot_path(path: list[int], classes: int = 5) -> np.ndarray:
+    probs = np.zeros((1, len(path), classes), dtype=np.float32)
+    probs[0, np.arange(len(path)), path] = 1.0
+    return probs
+
+
+def test_a_close_call_that_changes_the_text_is_uncertain():
+    probs = one_hot_path([0, 1, 0, 2, 0])
+    probs[0, 3] = [0.0, 0.0, 0.55, 0.45, 0.0]  # 2 vs 3: the text would read "13" instead of "12"
+    assert uncertain_rows(probs, 0.3) == [0]
+    assert uncertain_rows(probs, 0.05) == []  # a gap of 0.1 is outside a 0.05 margin
+    assert uncertain_rows(probs, 0.0) == []
+
+
+def test_a_close_call_at_the_edge_of_a_run_is_not():
+    probs = one_hot_path([0, 1, 1, 0])
+    probs[0, 2] = [0.45, 0.55, 0.0, 0.0, 0.0]  # "1 1" or "1 blank": "1" either way
+    assert uncertain_rows(probs, 0.3) == []
+    probs = one_hot_path([0, 1, 1, 1, 0])
+    probs[0, 2] = [0.45, 0.55, 0.0, 0.0, 0.0]  # but a blank in the middle of the run splits it: "11"
+    assert uncertain_rows(probs, 0.3) == [0]
+
+
+def test_flips_that_only_change_the_text_together_are_found():
+    # Each step alone can turn blank without changing "1"; both together erase it.
+    probs = one_hot_path([0, 1, 1, 0])
+    probs[0, 1] = probs[0, 2] = [0.45, 0.55, 0.0, 0.0, 0.0]
+    assert uncertain_rows(probs, 0.3) == [0]
+
+
+def test_a_third_class_within_the_margin_counts():
+    probs = one_hot_path([0, 1, 0])
+    probs[0, 1] = [0.0, 0.4, 0.3, 0.3, 0.0]  # runner-up 2 and third 3 both within 0.15 of the best
+    assert uncertain_rows(probs, 0.15) == [0]
+
+
+def test_only_the_unsure_rows_of_a_batch_are_returned():
+    probs = np.concatenate([one_hot_path([1, 0, 2]), one_hot_path([1, 0, 2]), one_hot_path([3, 0, 4])])
+    probs[1, 2] = [0.0, 0.0, 0.5, 0.0, 0.5]
+    assert uncertain_rows(probs, 0.2) == [1]
+
+
+class LogitNoiseRunner:
+    """The real rec runner with every output probability multiplied by exp(u), u uniform in [-eps, eps], and renormalised:
+    a stand-in for a lower-precision build whose error is bounded (the ratio of any two probabilities moves by at most
+    exp(2 eps)), so where the greedy text can change is known in advance."""
+
+    def __init__(self, runner, eps: float):
+        self.runner, self.eps, self.io = runner, eps, runner.io
+        self.rng = np.random.default_rng(0)
+
+    def infer(self, feeds):
+        out = {}
+        for name, probs in self.runner.infer(feeds).items():
+            noisy = np.log(np.maximum(probs, 1e-30)) + self.rng.uniform(-self.eps, self.eps, probs.shape)
+            noisy = np.exp(noisy - noisy.max(axis=2, keepdims=True))
+            out[name] = (noisy / noisy.sum(axis=2, keepdims=True)).astype(np.float32)
+        return out
+
+
+def page_lines(ocr, pages):
+    results = [ocr.predict(p.path) for p in pages]
+    return [Counter(line.text for line in r.lines) for r in results], sum(r.guarded_lines for r in results)
+
+
+def same_lines(a, b) -> int:
+    return sum(sum((x & y).values()) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_guard_restores_the_reference_text_that_a_noisy_rec_changed(ocr_ort, synth_pages):
+    pages = read_labelled_folder(synth_pages)[:6]
+    det, cls, rec = ocr_ort.detector.runner, ocr_ort.classifier.runner, ocr_ort.recognizer.runner
+    reference, _ = page_lines(ocr_ort, pages)
+    total = sum(sum(c.values()) for c in reference)
+    # eps = 0.5 moves a probability ratio by at most e: a flipped step had a gap below 1 - 1/e = 0.63 after the noise.
+    noisy = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls)
+    unguarded, _ = page_lines(noisy, pages)
+    assert same_lines(reference, unguarded) < total  # the negative control: the noise does change some lines
+    guarded = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls, rec_guard=rec, rec_guard_margin=0.65)
+    lines, reread = page_lines(guarded, pages)
+    assert same_lines(reference, lines) == total
+    assert 0 < reread < total  # it re-read some lines, not all of them
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no avx512_bf16/AMX")
+def test_bf16_rec_with_its_fp32_guard_reads_like_fp32(ocr_for, synth_pages):
+    pages = read_labelled_folder(synth_pages)
+    reference, _ = page_lines(ocr_for("openvino"), pages)
+    total = sum(sum(c.values()) for c in reference)
+    with OCR(backend="openvino", precision={"rec": "bf16"}) as fast:
+        assert set(fast.deployments) == {"det", "cls", "rec", "rec_guard"}
+        assert fast.deployments["rec_guard"].precision == "fp32"
+        lines, reread = page_lines(fast, pages)
+    assert same_lines(reference, lines) >= 0.99 * total
+    assert 0 < reread < 0.5 * total
