@@ -7,17 +7,26 @@ earlier ones have answered, so a slow server builds a queue and the queueing sho
 behind, that delay is charged to the measurement rather than hidden (coordinated omission). The lag
 between scheduled and actual send is reported separately so a saturated client is visible.
 
+The requests come from `LoadSettings.workers` client processes (`ppdeploy.bench.load_worker`: keep-alive
+connections, the request encoded once, a few microseconds of client CPU per request), so the generator is not
+what limits a fast server; the arrival schedule is one process drawn from one seed and dealt round-robin to
+the workers, and their records are merged back in schedule order.
+
 Bounded on every side: a maximum request count, the run duration, a drain timeout after the last
 arrival, a per-request timeout and a cap on requests in flight. Only loopback addresses are allowed
 unless the caller passes `allow_remote=True` (a load test pointed at someone else's service is an attack).
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import math
+import os
+import pickle
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -151,7 +160,12 @@ class RequestRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        return None if self.done_s is None else (self.done_s - self.scheduled_s) * 1e3
+        """From the scheduled send time, or from the actual send when a timer fired early (uvloop's timers have
+        millisecond resolution), so no latency is ever negative."""
+        if self.done_s is None:
+            return None
+        start = self.scheduled_s if self.sent_s is None else max(self.scheduled_s, self.sent_s)
+        return (self.done_s - start) * 1e3
 
 
 @dataclass
@@ -190,53 +204,85 @@ class LoadSettings:
     max_requests: int = 100_000
     seed: int = 0
     allow_remote: bool = False
+    workers: int = 0  # client processes; 0: default_workers()
 
 
-async def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, settings: LoadSettings) -> list[RequestRecord]:
-    import httpx
+def default_workers() -> int:
+    """Client processes for a run: one per four cores, 1..8 (a 2-core machine gets 1; a 16-core GPU host 4)."""
+    return max(1, min(8, (os.cpu_count() or 2) // 4))
 
-    records = [RequestRecord(float(t), None, None, None) for t in schedule]
-    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight)
-    in_flight = 0
-    async with httpx.AsyncClient(base_url=base_url, timeout=settings.timeout_s, limits=limits) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
 
-        async def one(rec: RequestRecord) -> None:
-            nonlocal in_flight
-            rec.sent_s = loop.time() - start
-            try:
-                resp = await client.request(template.method, template.path, content=template.content,
-                                            headers=template.headers, files=template.files)
-                await resp.aread()
-                rec.done_s = loop.time() - start
-                rec.status = resp.status_code
-                if resp.status_code >= 400:
-                    rec.error = f"HTTP {resp.status_code}: {resp.text[:160]}"
-            except (httpx.HTTPError, OSError) as exc:
-                rec.error = f"{type(exc).__name__}: {exc}"[:200]
-            finally:
-                in_flight -= 1
+def encode_http_request(template: RequestTemplate, netloc: str) -> bytes:
+    """The whole HTTP/1.1 request (request line, headers, body) as bytes, built once per run."""
+    body = template.content or b""
+    headers = {k.lower(): v for k, v in template.headers.items()}
+    if template.files:
+        boundary = "ppdeploy-load-boundary-7d3f09a1"
+        parts = []
+        for field_name, (filename, data, mime) in template.files.items():
+            parts.append((f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; "
+                          f"filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n").encode() + data + b"\r\n")
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["content-type"] = f"multipart/form-data; boundary={boundary}"
+    for k in ("host", "content-length", "transfer-encoding", "connection"):
+        headers.pop(k, None)
+    lines = [f"{template.method} {template.path} HTTP/1.1", f"host: {netloc}", f"content-length: {len(body)}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-        tasks = []
-        for rec in records:
-            delay = rec.scheduled_s - (loop.time() - start)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if in_flight >= settings.max_in_flight:
-                rec.error = "dropped: client in-flight cap reached"
-                continue
-            in_flight += 1  # counted here, not in the task, so the cap holds before tasks get to run
-            tasks.append(asyncio.ensure_future(one(rec)))
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=settings.drain_s + settings.timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-    for rec in records:
-        if rec.sent_s is not None and rec.done_s is None and rec.error is None:
-            rec.error = "did not complete before the drain timeout"
+
+def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, settings: LoadSettings) -> list[RequestRecord]:
+    """Send `schedule` from `settings.workers` client processes and merge what they recorded.
+
+    The schedule is dealt round-robin (worker i sends arrivals i, i+N, ...), so the merged arrivals are exactly
+    the one process drawn from `settings.seed`, whatever N is; all workers share one start time."""
+    from ppdeploy.bench.load_worker import WorkerJob, WorkerResult
+
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        raise InputError(f"the load generator speaks plain HTTP; '{base_url}' is {parts.scheme}")
+    host, port = parts.hostname, parts.port or 80
+    request = encode_http_request(template, parts.netloc)
+    n_workers = max(1, min(settings.workers or default_workers(), schedule.size))
+    per_worker_cap = max(1, math.ceil(settings.max_in_flight / n_workers))
+    shares = [schedule[i::n_workers] for i in range(n_workers)]
+    procs: list[subprocess.Popen] = []
+    try:
+        for share in shares:
+            job = WorkerJob(host, port, request, share.tolist(), settings.timeout_s, settings.drain_s, per_worker_cap,
+                            preconnect=min(per_worker_cap, 8))
+            proc = subprocess.Popen([sys.executable, "-m", "ppdeploy.bench.load_worker"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+            procs.append(proc)
+        for proc in procs:
+            line = proc.stdout.readline()
+            if line != b"ready\n":
+                raise PPDeployError(f"a load-generator worker did not start (it said {line[:200]!r})")
+        # Far enough ahead that every worker has read its start time before the first arrival.
+        start = time.monotonic() + 0.05 + 0.01 * n_workers
+        for proc in procs:
+            proc.stdin.write(f"{start!r}\n".encode())
+            proc.stdin.flush()
+        results: list[WorkerResult] = []
+        for proc in procs:
+            data = proc.stdout.read()
+            if proc.wait() != 0 or not data:
+                raise PPDeployError(f"a load-generator worker failed (exit code {proc.returncode})")
+            results.append(pickle.loads(data))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    records: list[RequestRecord] = [None] * schedule.size  # type: ignore[list-item]
+    for w, (share, res) in enumerate(zip(shares, results)):
+        for j, t in enumerate(share.tolist()):
+            sent, done, status = res.sent[j], res.done[j], res.status[j]
+            records[w + j * n_workers] = RequestRecord(
+                t, None if math.isnan(sent) else sent, None if math.isnan(done) else done,
+                status or None, res.errors.get(j))
     return records
 
 
@@ -287,7 +333,7 @@ def run_load(base_url: str, template: RequestTemplate, rates: Sequence[float], d
         schedule = arrival_schedule(rate, duration_s, distribution, seed=settings.seed, max_requests=settings.max_requests)
         if schedule.size == 0:
             raise InputError(f"rate {rate}/s over {duration_s}s schedules no request", hint="raise --rate or --duration")
-        records = asyncio.run(_run_rate(base_url, template, schedule, settings))
+        records = _run_rate(base_url, template, schedule, settings)
         res = summarize_records(records, rate, distribution, duration_s)
         results.append(res)
         if on_rate:

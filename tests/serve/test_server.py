@@ -14,7 +14,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serve.conftest import CLS_OUT, REC_OUT, ServerProcess, write_repo
+from ppdeploy.bench.server_process import ServerProcess
+from tests.serve.conftest import CLS_OUT, REC_OUT, write_repo
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def server(tmp_path_factory, shapes_dir, cls_runner, rec_runner, det_runner):
         "broken": "source: model.onnx\nbackends: [onnxruntime, openvino]\n",
     })
     srv = ServerProcess(["--repo", str(root), "--max-body-mb", str(MAX_BODY_MB),
-                         "--max-image-pixels", str(MAX_PIXELS)], wait_ready=False)
+                         "--max-image-pixels", str(MAX_PIXELS)], wait_ready=False, access_log=True).start()
     srv.wait(lambda: all(m["state"] != "LOADING" for m in srv.post("/v2/repository/index").json()), 180, "loaded")
     yield srv
     assert srv.stop() == 0
@@ -333,7 +334,8 @@ def keyed_server(tmp_path_factory):
     root = write_repo(tmp_path_factory.mktemp("keyed"), {
         "rec": "source: ppocrv4-rec\nbackends: [onnxruntime]\nmax_batch_size: 8\n",
     })
-    srv = ServerProcess(["--repo", str(root), "--drain-timeout", "60"], env={"PPDEPLOY_API_KEY": "s3cret"})
+    srv = ServerProcess(["--repo", str(root), "--drain-timeout", "60"], env={"PPDEPLOY_API_KEY": "s3cret"},
+                        access_log=True).start()
     yield srv
     srv.stop()
 

@@ -1,0 +1,305 @@
+"""One process of the open-loop load generator (`ppdeploy.bench.load`): sends one pre-encoded HTTP/1.1 request
+at each scheduled time over keep-alive connections and records when it was sent and when the answer ended.
+
+Why a hand-written client: a general HTTP client (httpx) spends ~1 ms of CPU per request in Python, so one
+client process tops out at a few hundred requests/s, below what the server under test can do. Here a request
+is one `transport.write` of bytes encoded once, and a response is parsed only as far as its status line and
+framing (Content-Length, chunked, or read-to-close); the body is counted, not kept (a rec model answers 2 MB).
+
+Runs as `python -m ppdeploy.bench.load_worker` (stdlib + optional uvloop only, so it starts fast):
+  stdin:  pickled WorkerJob, then, once this process has opened its first connections and written b"ready\\n",
+          one line with the shared start time (time.monotonic(), which is CLOCK_MONOTONIC: the same clock in
+          every process of the machine)
+  stdout: b"ready\\n", then the pickled WorkerResult.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+KEEP_PREFIX = 200  # bytes of an error response body kept for the report
+
+
+@dataclass
+class WorkerJob:
+    host: str
+    port: int
+    request: bytes  # the whole HTTP/1.1 request: request line, headers, body
+    offsets: list[float]  # scheduled send times, seconds after the shared start, ascending
+    timeout_s: float
+    drain_s: float
+    max_in_flight: int
+    preconnect: int = 4  # connections opened before the start, so the first arrivals pay no TCP handshake
+
+
+@dataclass
+class WorkerResult:
+    sent: list[float]  # seconds after start; nan: never sent
+    done: list[float]  # nan: no complete response
+    status: list[int]  # 0: no response
+    errors: dict[int, str] = field(default_factory=dict)  # request index -> reason (failures and HTTP errors)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.waiter: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buf = bytearray()
+        self.head_done = False
+        self.status = 0
+        self.remaining = -1  # body bytes still expected; -1: read to close
+        self.chunked = False
+        self.keep_alive = True
+        self.prefix = b""
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # bytes nobody asked for: the server is broken; drop the connection
+            self.abort()
+            return
+        if not self.head_done:
+            self.buf += data
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > 65536:
+                    self._fail(ConnectionError("response header larger than 64 KiB"))
+                return
+            try:
+                self._parse_head(bytes(self.buf[:end]))
+            except ValueError as exc:
+                self._fail(ConnectionError(f"malformed response: {exc}"))
+                return
+            data = bytes(self.buf[end + 4:])
+            self.buf = bytearray()
+            if self.remaining == 0 and not self.chunked:
+                self._finish()
+                return
+        if self.chunked:
+            self._chunked(data)
+            return
+        if len(self.prefix) < KEEP_PREFIX:
+            self.prefix += data[:KEEP_PREFIX - len(self.prefix)]
+        if self.remaining >= 0:
+            self.remaining -= len(data)
+            if self.remaining <= 0:
+                self._finish()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            if self.head_done and self.remaining < 0 and not self.chunked:
+                self._finish()  # a body framed by the end of the connection
+            else:
+                self._fail(ConnectionError("server closed the connection" + (f": {exc}" if exc else "")))
+
+    # -- framing -----------------------------------------------------------------------------------------------
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        self.status = int(rest[:3])
+        self.keep_alive = version == b"HTTP/1.1"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            value = value.strip().lower()
+            if name == b"content-length":
+                self.remaining = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value:
+                self.chunked = True
+            elif name == b"connection":
+                self.keep_alive = value == b"keep-alive" or (self.keep_alive and value != b"close")
+        if self.status in (204, 304) or 100 <= self.status < 200:
+            self.remaining = 0
+        self.head_done = True
+        if self.remaining < 0 and not self.chunked:
+            self.keep_alive = False
+
+    def _chunked(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            line_end = self.buf.find(b"\r\n")
+            if line_end < 0:
+                return
+            try:
+                size = int(bytes(self.buf[:line_end]).split(b";")[0], 16)
+            except ValueError:
+                self._fail(ConnectionError("malformed chunk size"))
+                return
+            if size == 0:
+                if self.buf.find(b"\r\n\r\n", line_end) < 0:
+                    return  # the empty line after the (optional) trailers has not arrived yet
+                self._finish()
+                return
+            if len(self.buf) < line_end + 2 + size + 2:
+                return
+            chunk = self.buf[line_end + 2:line_end + 2 + size]
+            if len(self.prefix) < KEEP_PREFIX:
+                self.prefix += bytes(chunk[:KEEP_PREFIX - len(self.prefix)])
+            del self.buf[:line_end + 2 + size + 2]
+
+    # -- requests ----------------------------------------------------------------------------------------------
+    def send(self, request: bytes, timeout_s: float) -> asyncio.Future:
+        self.waiter = self.loop.create_future()
+        self._timer = self.loop.call_later(timeout_s, self._timeout, timeout_s)
+        self.transport.write(request)
+        return self.waiter
+
+    def _timeout(self, timeout_s: float) -> None:
+        self._fail(TimeoutError(f"no complete response within {timeout_s:g} s"))
+
+    def _finish(self) -> None:
+        waiter, status, prefix, keep = self.waiter, self.status, self.prefix, self.keep_alive
+        self.waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._reset()
+        if not keep:
+            self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, prefix))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def run_job(job: WorkerJob, start: float | None = None, ready=None) -> WorkerResult:
+    """Run one worker's share of the schedule. `start` (time.monotonic()) defaults to right after the
+    connections are open; `ready` is called once they are (the process entry point uses it to sync workers)."""
+    loop = asyncio.get_running_loop()
+    n = len(job.offsets)
+    nan = math.nan
+    result = WorkerResult([nan] * n, [nan] * n, [0] * n)
+    idle: list[_Connection] = []
+
+    async def connect() -> _Connection:
+        _, proto = await loop.create_connection(lambda: _Connection(loop), job.host, job.port)
+        return proto
+
+    for _ in range(min(job.preconnect, job.max_in_flight, max(1, n))):
+        try:
+            idle.append(await asyncio.wait_for(connect(), job.timeout_s))
+        except (OSError, asyncio.TimeoutError):
+            break  # the requests will meet (and record) the same error
+    if ready is not None:
+        start = await ready()
+    if start is None:
+        start = time.monotonic()
+    in_flight = 0
+    clock = time.monotonic
+
+    async def one(i: int) -> None:
+        nonlocal in_flight
+        result.sent[i] = clock() - start
+        conn = None
+        try:
+            while idle:
+                c = idle.pop()
+                if not c.closed:
+                    conn = c
+                    break
+            if conn is None:
+                conn = await asyncio.wait_for(connect(), job.timeout_s)
+            status, prefix = await conn.send(job.request, job.timeout_s)
+            result.done[i] = clock() - start
+            result.status[i] = status
+            if status >= 400:
+                result.errors[i] = f"HTTP {status}: {prefix[:160].decode('utf-8', 'replace')}"
+            if not conn.closed:
+                idle.append(conn)
+        except (OSError, asyncio.TimeoutError, TimeoutError, ConnectionError) as exc:
+            result.errors[i] = f"{type(exc).__name__}: {exc}"[:200]
+            if conn is not None:
+                conn.abort()
+        finally:
+            in_flight -= 1
+
+    tasks = []
+    for i, offset in enumerate(job.offsets):
+        delay = start + offset - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight >= job.max_in_flight:
+            result.errors[i] = "dropped: client in-flight cap reached"
+            continue
+        in_flight += 1  # counted here, not in the task, so the cap holds before tasks get to run
+        tasks.append(loop.create_task(one(i)))
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=job.drain_s + job.timeout_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    for c in idle:
+        c.abort()
+    for i in range(n):
+        if result.sent[i] == result.sent[i] and result.status[i] == 0 and i not in result.errors:
+            result.errors[i] = "did not complete before the drain timeout"
+    return result
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main() -> int:
+    # Run as `-m`, this file is __main__; its classes must pickle under their importable name.
+    from ppdeploy.bench import load_worker
+
+    job: WorkerJob = pickle.load(sys.stdin.buffer)
+    out = sys.stdout.buffer
+
+    async def ready() -> float:
+        out.write(b"ready\n")
+        out.flush()
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.readline)
+        return float(line)
+
+    loop = _new_loop()
+    try:
+        result = loop.run_until_complete(load_worker.run_job(job, ready=ready))
+    finally:
+        loop.close()
+    pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
