@@ -15,9 +15,10 @@ fi
 [ -d .gpu-carry/whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/whl/*.whl
 # Carried data is copied to /tmp/gpu-carry so a later call on the same warm machine can use it without carrying it.
 mkdir -p /tmp/gpu-carry
-for d in onnx pages; do [ -d ".gpu-carry/$d" ] && cp -rn ".gpu-carry/$d" /tmp/gpu-carry/; done
+for d in onnx pages dict; do [ -d ".gpu-carry/$d" ] && cp -rn ".gpu-carry/$d" /tmp/gpu-carry/; done
 [ -d /tmp/gpu-carry/onnx ] && export PPDEPLOY_TEST_ONNX_DIR=/tmp/gpu-carry/onnx
 [ -d /tmp/gpu-carry/pages ] && export PPDEPLOY_TEST_PAGES=/tmp/gpu-carry/pages
+[ -f /tmp/gpu-carry/dict/ppocr_keys_v1.txt ] && export E2E_DICT=/tmp/gpu-carry/dict/ppocr_keys_v1.txt
 # ONNX conversion entries for the carried models, made here: the device has no onnxslim, and needs none on a hit
 [ -d .gpu-carry/cache ] && mkdir -p /tmp/ppdeploy-cache && cp -rn .gpu-carry/cache/. /tmp/ppdeploy-cache/
 export PYTHONPATH=/tmp/ortgpu:/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}

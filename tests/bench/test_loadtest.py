@@ -219,3 +219,63 @@ def test_loadtest_against_ppdeploy_serve(tmp_path):
         data = json.loads((out / "loadtest.json").read_text())
         assert data["rates"][0]["ok"] == data["rates"][0]["scheduled"] > 0
     assert srv.exit_code == 0  # SIGTERM drains and exits cleanly
+
+
+def make_keepalive_chunked_server():
+    """HTTP/1.1 with keep-alive, answering with chunked bodies; records the client port of every request."""
+    ports = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            ports.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for part in (b'{"outputs":', b' []}'):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+
+    cls = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 256, "daemon_threads": True})
+    server = cls(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, ports
+
+
+def test_several_worker_processes_share_one_schedule_over_keep_alive_connections():
+    """Three client processes send one constant schedule between them; every request is answered (chunked
+    framing parsed), the records come back in schedule order, and connections are reused, not one per request."""
+    server, ports = make_keepalive_chunked_server()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        [res] = run_load(url, v2_request("m", {"x": np.zeros((1, 4), np.float32)}), [100.0], 0.6, "constant",
+                         LoadSettings(timeout_s=20, drain_s=20, workers=3))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.scheduled == res.sent == res.ok == 60, res.error_examples
+    assert len(ports) == 60
+    assert len(set(ports)) < 30  # keep-alive: each worker reuses its few connections
+    assert min(res.latencies_ms) >= 0
+    assert res.send_lag_ms["p50"] < 50
+
+
+def test_worker_records_merge_in_schedule_order():
+    from ppdeploy.bench.load import _run_rate, arrival_schedule
+
+    server, ports = make_keepalive_chunked_server()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        schedule = arrival_schedule(50.0, 0.5, "poisson", seed=3)
+        records = _run_rate(url, v2_request("m", {"x": np.zeros((1, 4), np.float32)}), schedule,
+                            LoadSettings(timeout_s=20, drain_s=20, workers=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [r.scheduled_s for r in records] == schedule.tolist()
+    assert all(r.status == 200 and r.sent_s is not None and r.done_s >= r.sent_s for r in records)

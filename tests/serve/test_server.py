@@ -74,6 +74,30 @@ def infer_input(name: str, arr: np.ndarray, binary: bool = True) -> httpclient.I
     return inp
 
 
+def test_streamed_request_body_and_large_outputs_both_ways(server, rec_runner):
+    """The raw infer route: a body in many chunks (Transfer-Encoding: chunked) is reassembled; a 2 MB binary output
+    goes out as the output array's own memory, or joined and gzipped when the client asks for gzip."""
+    line = np.random.default_rng(7).standard_normal((1, 3, 48, 320), dtype=np.float32)
+    want = rec_runner.infer({"x": line})[REC_OUT]
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(line.shape),
+                                   "parameters": {"binary_data_size": line.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    body = head + line.tobytes()
+
+    def chunks():
+        for i in range(0, len(body), 7000):
+            yield body[i:i + 7000]
+
+    for accept in ("identity", "gzip"):
+        r = httpx.post(server.url + "/v2/models/rec/infer", content=chunks(), timeout=60,
+                       headers={"Inference-Header-Content-Length": str(len(head)), "Accept-Encoding": accept})
+        assert r.status_code == 200, r.text[:200]
+        assert r.headers.get("content-encoding") == (None if accept == "identity" else "gzip")
+        out = httpclient.InferResult.from_response_body(
+            r.content, header_length=int(r.headers["inference-header-content-length"]))  # httpx un-gzips
+        np.testing.assert_allclose(out.as_numpy(REC_OUT), want, rtol=1e-4, atol=1e-5)
+
+
 def test_unavailable_model_is_reported_while_others_serve(server):
     index = {m["name"]: m for m in server.post("/v2/repository/index").json()}
     assert index["broken"]["state"] == "UNAVAILABLE" and "onnx" in index["broken"]["reason"].lower()
