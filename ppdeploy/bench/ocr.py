@@ -40,6 +40,25 @@ class OCRConfig:
     precision: str | dict[str, str] = "fp32"
     calib: dict[str, Any] | None = None
     name: str | None = None
+    rec_guard: str | None = "auto"  # see OCR: an FP32 rec re-reads the lines a reduced-precision rec is unsure of
+
+    @classmethod
+    def parse(cls, spec: str) -> "OCRConfig":
+        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off]' (precision defaults to fp32)."""
+        backend: dict[str, str] = {}
+        precision: dict[str, str] = {}
+        guard: str | None = "auto"
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            key, sep, value = part.partition("=")
+            if key == "guard" and sep:
+                guard = None if value == "off" else value
+            elif key in ("det", "cls", "rec") and sep and value:
+                backend[key], _, prec = value.partition(":")
+                precision[key] = prec or "fp32"
+            else:
+                raise PPDeployError(f"bad OCR pipeline spec part {part!r} in {spec!r}",
+                                    hint="e.g. det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16,guard=off")
+        return cls(backend, precision, rec_guard=guard)
 
     @property
     def label(self) -> str:
@@ -49,7 +68,8 @@ class OCRConfig:
         def part(v: Any) -> str:
             return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
 
-        return f"ppdeploy {part(self.backend)} {part(self.precision)}"
+        guard = {None: " (no rec guard)", "auto": " + FP32 rec guard"}.get(self.rec_guard, f" + {self.rec_guard} rec guard")
+        return f"ppdeploy {part(self.backend)} {part(self.precision)}{guard if self.stage_precision('rec') != 'fp32' else ''}"
 
     def stage_backend(self, stage: str) -> str:
         return self.backend if isinstance(self.backend, str) else self.backend.get(stage, "auto")
@@ -63,7 +83,7 @@ class _AssembledOCR:
 
     def __init__(self, config: OCRConfig, threads: int | None, options: dict[str, Any]):
         from ppdeploy.deploy import load_model
-        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR
+        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR, _guard_precision
 
         self.deployments = {}
         try:
@@ -72,15 +92,24 @@ class _AssembledOCR:
                 self.deployments[stage] = load_model(
                     model, backend=config.stage_backend(stage), precision=precision, threads=threads,
                     calib=(config.calib or {}).get(stage) if precision != "fp32" else None)
+            guard = _guard_precision(config.rec_guard, self.deployments["rec"].precision)
+            if guard is not None:
+                self.deployments["rec_guard"] = load_model(DEFAULT_MODELS["rec"], backend=self.deployments["rec"].backend,
+                                                           precision=guard, threads=threads)
         except BaseException:
             self.close()
             raise
         d = self.deployments
-        self.ocr = OCR.from_runners(d["det"].runner, d["rec"].runner, d["cls"].runner, **options)
+        self.ocr = OCR.from_runners(d["det"].runner, d["rec"].runner, d["cls"].runner,
+                                    rec_guard=d["rec_guard"].runner if "rec_guard" in d else None, **options)
         self.backends = self.ocr.backends
 
     def predict(self, data):
         return self.ocr.predict(data)
+
+    @property
+    def recognizer(self):
+        return self.ocr.recognizer
 
     def close(self) -> None:
         for dep in self.deployments.values():
@@ -161,7 +190,8 @@ class _PpdeployContestant:
         if config.calib:
             self.ocr: Any = _AssembledOCR(config, threads, options)
         else:
-            self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, **options)
+            self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
+                           rec_guard=config.rec_guard, **options)
         self.entry.load_s = round(time.perf_counter() - t0, 3)
         self.entry.stage_backends = dict(self.ocr.backends)
 
@@ -170,7 +200,10 @@ class _PpdeployContestant:
         result = self.ocr.predict(self.images[index])
         wall_ms = (time.perf_counter() - wall0) * 1e3
         cpu_ms = (time.process_time() - cpu0) * 1e3
-        return Reading(wall_ms, cpu_ms, dict(result.timings), [(line.text, line.box) for line in result.lines])
+        stages = dict(result.timings)
+        if self.ocr.recognizer.guard is not None:  # every page, so the mean is lines re-read per page
+            stages["guarded_lines"] = float(result.guarded_lines)
+        return Reading(wall_ms, cpu_ms, stages, [(line.text, line.box) for line in result.lines])
 
     def finish(self) -> None:
         self.ocr.close()
@@ -346,8 +379,11 @@ def ocr_markdown(result: dict[str, Any]) -> str:
         if e["kind"] == "peer":
             stage_txt = ", ".join(f"{k} {st[k]:.0f}" for k in ("det", "cls", "rec") if k in st)
         else:
-            keys = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post")
+            keys = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post",
+                    "rec_guard")
             stage_txt = ", ".join(f"{k} {st[k]:.0f}" for k in keys if st.get(k))
+            if "guarded_lines" in st:
+                stage_txt += f" ({st['guarded_lines']:.1f} lines/page re-read by the FP32 guard)"
         agree = (e.get("agreement") or {}).get("line_agreement")
         rows.append([
             e["name"], e["backend"] if e["kind"] == "peer" else ", ".join(f"{k}:{v}" for k, v in e.get("stage_backends", {}).items()),

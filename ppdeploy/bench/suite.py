@@ -161,8 +161,11 @@ class SuitePlan:
     model_settings: MeasureSettings = MeasureSettings(warmup=3, min_runs=10, min_time_s=2.0, max_time_s=20.0)
     ocr_settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=6, min_time_s=5.0, max_time_s=60.0)
     ocr_configs: tuple[tuple[Any, Any], ...] = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("paddle", "fp32"),
-                                                ("auto", "fp32"),
-                                                ("openvino", {"det": "fp32", "cls": "bf16", "rec": "bf16"}))
+                                                ("auto", "fp32"))
+    # Per-stage pipelines (OCRConfig.parse): BF16 rec with and without its FP32 guard.
+    ocr_pipelines: tuple[str, ...] = ("det=openvino,cls=openvino:bf16,rec=openvino:bf16,guard=off",
+                                      "det=openvino,cls=openvino:bf16,rec=openvino:bf16",
+                                      "det=openvino,cls=onnxruntime,rec=openvino:bf16")
     peers: tuple[str, ...] = ("rapidocr-paddle", "rapidocr-onnxruntime", "rapidocr-openvino")
     pages: int = 4
     models: bool = True
@@ -225,7 +228,7 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         update_benchmarks_md(md_path, blocks, env)
     if plan.ocr:
         pages = load_pages(data_dir) if data_dir is not None else synthetic_pages(_pages_dir(), plan.pages)
-        configs = [OCRConfig(b, p) for b, p in plan.ocr_configs]
+        configs = [OCRConfig(b, p) for b, p in plan.ocr_configs] + [OCRConfig.parse(s) for s in plan.ocr_pipelines]
         if optimized is not None and optimized.chosen():
             chosen = optimized.chosen()
             configs.append(OCRConfig({s: b for s, (b, _) in chosen.items()}, {s: p for s, (_, p) in chosen.items()},

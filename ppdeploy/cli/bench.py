@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--min-runs", type=int, default=None, help="timed calls at least (default 10 models / 4 OCR)")
     p.add_argument("--min-time", type=float, default=None, help="timed seconds at least (default 1 models / 5 OCR)")
     p.add_argument("--max-time", type=float, default=None, help="stop a case after this many seconds (default 30/60)")
+    p.add_argument("--pipeline", action="append", default=[], metavar="SPEC",
+                   help="OCR: also a per-stage pipeline, e.g. det=openvino,cls=onnxruntime,rec=openvino:bf16 "
+                        "(stage=backend[:precision]; add guard=off to drop the FP32 rec guard); repeatable")
     p.add_argument("--data", default=None, help="OCR: folder of page images, labelled or not (default: synthetic labelled pages)")
     p.add_argument("--pages", type=int, default=4, help="OCR: synthetic labelled pages to generate when --data is not given")
     p.add_argument("--peers", default="rapidocr-paddle,rapidocr-onnxruntime,rapidocr-openvino",
@@ -161,6 +164,7 @@ def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
     if unknown:
         raise PPDeployError(f"unknown peer(s) {unknown}", hint=f"choose from {', '.join(PEERS)} or none")
     configs = [OCRConfig(b, p) for b in _csv(args.backends) for p in _csv(args.precisions)]
+    configs += [OCRConfig.parse(spec) for spec in args.pipeline]
     with progress_bars(show) as progress:
         tick = progress("OCR pipelines", len(configs) + len(peers)) if progress else None
         result = bench_ocr(pages.images, configs, labels=pages.labels, peers=peers, threads=threads, settings=_settings(args, ocr=True),

@@ -17,6 +17,8 @@ _OPTION_FLAGS = [
     ("--cls-thresh", float, "cls_thresh", "flip a line when its 180-degree score is above this (default 0.9)"),
     ("--cls-batch-size", int, "cls_batch_size", "direction classifier batch size (default 6)"),
     ("--rec-batch-size", int, "rec_batch_size", "recognizer batch size (default 6)"),
+    ("--rec-guard-margin", float, "rec_guard_margin",
+     "re-read a reduced-precision rec line at FP32 when a text-changing choice is this close (default 0.3)"),
     ("--drop-score", float, "drop_score", "drop lines recognised with a lower score (default 0.5)"),
 ]
 
@@ -34,6 +36,9 @@ def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls-model", default="ppocr-cls", help="direction classifier: zoo name, dir or .onnx")
     p.add_argument("--rec-dictionary", default=None, help="character list of the recognizer (default ppocr_keys_v1.txt)")
     p.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
+    p.add_argument("--rec-guard", default="auto", choices=("auto", "off", "fp32"),
+                   help="auto (default): a bf16/int8/fp16 rec model gets an FP32 copy that re-reads the lines it is "
+                        "unsure of; off: no guard")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: all cores)")
     for flag, typ, _, help_text in _OPTION_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
@@ -47,7 +52,8 @@ def build_ocr(args: argparse.Namespace):
     options = {dest: getattr(args, flag[2:].replace("-", "_")) for flag, _, dest, _ in _OPTION_FLAGS}
     options["rec_dictionary"] = args.rec_dictionary
     return OCR(backend=backend, precision=precision, det_model=args.det_model, rec_model=args.rec_model,
-               cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads, **options)
+               cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads,
+               rec_guard=None if args.rec_guard == "off" else args.rec_guard, **options)
 
 
 def register(subparsers) -> None:

@@ -117,11 +117,19 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     img.save(data / "p.png")
     write_labels_json(data, [LabelledImage(data / "p.png", truth)])
     out = tmp_path / "o"
+    from ppdeploy.device import cpu_supports_bf16
+
+    guarded = ["--pipeline", "det=onnxruntime,cls=onnxruntime,rec=openvino:bf16"] if cpu_supports_bf16() else []
     code = main(["bench", "ocr", "--data", str(data), "--backends", "onnxruntime", "--peers", "rapidocr-paddle",
-                 "--warmup", "1", "--min-runs", "2", "--min-time", "0", "--out", str(out), "--no-progress"])
+                 "--warmup", "1", "--min-runs", "2", "--min-time", "0", "--out", str(out), "--no-progress", *guarded])
     assert code == 0
     res = json.loads((out / "ocr.json").read_text())
     by_name = {e["name"]: e for e in res["entries"]}
+    if guarded:  # a per-stage pipeline; its BF16 rec gets the FP32 guard, whose re-reads are counted per page
+        bf16 = by_name["ppdeploy det=onnxruntime,cls=onnxruntime,rec=openvino det=fp32,cls=fp32,rec=bf16 + FP32 rec guard"]
+        assert bf16["ok"], bf16["error"]
+        assert bf16["stage_backends"] == {"det": "onnxruntime", "rec": "openvino", "cls": "onnxruntime"}
+        assert bf16["stages_ms"]["guarded_lines"] >= 0 and "rec_guard" in bf16["stages_ms"]
     peer, mine = by_name["rapidocr-paddle"], by_name["ppdeploy onnxruntime fp32"]
     assert peer["ok"], peer["error"]
     assert mine["ok"], mine["error"]
@@ -143,3 +151,19 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     assert peer["peak_rss_mib"] > 0  # reported by the worker process
     assert (out / "ocr_pages_per_s.png").read_bytes().startswith(PNG)
     assert "rapidocr-paddle" in (out / "ocr.md").read_text()
+
+
+def test_ocr_pipeline_spec_parsing():
+    from ppdeploy.bench.ocr import OCRConfig
+    from ppdeploy.errors import PPDeployError
+
+    c = OCRConfig.parse("det=openvino, cls=onnxruntime ,rec=openvino:bf16")
+    assert c.backend == {"det": "openvino", "cls": "onnxruntime", "rec": "openvino"}
+    assert c.precision == {"det": "fp32", "cls": "fp32", "rec": "bf16"} and c.rec_guard == "auto"
+    assert c.label.endswith("+ FP32 rec guard")
+    off = OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8,guard=off")
+    assert off.rec_guard is None and off.label.endswith("(no rec guard)")
+    assert "guard" not in OCRConfig.parse("det=openvino,cls=openvino,rec=openvino").label
+    for bad in ("foo", "det=", "rec=openvino:bf16,speed=max"):
+        with pytest.raises(PPDeployError, match="bad OCR pipeline spec"):
+            OCRConfig.parse(bad)

@@ -109,3 +109,22 @@ def test_bf16_rec_with_its_fp32_guard_reads_like_fp32(ocr_for, synth_pages):
         lines, reread = page_lines(fast, pages)
     assert same_lines(reference, lines) >= 0.99 * total
     assert 0 < reread < 0.5 * total
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no avx512_bf16/AMX")
+def test_cli_rec_guard_flags():
+    import argparse
+
+    from ppdeploy.cli.ocr import add_ocr_model_args, build_ocr
+    from ppdeploy.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_ocr_model_args(parser)
+    with build_ocr(parser.parse_args(["--backend", "openvino", "--rec-precision", "bf16", "--rec-guard", "off"])) as ocr:
+        assert "rec_guard" not in ocr.deployments and ocr.recognizer.guard is None
+    args = parser.parse_args(["--backend", "openvino", "--rec-precision", "bf16", "--rec-guard-margin", "0.1"])
+    with build_ocr(args) as ocr:
+        assert ocr.recognizer.guard is not None and ocr.options.rec.guard_margin == 0.1
+    with pytest.raises(ConfigError, match="guard_margin"):
+        build_ocr(parser.parse_args(["--rec-guard-margin", "2"]))

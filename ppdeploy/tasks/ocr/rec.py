@@ -153,36 +153,38 @@ class TextRecognizer:
         opts = self.options
         timings = RecTimings()
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        batches = self._batches(crops)
+        t0 = time.perf_counter()
+        feeds = [{self.input_name: fill_batch([crops[i] for i in idx], opts.image_height, width)}
+                 for idx, width in batches]
+        t1 = time.perf_counter()
+        outputs = [self.runner.infer(f) for f in feeds]
+        t2 = time.perf_counter()
         guarded = self.guard is not None and opts.guard_margin > 0
         uncertain: dict[int, list[int]] = {}  # padded batch width -> crops to read again at that width
-        for idx, width in self._batches(crops):
-            t0 = time.perf_counter()
-            batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
-            t1 = time.perf_counter()
-            probs = next(iter(self.runner.infer({self.input_name: batch}).values()))
-            t2 = time.perf_counter()
+        for (idx, width), out in zip(batches, outputs):
+            probs = next(iter(out.values()))
             for i, res in zip(idx, ctc_greedy_decode(probs, self.characters)):
                 results[i] = res
             if guarded:
                 for row in uncertain_rows(probs, opts.guard_margin):
                     uncertain.setdefault(width, []).append(idx[row])
-            t3 = time.perf_counter()
-            timings.rec_pre += (t1 - t0) * 1e3
-            timings.rec_infer += (t2 - t1) * 1e3
-            timings.rec_post += (t3 - t2) * 1e3
+        timings.rec_pre = (t1 - t0) * 1e3
+        timings.rec_infer = (t2 - t1) * 1e3
+        timings.rec_post = (time.perf_counter() - t2) * 1e3
         if uncertain:
             t0 = time.perf_counter()
             # Each line is read again padded to the width its batch had: the padding changes the model's output,
             # and the lines that are unsure are exactly the ones it can tip over. Same width, same input -> FP32's
             # answer for the batch PaddleOCR would have formed.
-            for width, which in uncertain.items():
-                for start in range(0, len(which), opts.batch_size):
-                    idx = which[start:start + opts.batch_size]
-                    batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
-                    probs = next(iter(self.guard.infer({self.input_name: batch}).values()))
-                    for i, res in zip(idx, ctc_greedy_decode(probs, self.characters)):
-                        results[i] = res
-                    timings.guard_lines += len(idx)
+            again = [(which[s:s + opts.batch_size], width) for width, which in uncertain.items()
+                     for s in range(0, len(which), opts.batch_size)]
+            feeds = [{self.input_name: fill_batch([crops[i] for i in idx], opts.image_height, width)}
+                     for idx, width in again]
+            for (idx, _), out in zip(again, (self.guard.infer(f) for f in feeds)):
+                for i, res in zip(idx, ctc_greedy_decode(next(iter(out.values())), self.characters)):
+                    results[i] = res
+                timings.guard_lines += len(idx)
             timings.rec_guard = (time.perf_counter() - t0) * 1e3
         return results, timings
 
