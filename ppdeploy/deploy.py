@@ -203,9 +203,11 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
         model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
     else:
         model_path, precision_parts, precision_report, hint = prepared.for_precision(options.precision)
-        if hint == "openvino" and be.name != "openvino":
+        if hint in ("openvino", "openvino-bf16") and be.name != "openvino":
             raise BackendUnavailable(f"the {options.precision} model was quantized with NNCF into OpenVINO's own "
                                      "format, which only the openvino backend runs")
+        if hint == "openvino-bf16":  # as its gate judged it: the ops NNCF left unquantized run at BF16
+            options = replace(options, extra={**options.extra, "inference_precision": "bf16"})
         onnx_path = model_path
         from ppdeploy.cache import sha256_file
 

@@ -20,7 +20,8 @@ BLOB = "model.ovblob"
 
 
 def compile_config(options: BuildOptions) -> dict:
-    hint = "bf16" if options.precision == "bf16" else "f32"
+    # inference_precision: set by ppdeploy for NNCF INT8 models quantized with quantizer="openvino-bf16"
+    hint = "bf16" if options.precision == "bf16" or options.extra.get("inference_precision") == "bf16" else "f32"
     return {
         "INFERENCE_PRECISION_HINT": hint,
         "INFERENCE_NUM_THREADS": options.resolved_threads(),

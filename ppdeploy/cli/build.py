@@ -35,9 +35,10 @@ def register(sub) -> None:
                    help="OCR rec/cls: --calib images are text-line crops, not pages")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="INT8 activation range method (default %(default)s)")
-    p.add_argument("--quantizer", default="auto", choices=["auto", "onnxruntime", "openvino"],
+    p.add_argument("--quantizer", default="auto", choices=["auto", "onnxruntime", "openvino", "openvino-bf16"],
                    help="INT8: onnxruntime = QDQ ONNX graph (ONNX Runtime, TensorRT); openvino = NNCF on the "
                         "OpenVINO model (OpenVINO's fast INT8; an IR only the openvino backend runs); "
+                        "openvino-bf16 = the same with the unquantized ops at BF16 (CPUs with avx512_bf16/AMX); "
                         "auto = openvino when --backend openvino and NNCF is installed")
     p.add_argument("--max-loss", type=float, default=None,
                    help="accuracy budget (default: 0.005 fp16/bf16, 0.01 int8)")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ppdeploy.cache import EngineCache, sha256_file
-from ppdeploy.errors import InputError
+from ppdeploy.device import cpu_supports_bf16
+from ppdeploy.errors import BackendUnavailable, InputError
 from ppdeploy.precision.calibration import CalibrationSet, synthetic_set
 from ppdeploy.precision.gate import GateReport, OutputGate, TaskGate, TaskMetric
 
@@ -28,7 +29,7 @@ log = logging.getLogger("ppdeploy.precision")
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 METHODS = ("minmax", "entropy", "percentile")
-QUANTIZERS = ("onnxruntime", "openvino")
+QUANTIZERS = ("onnxruntime", "openvino", "openvino-bf16")
 # Default loss budgets, in points of agreement with FP32 (see compare.py): half a point for FP16/BF16,
 # one point for INT8. Task gates use the same scale (e.g. 0.005 = half a point of character accuracy).
 DEFAULT_MAX_LOSS = {"fp16": 0.005, "bf16": 0.005, "int8": 0.01}
@@ -80,7 +81,9 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         swapped in); when given it is the gate, and the output metric only ranks INT8 exclusions.
     repair: search for FP32 keeps / INT8 exclusions when the first candidate fails (else fail at once).
     quantizer: INT8 only. "onnxruntime": ORT's QDQ ONNX graph (for ONNX Runtime, TensorRT); "openvino": NNCF on
-        the OpenVINO model, an OpenVINO IR that only the openvino backend builds (its fast INT8 path).
+        the OpenVINO model, an OpenVINO IR that only the openvino backend builds (its fast INT8 path);
+        "openvino-bf16": the same IR with what NNCF left unquantized run at BF16 (CPUs with avx512_bf16/AMX), judged
+        by the gate that way.
     """
     from ppdeploy.precision import graph
 
@@ -91,6 +94,9 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         return PrecisionResult(onnx_path, "fp32")
     if quantizer not in QUANTIZERS:
         raise InputError(f"unknown quantizer '{quantizer}'", hint=f"choose from {', '.join(QUANTIZERS)}")
+    if precision == "int8" and quantizer == "openvino-bf16" and not cpu_supports_bf16():
+        raise BackendUnavailable("quantizer openvino-bf16 runs the unquantized ops at BF16, which this CPU lacks "
+                                 "(no avx512_bf16/AMX)", hint="use quantizer openvino")
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'", hint=f"choose from {', '.join(METHODS)}")
     if not onnx_path.is_file():
@@ -151,7 +157,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     record = json.loads((entry.path / RECORD).read_text())
     record["cache_hit"] = entry.hit
     graph_path = entry.path / record["graph"] if record.get("graph") else onnx_path
-    hint = "bf16" if precision == "bf16" else ("openvino" if record.get("quantizer") == "openvino" else None)
+    hint = "bf16" if precision == "bf16" else (record.get("quantizer") if str(record.get("quantizer")).startswith(
+        "openvino") else None)
     return PrecisionResult(graph_path, precision, record.get("kept_fp32", []), record.get("excluded", []),
                            calib.hash if calib else None, record, hint, method if precision == "int8" else None,
                            entry.hit)
@@ -192,12 +199,12 @@ def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exc
     from ppdeploy.precision import int8
 
     gate, proxy = make_gates(onnx_path)
-    if quantizer == "openvino":
+    if quantizer.startswith("openvino"):
         from ppdeploy.precision import int8_openvino
 
         candidate, quantizable = int8_openvino.candidates(onnx_path, calib_part, method, work)
         result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair,
-                             backend_hint="openvino")
+                             backend_hint=quantizer)
         target = int8_openvino.copy_ir(result.path, out / "model.xml")
         fraction, hit = int8_openvino.int8_fraction(target), None
     else:

@@ -50,4 +50,6 @@ def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: 
         return openvino_runner(onnx_path, "bf16", threads)
     if backend_hint == "openvino":  # OpenVINO-only graphs (NNCF's INT8 IR), run at FP32 precision otherwise
         return openvino_runner(onnx_path, "fp32", threads)
+    if backend_hint == "openvino-bf16":  # the same IR, its unquantized ops at BF16
+        return openvino_runner(onnx_path, "bf16", threads)
     return ort_runner(onnx_path, threads)

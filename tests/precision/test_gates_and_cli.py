@@ -60,6 +60,33 @@ def test_int8_for_openvino_through_nncf(cls_onnx, cls_calib, precision_cache):
     assert probs.shape == (1, 2) and np.isfinite(probs).all()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed (pip install 'ppdeploy[nncf]')")
+def test_int8_for_openvino_with_bf16_for_the_rest(cls_calib, tmp_path):
+    from ppdeploy.deploy import load_model
+    from ppdeploy.device import cpu_supports_bf16
+    from ppdeploy.errors import PPDeployError
+
+    kwargs = dict(backend="openvino", precision="int8", calib=cls_calib, cache_dir=tmp_path / "cache")
+    if not cpu_supports_bf16():
+        with pytest.raises(PPDeployError, match="avx512_bf16"):
+            load_model("ppocr-cls", precision_options={"quantizer": "openvino-bf16"}, **kwargs)
+        return
+    mixed = load_model("ppocr-cls", precision_options={"quantizer": "openvino-bf16"}, **kwargs)
+    plain = load_model("ppocr-cls", precision_options={"quantizer": "openvino"}, **kwargs)
+    try:
+        assert mixed.precision_report["gate"]["passed"] and mixed.precision_report["quantizer"] == "openvino-bf16"
+        hints = [d.runner._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() for d in (mixed, plain)]
+        assert hints == ["bf16", "f32"]  # what the gate judged is what runs
+        assert mixed.engine_dir != plain.engine_dir
+        x = cls_calib.samples[0]
+        a, b = (next(iter(d.runner.infer(x).values())) for d in (mixed, plain))
+        assert a.shape == b.shape == (1, 2) and np.abs(a - b).max() < 0.1 and not np.array_equal(a, b)
+    finally:
+        mixed.close()
+        plain.close()
+
+
 def test_build_cli_reports_gate_and_cache(tmp_path, capsys, monkeypatch):
     from ppdeploy.cli import main
 
