@@ -235,7 +235,8 @@ def main() -> int:
     workers = int(os.environ.get("LOAD_WORKERS", default_workers()))
     RESULTS["load_workers"] = workers
     t0 = time.perf_counter()
-    only = os.environ.get("GOAL_MODELS", "rec,cls").split(",")
+    only = os.environ.get("GOAL_MODELS", "rec,cls,ocr").split(",")
+    RESULTS["gil_switch_ms"] = os.environ.get("PPDEPLOY_GIL_SWITCH_MS", "0.5 (default)")
     if SMOKE:
         run_model("ppocr-cls", (3, 48, 192), 8, 1.0, [20, 60], 1.0, workers)
         if "ocr" in only:
@@ -243,12 +244,12 @@ def main() -> int:
     else:
         if "rec" in only:
             run_model("ppocrv4-rec", (3, 48, 320), 32, 1.0,
-                      [150, 250, 325, 375, 425, 600, 900, 1200, 1500, 1800, 2200, 2600, 3200], 4.0, workers)
+                      [200, 275, 325, 375, 425, 500, 600, 700, 800, 900, 1000, 1200, 1500, 1800], 4.0, workers)
         if "cls" in only:
             run_model("ppocr-cls", (3, 48, 192), 64, 1.0,
-                      [300, 500, 650, 750, 900, 1500, 3000, 5000, 7000, 9000, 12000], 4.0, workers)
+                      [300, 450, 600, 700, 800, 1000, 1500, 2000, 2500, 3000, 4000, 5000], 4.0, workers)
         if "ocr" in only:
-            ocr_server([5, 10, 20, 30, 40], 5.0, workers)
+            ocr_server([5, 10, 20, 30], 5.0, workers)
     RESULTS["total_s"] = round(time.perf_counter() - t0, 1)
     save()
     return 0
