@@ -86,6 +86,12 @@ def load_model(
     source = detect(model, input_spec, export_dir=None)
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
+    precision_options = dict(precision_options or {})
+    if precision == "int8" and names == ["openvino"] and "quantizer" not in precision_options:
+        from ppdeploy.precision import int8_openvino
+
+        if int8_openvino.available() is None:  # NNCF's IR is OpenVINO's fast INT8; a QDQ graph runs slower there
+            precision_options["quantizer"] = "openvino"
     prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, precision_options)
 
     for name in names:

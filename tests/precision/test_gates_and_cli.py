@@ -68,6 +68,9 @@ def test_int8_for_openvino_with_bf16_for_the_rest(cls_calib, tmp_path):
     from ppdeploy.errors import PPDeployError
 
     kwargs = dict(backend="openvino", precision="int8", calib=cls_calib, cache_dir=tmp_path / "cache")
+    default = load_model("ppocr-cls", **kwargs)  # INT8 forced onto OpenVINO: NNCF's IR, not a QDQ graph
+    assert default.precision_report["quantizer"] == "openvino" and default.onnx_path.suffix == ".xml"
+    default.close()
     if not cpu_supports_bf16():
         with pytest.raises(PPDeployError, match="avx512_bf16"):
             load_model("ppocr-cls", precision_options={"quantizer": "openvino-bf16"}, **kwargs)
