@@ -108,8 +108,8 @@ class _AssembledOCR:
         return self.ocr.predict(data)
 
     @property
-    def recognizer(self):
-        return self.ocr.recognizer
+    def guarded(self) -> bool:
+        return self.ocr.guarded
 
     def close(self) -> None:
         for dep in self.deployments.values():
@@ -201,7 +201,7 @@ class _PpdeployContestant:
         wall_ms = (time.perf_counter() - wall0) * 1e3
         cpu_ms = (time.process_time() - cpu0) * 1e3
         stages = dict(result.timings)
-        if self.ocr.recognizer.guard is not None:  # every page, so the mean is lines re-read per page
+        if self.ocr.guarded:  # every page, so the mean is lines re-read per page
             stages["guarded_lines"] = float(result.guarded_lines)
         return Reading(wall_ms, cpu_ms, stages, [(line.text, line.box) for line in result.lines])
 

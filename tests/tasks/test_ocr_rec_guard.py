@@ -9,7 +9,7 @@ import pytest
 from ppdeploy.device import cpu_supports_bf16
 from ppdeploy.evaluation.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.pipeline import OCR
-from ppdeploy.tasks.ocr.rec import uncertain_rows
+from ppdeploy.tasks.ocr.guard import uncertain_rows
 
 
 def one_hot_path(path: list[int], classes: int = 5) -> np.ndarray:
@@ -122,9 +122,9 @@ def test_cli_rec_guard_flags():
     parser = argparse.ArgumentParser()
     add_ocr_model_args(parser)
     with build_ocr(parser.parse_args(["--backend", "openvino", "--rec-precision", "bf16", "--rec-guard", "off"])) as ocr:
-        assert "rec_guard" not in ocr.deployments and ocr.recognizer.guard is None
+        assert "rec_guard" not in ocr.deployments and not ocr.guarded
     args = parser.parse_args(["--backend", "openvino", "--rec-precision", "bf16", "--rec-guard-margin", "0.1"])
     with build_ocr(args) as ocr:
-        assert ocr.recognizer.guard is not None and ocr.options.rec.guard_margin == 0.1
+        assert ocr.guarded and ocr.recognizer.runner.margin == 0.1
     with pytest.raises(ConfigError, match="guard_margin"):
         build_ocr(parser.parse_args(["--rec-guard-margin", "2"]))

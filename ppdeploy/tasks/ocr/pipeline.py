@@ -27,6 +27,7 @@ from ppdeploy.tasks.image_io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from ppdeploy.tasks.ocr.cls import ClsOptions, TextDirectionClassifier
 from ppdeploy.tasks.ocr.crop import crop_all
 from ppdeploy.tasks.ocr.det import DetOptions, TextDetector
+from ppdeploy.tasks.ocr.guard import GuardedRecRunner
 from ppdeploy.tasks.ocr.rec import RecOptions, TextRecognizer
 
 STAGES = ("det", "cls", "rec")
@@ -197,12 +198,20 @@ class OCR:
         self.options = options
         self.detector = TextDetector(det, options.det)
         self.classifier = TextDirectionClassifier(cls_runner, options.cls) if cls_runner is not None else None
-        self.recognizer = TextRecognizer(rec, options.rec, guard=rec_guard)
+        if rec_guard is not None and options.rec.guard_margin > 0:
+            rec = GuardedRecRunner(rec, rec_guard, options.rec.guard_margin)
+        self.recognizer = TextRecognizer(rec, options.rec)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether rec runs with a full-precision guard (see ppdeploy.tasks.ocr.guard)."""
+        return isinstance(self.recognizer.runner, GuardedRecRunner)
 
     @property
     def backends(self) -> dict[str, str]:
         """Stage -> backend that runs it ("?" for runners handed in without a backend name)."""
-        runners = {"det": self.detector.runner, "rec": self.recognizer.runner}
+        rec = self.recognizer.runner
+        runners = {"det": self.detector.runner, "rec": rec.fast if isinstance(rec, GuardedRecRunner) else rec}
         if self.classifier is not None:
             runners["cls"] = self.classifier.runner
         return {s: getattr(r, "backend", "?") for s, r in runners.items()}

@@ -1,7 +1,6 @@
 """Text recognition with a CTC model (PP-OCRv4 rec), as PaddleOCR's `tools/infer/predict_rec.py`."""
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.errors import ConfigError
+from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN
 from ppdeploy.tasks.ocr.textline import fill_batch
 
 
@@ -26,9 +26,9 @@ class RecOptions:
     """The model's last class is a space (PP-OCR's dictionaries are used with it)."""
     dictionary: str | None = None
     """Character list, one per line; None: ppocr_keys_v1.txt of the bundled models."""
-    guard_margin: float = 0.3
-    """With a guard model (a reduced-precision rec checked by an FP32 one), a line is read again by the guard when
-    some step's top-two probability gap is below this and swapping the two would change the text. 0 disables."""
+    guard_margin: float = DEFAULT_MARGIN
+    """With a guard model (a reduced-precision rec checked by an FP32 one, see ppdeploy.tasks.ocr.guard), a line is
+    read again by the guard when a choice within this probability margin would change its text. 0 disables."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -70,74 +70,23 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[st
     return out
 
 
-def _collapse(path: np.ndarray) -> tuple[int, ...]:
-    prev = np.concatenate(([-1], path[:-1]))
-    return tuple(path[(path != prev) & (path != 0)].tolist())
-
-
-MAX_SWAP_COMBINATIONS = 64
-
-
-def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
-    """Rows whose greedy CTC text could change if the model's probabilities moved by up to `margin`.
-
-    At each step, the classes within `margin` of the best are its plausible alternatives. A row is uncertain when
-    some choice of alternatives (several steps may flip together) gives a different collapsed text; flips that only
-    move a blank inside a run of the same character change nothing and do not count. Only steps whose best
-    probability is below (1 + margin) / 2 can have an alternative, since a softmax's runner-up is at most 1 - best;
-    that keeps the check cheap on 6625 classes. Rows with more than MAX_SWAP_COMBINATIONS choices count as uncertain.
-    """
-    if margin <= 0:
-        return []
-    best = probs.argmax(axis=2)
-    best_p = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
-    rows = []
-    for row in range(probs.shape[0]):
-        steps = np.flatnonzero(best_p[row] < (1.0 + margin) / 2.0)
-        if steps.size == 0:
-            continue
-        near = probs[row, steps] > (best_p[row, steps] - margin)[:, None]
-        near[np.arange(steps.size), best[row, steps]] = False
-        choices = [(int(t), np.flatnonzero(near[k]).tolist()) for k, t in enumerate(steps) if near[k].any()]
-        if not choices:
-            continue
-        if np.prod([1 + len(alts) for _, alts in choices]) > MAX_SWAP_COMBINATIONS:
-            rows.append(row)
-            continue
-        path = best[row]
-        text = _collapse(path)
-        for combo in itertools.product(*[[int(path[t]), *alts] for t, alts in choices]):
-            swapped = path.copy()
-            swapped[[t for t, _ in choices]] = combo
-            if _collapse(swapped) != text:
-                rows.append(row)
-                break
-    return rows
-
-
 @dataclass
 class RecTimings:
     rec_pre: float = 0.0
     rec_infer: float = 0.0
     rec_post: float = 0.0
     rec_guard: float = 0.0
-    """Time spent reading uncertain lines again with the guard model (pre + infer + post)."""
+    """Time the guard model spent re-reading unsure lines (not counted in rec_infer)."""
     guard_lines: int = 0
     """Lines the guard read again."""
 
 
 class TextRecognizer:
-    """Crops -> (text, score) per crop.
+    """Crops -> (text, score) per crop. `runner` may be a GuardedRecRunner (see ppdeploy.tasks.ocr.guard); its
+    re-reads are then reported apart (rec_guard, guard_lines)."""
 
-    guard: an optional second runner of the same model at full precision. When `runner` is a reduced-precision
-    build (BF16, INT8), the lines it is unsure about (`uncertain_rows`) are read again by the guard and the guard's
-    answer is kept, so the text stays FP32's on all but the rarest lines while most lines run at the faster precision.
-    """
-
-    def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None,
-                 guard: Any = None):
+    def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None):
         self.runner = runner
-        self.guard = guard
         self.options = options or RecOptions()
         self.input_name = runner.io.inputs[0].name
         self.characters = characters or load_characters(self.options.dictionary, self.options.use_space_char)
@@ -158,34 +107,18 @@ class TextRecognizer:
         feeds = [{self.input_name: fill_batch([crops[i] for i in idx], opts.image_height, width)}
                  for idx, width in batches]
         t1 = time.perf_counter()
-        outputs = [self.runner.infer(f) for f in feeds]
+        outputs = []
+        for feed in feeds:
+            outputs.append(self.runner.infer(feed))
+            timings.rec_guard += getattr(self.runner, "last_guard_ms", 0.0)
+            timings.guard_lines += getattr(self.runner, "last_guard_rows", 0)
         t2 = time.perf_counter()
-        guarded = self.guard is not None and opts.guard_margin > 0
-        uncertain: dict[int, list[int]] = {}  # padded batch width -> crops to read again at that width
-        for (idx, width), out in zip(batches, outputs):
-            probs = next(iter(out.values()))
-            for i, res in zip(idx, ctc_greedy_decode(probs, self.characters)):
+        for (idx, _), out in zip(batches, outputs):
+            for i, res in zip(idx, ctc_greedy_decode(next(iter(out.values())), self.characters)):
                 results[i] = res
-            if guarded:
-                for row in uncertain_rows(probs, opts.guard_margin):
-                    uncertain.setdefault(width, []).append(idx[row])
         timings.rec_pre = (t1 - t0) * 1e3
-        timings.rec_infer = (t2 - t1) * 1e3
+        timings.rec_infer = (t2 - t1) * 1e3 - timings.rec_guard
         timings.rec_post = (time.perf_counter() - t2) * 1e3
-        if uncertain:
-            t0 = time.perf_counter()
-            # Each line is read again padded to the width its batch had: the padding changes the model's output,
-            # and the lines that are unsure are exactly the ones it can tip over. Same width, same input -> FP32's
-            # answer for the batch PaddleOCR would have formed.
-            again = [(which[s:s + opts.batch_size], width) for width, which in uncertain.items()
-                     for s in range(0, len(which), opts.batch_size)]
-            feeds = [{self.input_name: fill_batch([crops[i] for i in idx], opts.image_height, width)}
-                     for idx, width in again]
-            for (idx, _), out in zip(again, (self.guard.infer(f) for f in feeds)):
-                for i, res in zip(idx, ctc_greedy_decode(next(iter(out.values())), self.characters)):
-                    results[i] = res
-                timings.guard_lines += len(idx)
-            timings.rec_guard = (time.perf_counter() - t0) * 1e3
         return results, timings
 
     def _batches(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
