@@ -47,7 +47,7 @@ from ppdeploy.shapes import InputRange, ShapeProfile
 CONFIG_FILE = "config.yaml"
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 Task = Literal["none", "ocr", "classification"]
-OCR_STAGES = ("det", "cls", "rec")
+OCR_STAGES = ("det", "cls", "rec", "rec_guard")
 
 
 class _Strict(BaseModel):
@@ -131,7 +131,8 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     instance_count: int = Field(1, ge=1, le=64)
     task: Task = "none"
-    # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional)
+    # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
+    # rec_guard: an FP32 copy of rec that re-reads the lines a BF16/INT8 rec is unsure of, ppdeploy.tasks.ocr.guard)
     pipeline: dict[str, str] = Field(default_factory=dict)
     # passed as keyword arguments to the task's constructor (labels file, thresholds, ...)
     task_options: dict[str, Any] = Field(default_factory=dict)

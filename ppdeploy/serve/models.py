@@ -97,7 +97,7 @@ def build_task(cfg: ModelConfig, runners: Mapping[str, Any], *, source_dir: Path
         if max_pixels is not None:
             options.setdefault("max_pixels", max_pixels)
         return OCR.from_runners(det=runners["det"], rec=runners["rec"], cls=runners.get("cls"),
-                                use_cls=runners.get("cls") is not None, **options)
+                                use_cls=runners.get("cls") is not None, rec_guard=runners.get("rec_guard"), **options)
     if cfg.task == "classification":
         from ppdeploy.tasks.classification import LABELS_FILE, PREPROCESS_FILE, Classifier
 

@@ -128,3 +128,21 @@ def test_cli_rec_guard_flags():
         assert ocr.guarded and ocr.recognizer.runner.margin == 0.1
     with pytest.raises(ConfigError, match="guard_margin"):
         build_ocr(parser.parse_args(["--rec-guard-margin", "2"]))
+
+
+@pytest.mark.slow
+def test_a_served_ocr_pipeline_takes_a_rec_guard_stage(ocr_ort, synth_pages):
+    from pydantic import ValidationError
+
+    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.serve.models import build_task
+
+    pages = read_labelled_folder(synth_pages)[:2]
+    det, cls, rec = ocr_ort.detector.runner, ocr_ort.classifier.runner, ocr_ort.recognizer.runner
+    cfg = ModelConfig(name="ocr", task="ocr", pipeline={"det": "d", "cls": "c", "rec": "r", "rec_guard": "g"},
+                      task_options={"rec_guard_margin": 0.65})
+    served = build_task(cfg, {"det": det, "cls": cls, "rec": LogitNoiseRunner(rec, 0.5), "rec_guard": rec})
+    assert served.guarded
+    assert page_lines(served, pages)[0] == page_lines(ocr_ort, pages)[0]
+    with pytest.raises(ValidationError, match="unknown stage"):
+        ModelConfig(name="ocr", task="ocr", pipeline={"det": "d", "rec": "r", "guard": "g"})
