@@ -49,10 +49,11 @@ class Candidate:
     load_s: float | None = None
     cache_hit: bool | None = None
     peak_rss_mib: float | None = None
+    guard: bool = False  # OCR rec only: an FP32 copy re-reads the lines this one is unsure of (tasks/ocr/guard.py)
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision}"
+        return f"{self.backend} {self.precision}" + (" + fp32 guard" if self.guard else "")
 
     @property
     def passed(self) -> bool:
@@ -413,6 +414,11 @@ class OCROptimizeResult:
     files: dict[str, str] = field(default_factory=dict)
     stage_calibration: dict[str, Any] = field(default_factory=dict, repr=False)  # CalibrationSet per stage
 
+    @property
+    def rec_guarded(self) -> bool:
+        """Whether the chosen rec runs with its FP32 guard."""
+        return any(c.status == "winner" and c.guard for c in self.stages.get("rec", []))
+
     def chosen(self) -> dict[str, tuple[str, str]] | None:
         """Stage -> (backend, precision) of the combination that passed, or None."""
         if not self.combined.get("passed"):
@@ -441,7 +447,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     from ppdeploy.cache import default_root
     from ppdeploy.deploy import load_model
     from ppdeploy.precision.calibration import CalibrationSet
-    from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR
+    from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, GUARDED_PRECISIONS, OCR
 
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}'", hint="latency or throughput")
@@ -489,12 +495,13 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     winners: dict[str, str] = {}
     for stage, model in DEFAULT_MODELS.items():
         cands = [Candidate(c.backend, c.precision) for c in todo]
+        if stage == "rec":  # a reduced-precision rec may fail the line gate alone and pass with its FP32 guard
+            cands += [Candidate(c.backend, c.precision, guard=True) for c in todo if c.precision in GUARDED_PRECISIONS]
         passing: list[tuple[Candidate, Any]] = []  # kept loaded, timed together below
         for cand in cands:
             start = time.perf_counter()
             try:
-                dep = load_model(model, backend=cand.backend, precision=cand.precision, threads=threads,
-                                 calib=stage_calib[stage] if cand.precision != "fp32" else None, max_loss=max_loss)
+                dep = _load_stage(model, cand, threads, stage_calib[stage], max_loss)
             except Exception as exc:
                 cand.status, cand.reason = _failure(exc)
             else:
@@ -581,9 +588,38 @@ def _char_accuracy(lines: Sequence[Sequence[tuple[str, Any]]], labels: Sequence[
     return round(score_dataset(list(lines), gts).char_accuracy, 5)
 
 
+class _GuardedDeployment:
+    """A reduced-precision rec deployment and its FP32 guard, as one stage candidate."""
+
+    def __init__(self, fast, guard):
+        from ppdeploy.tasks.ocr.guard import GuardedRecRunner
+
+        self.fast, self.guard = fast, guard
+        self.runner = GuardedRecRunner(fast.runner, guard.runner)
+        self.cache_hit = fast.cache_hit and guard.cache_hit
+
+    def close(self) -> None:
+        self.fast.close()
+        self.guard.close()
+
+
+def _load_stage(model: str, cand: Candidate, threads: int | None, calib, max_loss: float | None):
+    from ppdeploy.deploy import load_model
+
+    dep = load_model(model, backend=cand.backend, precision=cand.precision, threads=threads,
+                     calib=calib if cand.precision != "fp32" else None, max_loss=max_loss)
+    if not cand.guard:
+        return dep
+    try:
+        guard = load_model(model, backend=dep.backend, precision="fp32", threads=threads)
+    except BaseException:
+        dep.close()
+        raise
+    return _GuardedDeployment(dep, guard)
+
+
 def _check_combined(stages, winners, swaps, judge, max_line_loss, threads, max_loss, stage_calib):
     """All stage winners together must still pass; if not, fall back to FP32 stage by stage until it does."""
-    from ppdeploy.deploy import load_model
     from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS
 
     def choose(stage: str, fp32_only: bool) -> Candidate | None:
@@ -596,9 +632,7 @@ def _check_combined(stages, winners, swaps, judge, max_line_loss, threads, max_l
         picks = {s: choose(s, s in fp32_only) for s in DEFAULT_MODELS}
         if any(p is None for p in picks.values()):
             return {"passed": False, "reason": "a stage has no passing candidate", "history": history}
-        deps = {s: load_model(DEFAULT_MODELS[s], backend=p.backend, precision=p.precision, threads=threads,
-                              calib=stage_calib[s] if p.precision != "fp32" else None, max_loss=max_loss)
-                for s, p in picks.items()}
+        deps = {s: _load_stage(DEFAULT_MODELS[s], p, threads, stage_calib[s], max_loss) for s, p in picks.items()}
         old = {s: swaps[s].runner for s in swaps}
         try:
             for s, d in deps.items():
@@ -640,7 +674,13 @@ def _write_ocr_outputs(result: OCROptimizeResult, out_dir: Path, threads: int | 
             path = write_model_config(out_dir, model, stage, w.backend, w.precision, threads,
                                       max_batch_size=8 if stage != "det" else 1)
             result.files[f"config_{stage}"] = str(path)
-        ocr_cfg = ModelConfig(name="ocr", task="ocr", pipeline={s: s for s in DEFAULT_MODELS})
+        pipeline = {s: s for s in DEFAULT_MODELS}
+        if result.rec_guarded:
+            w = next(c for c in result.stages["rec"] if c.status == "winner")
+            path = write_model_config(out_dir, DEFAULT_MODELS["rec"], "rec_guard", w.backend, "fp32", threads)
+            result.files["config_rec_guard"] = str(path)
+            pipeline["rec_guard"] = "rec_guard"
+        ocr_cfg = ModelConfig(name="ocr", task="ocr", pipeline=pipeline)
         result.files["config_ocr"] = str(ocr_cfg.write(out_dir))
     pngs = {}
     for stage, cands in result.stages.items():
@@ -692,6 +732,7 @@ def ocr_optimize_section(result: OCROptimizeResult, pngs: Mapping[str, Path], ou
         if link:
             lines += [link, ""]
     if result.files.get("config_ocr"):
-        lines += [f"Model repository: `{out_dir}` (det/, cls/, rec/, ocr/ config.yaml); serve it with "
+        folders = "det/, cls/, rec/, " + ("rec_guard/, " if result.files.get("config_rec_guard") else "") + "ocr/"
+        lines += [f"Model repository: `{out_dir}` ({folders} config.yaml); serve it with "
                   f"`ppdeploy serve --repo {out_dir}`.", ""]
     return "\n".join(lines)

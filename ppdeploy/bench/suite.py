@@ -231,9 +231,11 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         configs = [OCRConfig(b, p) for b, p in plan.ocr_configs] + [OCRConfig.parse(s) for s in plan.ocr_pipelines]
         if optimized is not None and optimized.chosen():
             chosen = optimized.chosen()
+            guard = " + fp32 guard" if optimized.rec_guarded else ""
             configs.append(OCRConfig({s: b for s, (b, _) in chosen.items()}, {s: p for s, (_, p) in chosen.items()},
-                                     calib=optimized.stage_calibration,
-                                     name="ppdeploy optimized (" + ", ".join(f"{s} {b} {p}" for s, (b, p) in chosen.items()) + ")"))
+                                     calib=optimized.stage_calibration, rec_guard="fp32" if guard else None,
+                                     name="ppdeploy optimized (" + ", ".join(f"{s} {b} {p}" for s, (b, p) in chosen.items())
+                                          + guard + ")"))
         tick = progress("OCR pipelines", len(configs) + len(plan.peers)) if progress else None
         result = bench_ocr(pages.images, configs, labels=pages.labels, peers=plan.peers, threads=plan.threads,
                            settings=plan.ocr_settings, on_entry=(lambda e: tick()) if tick else None)

@@ -104,3 +104,30 @@ def test_optimize_ocr_gates_stages_on_the_pipeline(tmp_path):
     # calibration and evaluation pages must be disjoint
     assert main(["optimize", "ocr", "--calib", str(tmp_path / "calib"), "--data", str(tmp_path / "calib"),
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+@pytest.mark.slow
+def test_optimize_ocr_tries_reduced_precision_rec_with_its_fp32_guard(tmp_path):
+    from ppdeploy.device import cpu_supports_bf16
+    from ppdeploy.serve.config import load_repository
+
+    if not cpu_supports_bf16():
+        pytest.skip("CPU has no avx512_bf16/AMX")
+    _small_page(tmp_path / "calib" / "a.png", ["Order 4711 shipped", "Due 2025-03-01"])
+    _small_page(tmp_path / "eval" / "b.png", ["Invoice total $88.20", "Thank you"])
+    out = tmp_path / "repo"
+    assert main(["optimize", "ocr", "--calib", str(tmp_path / "calib"), "--data", str(tmp_path / "eval"),
+                 "--backends", "openvino", "--precisions", "fp32,bf16", "--min-time", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    data = json.loads((out / "optimize.json").read_text())
+    rec = {(c["precision"], c["guard"]): c for c in data["stages"]["rec"] if c["status"] != "skipped"}
+    assert set(rec) == {("fp32", False), ("bf16", False), ("bf16", True)}
+    assert rec[("bf16", True)]["status"] in ("winner", "passed") and rec[("bf16", True)]["latency_ms"]["p50"] > 0
+    assert not any(c["guard"] for s in ("det", "cls") for c in data["stages"][s])  # only rec has a guard
+    configs = {c.name: c for c in load_repository(out, check_source=False)}
+    if rec[("bf16", True)]["status"] == "winner":
+        assert data["winners"]["rec"] == "openvino bf16 + fp32 guard"
+        assert configs["ocr"].pipeline["rec_guard"] == "rec_guard"
+        assert configs["rec_guard"].precision == "fp32" and configs["rec"].precision == "bf16"
+    else:
+        assert "rec_guard" not in configs and "rec_guard" not in configs["ocr"].pipeline
