@@ -4,6 +4,9 @@
 - `overhead_benchmark`: p50 of the raw runner (in process, batch 1) against p50 of the same model behind the
   server (one sequential keep-alive client sending binary tensors, so the client adds as little as possible).
   Reported: both p50s, their difference, and the server-side time from the access log.
+- `ceiling_benchmark`: the server's own ceiling — a near-free ONNX model (one ReduceMax) behind the server, offered
+  increasing Poisson rates by the multi-process load generator; reported: what it sustains, latency, and the
+  server process's CPU time per answered request.
 - `batching_benchmark`: open-loop Poisson load (`ppdeploy.bench.load`) on the same model served twice — with
   dynamic batching and with `max_batch_size: 1` — over a ladder of offered rates. For a p99 budget, each
   configuration's throughput is the highest achieved rate whose p99 stays within it; the ratio is the gain.
@@ -297,6 +300,92 @@ def batching_benchmark(model: str = "ppocrv4-rec", shape: Sequence[int] = (1, 3,
                           ladders["batched"], ladders["unbatched"], b, u, round(b / u, 2) if u else None)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The server's own ceiling: a near-free model, so what is measured is the HTTP + protocol + batcher path
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class CeilingPoint:
+    offered_rps: float
+    achieved_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    lost: int
+    server_cpu_us_per_request: float | None  # user + system CPU of the server process / answered requests
+
+
+@dataclass
+class CeilingResult:
+    input_shape: list[int]
+    output_shape: list[int]
+    max_batch_size: int
+    duration_s: float
+    workers: int
+    points: list[CeilingPoint]
+
+
+def near_free_model(path: Path, input_shape: Sequence[int] = (3, 48, 192), output_elems: int = 2) -> Path:
+    """An ONNX model that costs next to nothing to run (a ReduceMax, then an Expand to `output_elems` floats
+    per row): x [N, *input_shape] float32 -> y [N, output_elems]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *input_shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, output_elems])
+    axes = list(range(1, len(input_shape) + 1))
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0, axes=axes),
+             helper.make_node("Unsqueeze", ["m", "one"], ["u"]),
+             helper.make_node("Expand", ["u", "shape"], ["y"])]
+    inits = [helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("shape", TensorProto.INT64, [2], [1, output_elems])]
+    model = helper.make_model(helper.make_graph(nodes, "near_free", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # not Linux
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ceiling_benchmark(rates: Sequence[float] = (500, 1000, 2000, 3000, 4000), duration_s: float = 4.0,
+                      max_batch_size: int = 1, input_shape: Sequence[int] = (3, 48, 192), output_elems: int = 2,
+                      workers: int = 0) -> CeilingResult:
+    """Offer increasing Poisson rates to a server whose model is near free (ONNX Runtime, one thread) and record
+    what it sustains and how much CPU the server process spends per request."""
+    from ppdeploy.bench.load import LoadSettings, default_workers, run_load
+
+    workers = workers or default_workers()
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-ceiling-") as tmp:
+        model = near_free_model(Path(tmp) / "near_free.onnx", input_shape, output_elems)
+        config = (f"name: m\nsource: {model}\nbackends: [onnxruntime]\nthreads: 1\nmax_batch_size: {max_batch_size}\n"
+                  f"dynamic_batching: {{max_queue_size: 8192}}\n")
+        x = np.random.default_rng(0).standard_normal((1, *input_shape), dtype=np.float32)
+        template = binary_request_template("m", {"x": x})
+        points = []
+        with running_server([config], extra_args=["--no-access-log"]) as server:
+            settings = LoadSettings(timeout_s=20, drain_s=10, max_in_flight=2048, workers=workers)
+            run_load(server.url, template, [min(rates)], 1.0, settings=settings)  # warm-up, not recorded
+            for rate in rates:
+                c0 = _process_cpu_s(server.process.pid)
+                [res] = run_load(server.url, template, [rate], duration_s, settings=settings)
+                c1 = _process_cpu_s(server.process.pid)
+                lat = res.latency_ms or {}
+                cpu = round((c1 - c0) / res.ok * 1e6, 1) if c0 is not None and c1 is not None and res.ok else None
+                points.append(CeilingPoint(rate, res.achieved_rps, lat.get("p50"), lat.get("p99"),
+                                           res.scheduled - res.ok, cpu))
+                if res.achieved_rps < 0.8 * res.scheduled / duration_s:
+                    break  # past the ceiling
+    return CeilingResult([1, *input_shape], [1, output_elems], max_batch_size, duration_s, workers, points)
+
+
 def _table(points: Sequence[LadderPoint]) -> str:
     rows = ["| offered req/s | achieved req/s | p50 ms | p99 ms | mean batch | failed |", "|---|---|---|---|---|---|"]
     for p in points:
@@ -307,7 +396,7 @@ def _table(points: Sequence[LadderPoint]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ppdeploy.serve.loadtest", description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["overhead", "batching"])
+    ap.add_argument("which", choices=["overhead", "batching", "ceiling"])
     ap.add_argument("--model")
     ap.add_argument("--backend", help="default: onnxruntime for overhead, openvino for batching (it gains from "
                                       "batches on CPU; ONNX Runtime's CPU kernels barely do)")
@@ -321,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--inline-max-ms", type=float, default=1.0, help="overhead: the config's inline_max_ms")
+    ap.add_argument("--output-elems", type=int, default=2, help="ceiling: floats per row in the response")
+    ap.add_argument("--workers", type=int, default=0, help="ceiling: load-generator processes (0: one per 4 cores)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     shape = tuple(int(d) for d in args.shape.split("x")) if args.shape else None
@@ -329,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
                                  args.requests,
                                  threads=args.threads, inline_max_ms=args.inline_max_ms)
         print(json.dumps(asdict(res), indent=2))
+    elif args.which == "ceiling":
+        kw = {"rates": [float(r) for r in args.rates.split(",")]} if args.rates else {}
+        res = ceiling_benchmark(duration_s=args.duration, max_batch_size=args.max_batch_size,
+                                input_shape=(shape or (1, 3, 48, 192))[1:], output_elems=args.output_elems,
+                                workers=args.workers, **kw)
+        print("| offered req/s | achieved req/s | p50 ms | p99 ms | lost | server CPU us/request |\n|---|---|---|---|---|---|")
+        for p in res.points:
+            print(f"| {p.offered_rps:g} | {p.achieved_rps:.1f} | {p.p50_ms} | {p.p99_ms} | {p.lost} | "
+                  f"{p.server_cpu_us_per_request} |")
     else:
         kw = {}
         if args.rates:

@@ -236,7 +236,7 @@ def main() -> int:
     RESULTS["load_workers"] = workers
     t0 = time.perf_counter()
     only = os.environ.get("GOAL_MODELS", "rec,cls,ocr").split(",")
-    RESULTS["gil_switch_ms"] = os.environ.get("PPDEPLOY_GIL_SWITCH_MS", "0.5 (default)")
+    RESULTS["gil_switch_ms"] = os.environ.get("PPDEPLOY_GIL_SWITCH_MS", "Python's default (5)")
     if SMOKE:
         run_model("ppocr-cls", (3, 48, 192), 8, 1.0, [20, 60], 1.0, workers)
         if "ocr" in only:

@@ -279,3 +279,15 @@ def test_worker_records_merge_in_schedule_order():
         server.server_close()
     assert [r.scheduled_s for r in records] == schedule.tolist()
     assert all(r.status == 200 and r.sent_s is not None and r.done_s >= r.sent_s for r in records)
+
+
+def test_near_free_model_of_the_ceiling_benchmark(tmp_path):
+    import onnxruntime as ort
+
+    from ppdeploy.serve.loadtest import near_free_model
+
+    path = near_free_model(tmp_path / "m.onnx", (3, 8, 8), output_elems=5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+    [y] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.shape == (2, 5)
+    np.testing.assert_allclose(y, np.repeat(x.reshape(2, -1).max(1, keepdims=True), 5, axis=1))
