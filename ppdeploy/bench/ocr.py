@@ -83,7 +83,7 @@ class _AssembledOCR:
 
     def __init__(self, config: OCRConfig, threads: int | None, options: dict[str, Any]):
         from ppdeploy.deploy import load_model
-        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR, _guard_precision
+        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR, rec_guard_precision
 
         self.deployments = {}
         try:
@@ -92,7 +92,7 @@ class _AssembledOCR:
                 self.deployments[stage] = load_model(
                     model, backend=config.stage_backend(stage), precision=precision, threads=threads,
                     calib=(config.calib or {}).get(stage) if precision != "fp32" else None)
-            guard = _guard_precision(config.rec_guard, self.deployments["rec"].precision)
+            guard = rec_guard_precision(config.rec_guard, self.deployments["rec"].precision)
             if guard is not None:
                 self.deployments["rec_guard"] = load_model(DEFAULT_MODELS["rec"], backend=self.deployments["rec"].backend,
                                                            precision=guard, threads=threads)

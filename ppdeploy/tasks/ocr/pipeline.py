@@ -53,7 +53,7 @@ class OCRResult:
     timings: dict[str, float]  # milliseconds per stage, see TIMING_KEYS
     width: int
     height: int
-    guarded_lines: int = 0  # lines the rec guard read again at full precision (see TextRecognizer)
+    guarded_lines: int = 0  # lines the rec guard read again at full precision (ppdeploy.tasks.ocr.guard)
 
     @property
     def text(self) -> str:
@@ -147,8 +147,9 @@ class OCR:
     almost every call: measured there, 0.3 pages/s without buckets, 16.6 with (bench/gpu/README.md). Zero padding
     is what PaddleOCR's own batching does to shorter crops; CPU backends are unaffected.
     rec_guard: "auto" (default) loads an FP32 copy of the rec model on the same backend whenever rec runs in a
-    reduced precision (bf16, int8, fp16) and re-reads with it the lines the fast model is unsure of (see
-    TextRecognizer; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None turns it off.
+    reduced precision (bf16, int8, fp16) and re-reads with it the lines the fast model is unsure of
+    (ppdeploy.tasks.ocr.guard; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None
+    turns it off.
     """
 
     def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
@@ -175,7 +176,7 @@ class OCR:
             self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
                                                  precision=precisions[stage] or "fp32", threads=threads,
                                                  **extra[stage])
-        guard_precision = _guard_precision(rec_guard, self.deployments["rec"].precision)
+        guard_precision = rec_guard_precision(rec_guard, self.deployments["rec"].precision)
         if guard_precision is not None:
             # Same backend as the fast model, so the guard differs from it in precision only.
             self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
@@ -267,7 +268,8 @@ class OCR:
         self.close()
 
 
-def _guard_precision(rec_guard: str | None, rec_precision: str) -> str | None:
+def rec_guard_precision(rec_guard: str | None, rec_precision: str) -> str | None:
+    """The precision of the guard model OCR(rec_guard=...) loads for a rec model of `rec_precision` (None: no guard)."""
     if rec_guard is None or rec_guard in ("off", "none"):
         return None
     if rec_guard == "auto":
