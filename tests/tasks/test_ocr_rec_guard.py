@@ -48,6 +48,15 @@ def test_a_third_class_within_the_margin_counts():
     assert uncertain_rows(probs, 0.15) == [0]
 
 
+def test_logits_are_judged_as_their_softmax():
+    probs = one_hot_path([0, 1, 0, 2, 0])
+    probs[0, 3] = [0.0, 0.0, 0.55, 0.45, 0.0]
+    logits = np.log(np.maximum(probs, 1e-6)) * 3 + 7  # a model without its final softmax (and shifted)
+    softened = np.exp(logits - logits.max(axis=2, keepdims=True))
+    softened /= softened.sum(axis=2, keepdims=True)
+    assert uncertain_rows(logits, 0.5) == uncertain_rows(softened, 0.5) == [0]
+
+
 def test_only_the_unsure_rows_of_a_batch_are_returned():
     probs = np.concatenate([one_hot_path([1, 0, 2]), one_hot_path([1, 0, 2]), one_hot_path([3, 0, 4])])
     probs[1, 2] = [0.0, 0.0, 0.5, 0.0, 0.5]

@@ -40,6 +40,9 @@ def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
     """
     if margin <= 0:
         return []
+    if probs.min() < -1e-4 or probs.max() > 1.0001:  # logits, not probabilities: judge on their softmax
+        e = np.exp(probs - probs.max(axis=2, keepdims=True))
+        probs = e / e.sum(axis=2, keepdims=True)
     best = probs.argmax(axis=2)
     best_p = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
     rows = []
