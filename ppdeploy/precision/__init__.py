@@ -78,7 +78,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     exclude: node names never quantized in INT8 graphs (added to the automatic exclusions).
     metric: output agreement metric for the gate (auto|ctc|top1|mask_iou|rel_l2).
     task_metric: `runner -> score` over a whole task (e.g. OCR character accuracy with this model's runner
-        swapped in); when given it is the gate, and the output metric only ranks INT8 exclusions.
+        swapped in); when given it is the gate, and the output metric only ranks INT8 exclusions. A `data_hash`
+        attribute on it (ocr_char_accuracy sets one) identifies its data in the cache key.
     repair: search for FP32 keeps / INT8 exclusions when the first candidate fails (else fail at once).
     quantizer: INT8 only. "onnxruntime": ORT's QDQ ONNX graph (for ONNX Runtime, TensorRT); "openvino": NNCF on
         the OpenVINO model, an OpenVINO IR that only the openvino backend builds (its fast INT8 path);
@@ -123,7 +124,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         "quantizer": quantizer if precision == "int8" else None,
         "keep_fp32": sorted(keep_fp32), "exclude": sorted(exclude), "calib": calib.hash if calib else None,
         "gate": {"max_loss": budget, "metric": metric, "task": task_name if task_metric else None,
-                 "data": gate_data.hash, "repair": repair},
+                 "task_data": getattr(task_metric, "data_hash", None), "data": gate_data.hash, "repair": repair},
         "versions": _versions(precision),
     }
 

@@ -1,12 +1,14 @@
 """Precision benchmark for the OCR models: FP32 vs BF16 vs INT8 on the same backend, in the same run.
 
-    python -m ppdeploy.precision.benchmark [--calib DIR] [--data DIR] [--pages N] [--json out.json]
+    python -m ppdeploy.precision.benchmark [--calib DIR] [--gate DIR] [--data DIR] [--pages N] [--json out.json]
 
 Builds every variant through `ppdeploy.precision.apply` (cached; INT8 gated on page character accuracy of
 the whole pipeline, calibrated on pages disjoint from the evaluation pages), then measures per backend:
 det and rec latency (median of interleaved runs: the variants take turns, so load from other processes
 hits them alike) and the whole pipeline (pages/s and page character accuracy on the evaluation pages).
-Without --calib/--data, synthetic pages are generated with different seeds for each.
+Three disjoint page sets: calibration (--calib), the INT8 gate's (--gate: the exclusion search is tuned on them),
+and evaluation (--data: the reported accuracy and speed). Without them, synthetic pages are generated with a
+different seed for each.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def _onnx(role: str) -> Path:
     return to_onnx(detect(ZOO[role], None, export_dir=None), cache=EngineCache()).onnx_path
 
 
-def build_variants(calib_dir: Path, data_dir: Path, max_loss: float) -> dict[str, dict[str, Any]]:
+def build_variants(calib_dir: Path, gate_dir: Path, max_loss: float) -> dict[str, dict[str, Any]]:
     """{backend/precision: {"det"|"rec"|"cls": (path, hint)}, ...} plus the gate reports."""
     from ppdeploy.cache import EngineCache
     from ppdeploy.precision import apply
@@ -51,7 +53,7 @@ def build_variants(calib_dir: Path, data_dir: Path, max_loss: float) -> dict[str
             calib = ocr_calibration(role, calib_dir, det_runner=None if role == "det" else refs["det"])
             res = apply(fp32[role], "int8", cache=cache, calib=calib, method="entropy" if quantizer == "onnxruntime"
                         else "minmax", quantizer=quantizer, max_loss=max_loss,
-                        task_metric=ocr_char_accuracy(data_dir, role, refs), task_name=f"ocr_char_accuracy[{role}]")
+                        task_metric=ocr_char_accuracy(gate_dir, role, refs), task_name=f"ocr_char_accuracy[{role}]")
             int8[role] = (res.onnx_path, res.backend_hint)
             reports[f"{backend} int8 {role}"] = {k: res.report.get(k) for k in ("gate", "int8", "excluded", "data")}
         variants[f"{backend} int8"] = int8
@@ -66,7 +68,7 @@ def build_variants(calib_dir: Path, data_dir: Path, max_loss: float) -> dict[str
         for role in ("det", "rec"):
             calib = ocr_calibration(role, calib_dir, det_runner=None if role == "det" else refs["det"])
             res = apply(fp32[role], "int8", cache=cache, calib=calib, method="minmax", quantizer="openvino-bf16",
-                        max_loss=max_loss, task_metric=ocr_char_accuracy(data_dir, role, refs),
+                        max_loss=max_loss, task_metric=ocr_char_accuracy(gate_dir, role, refs),
                         task_name=f"ocr_char_accuracy[{role}]")
             mixed[role] = (res.onnx_path, res.backend_hint)
             reports[f"openvino int8+bf16 {role}"] = {k: res.report.get(k) for k in ("gate", "int8", "excluded", "data")}
@@ -143,6 +145,8 @@ def pipeline(variants: dict, data_dir: Path, rounds: int) -> dict[str, dict[str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calib", type=Path, default=None, help="calibration pages (default: synthetic, seed 1000)")
+    p.add_argument("--gate", type=Path, default=None, help="labelled pages the INT8 gate judges on (default: synthetic, "
+                                                          "seed 3000)")
     p.add_argument("--data", type=Path, default=None, help="labelled evaluation pages (default: synthetic, seed 2000)")
     p.add_argument("--pages", type=int, default=12, help="synthetic pages per set")
     p.add_argument("--max-loss", type=float, default=0.005, help="INT8 gate: page char accuracy points")
@@ -163,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="ppdeploy-precision-bench-"))
     calib_dir = args.calib or tmp / "calib"
+    gate_dir = args.gate or tmp / "gate"
     data_dir = args.data or tmp / "data"
     if args.calib is None:
         generate(calib_dir, SynthOptions(pages=args.pages, seed=1000))
+    if args.gate is None:
+        generate(gate_dir, SynthOptions(pages=args.pages, seed=3000))
     if args.data is None:
         generate(data_dir, SynthOptions(pages=args.pages, seed=2000))
-    built = build_variants(calib_dir, data_dir, args.max_loss)
+    built = build_variants(calib_dir, gate_dir, args.max_loss)
     variants = built["variants"]
     page = cv2.imread(str(sorted(p for p in data_dir.iterdir() if p.suffix in (".png", ".jpg"))[0]))
     page_feeds = {"x": preprocess(page, DetOptions())[0]}

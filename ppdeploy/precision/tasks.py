@@ -90,7 +90,20 @@ def ocr_char_accuracy(data_dir: str | Path, role: str, runners: Mapping[str, Any
         return float(evaluate_ocr(ocr, data_dir).metrics.char_accuracy)
 
     metric.__name__ = f"ocr_char_accuracy[{role}]"
+    metric.data_hash = folder_digest(data_dir)  # the precision cache key must change when the gate's pages do
     return metric
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over the names and bytes of every file in `folder` (recursively), in sorted order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def ocr_load_kwargs(role: str, calib_dir: str | Path, *, runners: Mapping[str, Any], gate_data: str | Path | None = None,

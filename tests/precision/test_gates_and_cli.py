@@ -114,3 +114,23 @@ def test_build_cli_reports_gate_and_cache(tmp_path, capsys, monkeypatch):
 
     assert main(args + ["--no-repair"]) == 2  # the first candidate fails the gate: a clear error, no engine
     assert "fails its accuracy gate" in capsys.readouterr().err
+
+
+def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_cache, tmp_path):
+    from ppdeploy.precision.tasks import folder_digest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "labels.json").write_text("{}")
+    first = folder_digest(tmp_path / "a")
+    (tmp_path / "a" / "labels.json").write_text('{"images": []}')
+    assert folder_digest(tmp_path / "a") != first
+
+    def metric_on(data_hash):
+        def metric(runner):
+            return 1.0
+        metric.data_hash = data_hash
+        return metric
+
+    results = [apply(cls_onnx, "fp16", cache=precision_cache, task_metric=metric_on(h), task_name="same name")
+               for h in ("pages-1", "pages-1", "pages-2")]
+    assert [r.cache_hit for r in results] == [False, True, False]  # new gate pages: judged again, not reused
