@@ -341,7 +341,20 @@ class GatewayASGI:
             # The name the app was deployed under (`serve run` calls it "default"), not the one we would choose.
             app_name = serve.get_replica_context().app_name or self.app_name
             self._app = build_app(self.configs, self.settings, host_class=ray_model_host_class(app_name))
-        await self._app(scope, receive, send)
+        await self._app(scope, receive, _picklable(send))
+
+
+def _picklable(send):
+    """Ray pickles every ASGI message a replica sends to its proxy; the app's zero-copy response bodies are
+    memoryviews, which cannot be pickled, so they become bytes here (one copy, on the Ray path only)."""
+
+    async def send_bytes(message) -> None:
+        body = message.get("body")
+        if isinstance(body, memoryview):
+            message = {**message, "body": body.tobytes()}
+        await send(message)
+
+    return send_bytes
 
 
 class GatewayReplica:
