@@ -164,7 +164,7 @@ class RequestRecord:
         millisecond resolution), so no latency is ever negative."""
         if self.done_s is None:
             return None
-        start = self.scheduled_s if self.sent_s is None else max(self.scheduled_s, self.sent_s)
+        start = self.scheduled_s if self.sent_s is None else min(self.scheduled_s, self.sent_s)
         return (self.done_s - start) * 1e3
 
 

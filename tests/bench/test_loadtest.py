@@ -291,3 +291,13 @@ def test_near_free_model_of_the_ceiling_benchmark(tmp_path):
     [y] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert y.shape == (2, 5)
     np.testing.assert_allclose(y, np.repeat(x.reshape(2, -1).max(1, keepdims=True), 5, axis=1))
+
+
+def test_latency_counts_from_the_scheduled_time_or_an_early_send():
+    from ppdeploy.bench.load import RequestRecord
+
+    late = RequestRecord(scheduled_s=1.0, sent_s=1.2, done_s=1.25, status=200)
+    assert late.latency_ms == pytest.approx(250.0)  # the client's own lag is charged to the request
+    early = RequestRecord(scheduled_s=1.0, sent_s=0.999, done_s=0.9995, status=200)  # a timer fired 1 ms early
+    assert early.latency_ms == pytest.approx(0.5)
+    assert RequestRecord(1.0, None, None, None).latency_ms is None
