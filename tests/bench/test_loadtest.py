@@ -301,3 +301,17 @@ def test_latency_counts_from_the_scheduled_time_or_an_early_send():
     early = RequestRecord(scheduled_s=1.0, sent_s=0.999, done_s=0.9995, status=200)  # a timer fired 1 ms early
     assert early.latency_ms == pytest.approx(0.5)
     assert RequestRecord(1.0, None, None, None).latency_ms is None
+
+
+def test_a_slow_answer_is_a_timeout_failure():
+    server, served = make_server(threaded=True, service_s=1.0)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        [res] = run_load(url, v2_request("m", {"x": np.zeros((1, 4), np.float32)}), [10.0], 0.3, "constant",
+                         LoadSettings(timeout_s=0.2, drain_s=1))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.sent == res.scheduled == 3
+    assert res.ok == 0 and res.failures == 3
+    assert any("no complete response within 0.2 s" in e for e in res.error_examples), res.error_examples
