@@ -338,8 +338,11 @@ class OnnxRuntimeCUDARunner(Runner):
         batches = [ranges[names[0]].opt[0]]
         if self._batchable:
             top = min(r.max[0] for n, r in ranges.items() if n in self._batchable)
+            low = max(r.min[0] for n, r in ranges.items() if n in self._batchable)
+            # Only batches the profile admits: a fixed profile (min = max, e.g. for CUDA graphs) warms that one.
             batches = sorted({batch_bucket(b, top) for b in (1 << i for i in range(top.bit_length() + 1)) if b <= top}
                              | {top})
+            batches = [b for b in batches if b >= low] or [top]
         done = []
         dtypes = {t.name: t.dtype for t in self.io.inputs}
         for b in batches:

@@ -228,6 +228,17 @@ def test_warm_up_creates_every_batch_bucket_of_the_profile():
     assert runner.warm_up(ShapeProfile()) == []
 
 
+def test_warm_up_stays_inside_the_profile():
+    # A fixed profile (the CUDA-graph case) warms its one batch; a profile starting at 4 warms nothing below 4.
+    # (On the H100 the fixed case failed: bucket 1 was run against a min=max=8 profile.)
+    for lo, hi, want in ((8, 8, [8]), (4, 24, [4, 8, 16, 24])):
+        runner = _cpu_slot_runner("ppocr-cls")
+        runner._batch_limit = hi
+        profile = ShapeProfile.from_dict({"x": {"min": [lo, 3, 48, 192], "opt": [hi, 3, 48, 192],
+                                                "max": [hi, 3, 48, 192]}})
+        assert [s[0] for s in runner.warm_up(profile)] == want
+
+
 def test_pad_multiple_buckets_shapes_and_crops_det_maps():
     x = np.ones((1, 3, 500, 700), np.float32)
     padded, orig = ortcuda.pad_axes({"x": x}, {"x": {"2": 320, "3": 320}})
