@@ -23,6 +23,12 @@ def session_options(options: BuildOptions, optimized_out: Path | None = None):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    if not options.extra.get("spin", False):
+        # ORT's idle workers spin after each run by default, taking the CPU from whatever runs next on the same cores
+        # (the task's own Python, another runtime, the server's event loop): measured on the OCR pipeline on 2 cores,
+        # all-ORT 335 -> 289 ms/page and ORT cls before OpenVINO rec 161 -> 148 ms/page with spinning off.
+        # `spin: true` restores it (back-to-back calls of one model may gain a little).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_out is not None:
         # Extended, not ALL: "all" layout transforms are CPU-instruction specific and would tie the file to this CPU.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -86,3 +86,12 @@ def test_threads_setting_reaches_backends():
     assert compile_config(BuildOptions(threads=1))["INFERENCE_NUM_THREADS"] == 1
     assert compile_config(BuildOptions())["INFERENCE_NUM_THREADS"] == default_threads()
     assert compile_config(BuildOptions())["INFERENCE_PRECISION_HINT"] == "f32"  # pinned, never silent bf16
+
+
+def test_onnxruntime_workers_do_not_spin_unless_asked():
+    from ppdeploy.backends.base import BuildOptions
+    from ppdeploy.backends.onnxruntime import session_options
+
+    assert session_options(BuildOptions()).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception, match="allow_spinning"):  # left at ORT's own default (spinning)
+        session_options(BuildOptions(extra={"spin": True})).get_session_config_entry("session.intra_op.allow_spinning")
