@@ -37,8 +37,13 @@ def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rec-dictionary", default=None, help="character list of the recognizer (default ppocr_keys_v1.txt)")
     p.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
     p.add_argument("--rec-guard", default="auto", choices=("auto", "off", "fp32"),
-                   help="auto (default): a bf16/int8/fp16 rec model gets an FP32 copy that re-reads the lines it is "
+                   help="auto (default): a bf16/fp16 rec model gets an FP32 copy that re-reads the lines it is "
                         "unsure of; off: no guard")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="page images to calibrate the int8 (or other reduced-precision) stages on, through the "
+                        "pipeline's own preprocessing")
+    p.add_argument("--gate-data", default=None, metavar="DIR",
+                   help="labelled pages (not the --calib ones) to gate those stages on page character accuracy")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: all cores)")
     for flag, typ, _, help_text in _OPTION_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
@@ -53,7 +58,8 @@ def build_ocr(args: argparse.Namespace):
     options["rec_dictionary"] = args.rec_dictionary
     return OCR(backend=backend, precision=precision, det_model=args.det_model, rec_model=args.rec_model,
                cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads,
-               rec_guard=None if args.rec_guard == "off" else args.rec_guard, **options)
+               rec_guard=None if args.rec_guard == "off" else args.rec_guard, calib=args.calib,
+               gate_data=args.gate_data, **options)
 
 
 def register(subparsers) -> None:

@@ -132,7 +132,7 @@ class ModelConfig(_Strict):
     instance_count: int = Field(1, ge=1, le=64)
     task: Task = "none"
     # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
-    # rec_guard: an FP32 copy of rec that re-reads the lines a BF16/INT8 rec is unsure of, ppdeploy.tasks.ocr.guard)
+    # rec_guard: an FP32 copy of rec that re-reads the lines a BF16 rec is unsure of, ppdeploy.tasks.ocr.guard)
     pipeline: dict[str, str] = Field(default_factory=dict)
     # passed as keyword arguments to the task's constructor (labels file, thresholds, ...)
     task_options: dict[str, Any] = Field(default_factory=dict)

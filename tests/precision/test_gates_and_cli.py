@@ -134,3 +134,32 @@ def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_c
     results = [apply(cls_onnx, "fp16", cache=precision_cache, task_metric=metric_on(h), task_name="same name")
                for h in ("pages-1", "pages-1", "pages-2")]
     assert [r.cache_hit for r in results] == [False, True, False]  # new gate pages: judged again, not reused
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed (pip install 'ppdeploy[nncf]')")
+def test_ocr_int8_from_a_folder_of_pages(ocr_pages, tmp_path, monkeypatch):
+    """OCR(precision=..., calib=pages): calibrated on the crops the pipeline sees, gated on the labelled pages,
+    NNCF on OpenVINO; INT8 rec is not guarded by default (its errors are too large for the guard), on request it is."""
+    from ppdeploy.evaluation.dataset import read_labelled_folder
+    from ppdeploy.tasks.ocr.pipeline import OCR
+
+    monkeypatch.setenv("PPDEPLOY_CACHE", str(tmp_path / "cache"))
+    calib_dir, eval_dir = ocr_pages
+    with pytest.raises(Exception, match="calibration"):  # INT8 without data: a clear error, not a guess
+        OCR(backend="openvino", precision={"rec": "int8"})
+    with OCR(backend="openvino", precision={"rec": "int8"}, calib=calib_dir, gate_data=eval_dir) as ocr:
+        rec = ocr.deployments["rec"]
+        assert rec.precision == "int8" and rec.precision_report["quantizer"] == "openvino"
+        gate = rec.precision_report["gate"]
+        assert gate["passed"] and gate["gate"].startswith("ocr_char_accuracy")
+        assert ocr.deployments["cls"].precision == "fp32" and not ocr.guarded
+        page = read_labelled_folder(eval_dir)[0]
+        lines = [line.text for line in ocr.predict(page.path).lines]
+    with OCR(backend="openvino") as fp32:
+        want = [line.text for line in fp32.predict(page.path).lines]
+    assert len(lines) == len(want) and sum(a == b for a, b in zip(lines, want)) >= 0.6 * len(want)
+    with OCR(backend="openvino", precision={"rec": "int8"}, calib=calib_dir, gate_data=eval_dir, rec_guard="fp32",
+             rec_guard_margin=0.7) as guarded:
+        assert guarded.guarded and guarded.deployments["rec"].cache_hit  # the same INT8 build, from the cache
+        assert guarded.deployments["rec_guard"].precision == "fp32"

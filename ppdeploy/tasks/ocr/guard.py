@@ -9,6 +9,11 @@ padding changes the model's output, and a hesitant line is precisely one it can 
 
 Measured on 1271 synthetic lines (tuning pages, not the benchmark's): a margin of 0.3 re-reads ~15 % of the lines
 and left no line different from FP32; 0.2 re-reads ~12 % and missed 3 of 792; 0.1 ~6 % and missed 6 of 792.
+
+INT8 (NNCF on OpenVINO) is another matter: it changes 11-13 % of the lines, often confidently (a character dropped
+with a wide margin). On 792 lines, a 0.3 margin re-reads 18 % and leaves 2.7 % different; 0.5 re-reads 33 % and
+leaves 1 %; 0.7 re-reads 54 % and leaves 0.1 %. Guarding INT8 that closely costs most of what INT8 saves, so OCR
+guards BF16/FP16 rec by default and INT8 only when asked (rec_guard="fp32", with a wider rec_guard_margin).
 """
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ STAGES = ("det", "cls", "rec")
 DEFAULT_MODELS = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
 TIMING_KEYS = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post",
                "rec_guard", "total")
-GUARDED_PRECISIONS = ("bf16", "int8", "fp16")
+# Rec precisions that get the FP32 guard by default: their errors are small enough for the guard to find the lines
+# they change. INT8's are not (ppdeploy/tasks/ocr/guard.py has the numbers); rec_guard="fp32" still forces it.
+GUARDED_PRECISIONS = ("bf16", "fp16")
 
 
 @dataclass
@@ -141,13 +143,17 @@ class OCR:
     backend / precision: one name for all stages, or a dict per stage, e.g.
     `backend={"det": "openvino", "rec": "onnxruntime", "cls": "onnxruntime"}`; stages left out get the
     dict's "default" entry, else "auto" / "fp32".
-    load_options: extra `load_model` arguments per stage, e.g. {"rec": {"calib": ..., "max_loss": 0.01}}.
+    load_options: extra `load_model` arguments per stage, e.g. {"rec": {"max_loss": 0.01}}.
+    calib: a folder of page images for the stages in int8 (or another reduced precision): each stage is calibrated on
+    what the pipeline feeds it (det: the pages; cls/rec: the crops an FP32 detector finds on them). gate_data: a
+    folder of labelled pages (not the calibration ones) on which those stages are gated by the page character
+    accuracy of the whole pipeline; without it, each model is gated on its own outputs.
     gpu_shape_buckets: when a stage lands on onnxruntime-cuda, pad its inputs into a few shape buckets. ORT's CUDA
     provider re-plans every convolution on a shape change (60-680 ms on the H100), and OCR sends a new shape on
     almost every call: measured there, 0.3 pages/s without buckets, 16.6 with (bench/gpu/README.md). Zero padding
     is what PaddleOCR's own batching does to shorter crops; CPU backends are unaffected.
     rec_guard: "auto" (default) loads an FP32 copy of the rec model on the same backend whenever rec runs in a
-    reduced precision (bf16, int8, fp16) and re-reads with it the lines the fast model is unsure of
+    reduced precision whose errors it can catch (bf16, fp16) and re-reads with it the lines the fast model is unsure of
     (ppdeploy.tasks.ocr.guard; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None
     turns it off.
     """
@@ -156,7 +162,7 @@ class OCR:
                  det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
                  cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
                  load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
-                 rec_guard: str | None = "auto", **options: Any):
+                 rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None, **options: Any):
         from ppdeploy.deploy import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
@@ -169,13 +175,18 @@ class OCR:
                 switches = dict(extra[stage].get("extra") or {})
                 switches.setdefault("onnxruntime-cuda", buckets)
                 extra[stage]["extra"] = switches
+        stages = [s for s in STAGES if s != "cls" or use_cls]
+        refs = _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions, extra, threads) \
+            if calib is not None else {}
         self.deployments: dict[str, Any] = {}
-        for stage in STAGES:
-            if stage == "cls" and not use_cls:
-                continue
-            self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
-                                                 precision=precisions[stage] or "fp32", threads=threads,
-                                                 **extra[stage])
+        try:
+            for stage in stages:
+                self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
+                                                     precision=precisions[stage] or "fp32", threads=threads,
+                                                     **extra[stage])
+        finally:
+            for d in refs.values():  # the calibration's FP32 references: the gates have run
+                d.close()
         guard_precision = rec_guard_precision(rec_guard, self.deployments["rec"].precision)
         if guard_precision is not None:
             # Same backend as the fast model, so the guard differs from it in precision only.
@@ -266,6 +277,33 @@ class OCR:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions, extra, threads) -> dict[str, Any]:
+    """Put calibration (and the task gate) built from page images into `extra` for every reduced-precision stage.
+    Returns the FP32 reference deployments the gates use; the caller closes them once the stages are loaded."""
+    from ppdeploy.deploy import load_model
+    from ppdeploy.precision import int8_openvino
+    from ppdeploy.precision.tasks import ocr_load_kwargs
+
+    lowered = [s for s in stages if (precisions[s] or "fp32") != "fp32"]
+    if not lowered:
+        return {}
+    # FP32 reference runners: the detector finds the crops rec/cls see; all three run the task gate.
+    refs = {s: load_model(models[s], backend="onnxruntime", threads=threads) for s in stages}
+    try:
+        runners = {s: d.runner for s, d in refs.items()}
+        for s in lowered:
+            nncf = backends[s] == "openvino" and int8_openvino.available() is None
+            kwargs = ocr_load_kwargs(s, calib, runners=runners, gate_data=gate_data,
+                                     quantizer="openvino" if nncf else "onnxruntime",
+                                     method="minmax" if nncf else "entropy")
+            extra[s] = {**kwargs, **extra[s]}  # explicit load_options win
+    except BaseException:
+        for d in refs.values():
+            d.close()
+        raise
+    return refs
 
 
 def rec_guard_precision(rec_guard: str | None, rec_precision: str) -> str | None:
