@@ -83,7 +83,7 @@ def load_model(
         shapes = ShapeProfile.from_dict(shapes)
     options = BuildOptions(precision=precision, threads=threads, shapes=shapes or ShapeProfile(),
                            extra=dict(extra or {}))
-    source = detect(model, input_spec, export_dir=None)
+    source = detect(model, input_spec, export_dir=None, exports_root=cache.root / "layer-exports")
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
     precision_options = dict(precision_options or {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ppdeploy import zoo
-from ppdeploy.cache import sha256_files
+from ppdeploy.cache import default_root, sha256_files
 from ppdeploy.errors import SourceError
 
 log = logging.getLogger("ppdeploy.source")
@@ -45,10 +46,11 @@ class ModelSource:
         return sha256_files(self.files())
 
 
-def detect(model: Any, input_spec: Sequence[Any] | None = None, *, export_dir: Path | None = None) -> ModelSource:
+def detect(model: Any, input_spec: Sequence[Any] | None = None, *, export_dir: Path | None = None,
+           exports_root: Path | None = None) -> ModelSource:
     """Resolve `model` (zoo name, path, or paddle.nn.Layer) into a checked ModelSource."""
     if _is_layer(model):
-        return from_layer(model, input_spec, export_dir=export_dir)
+        return from_layer(model, input_spec, export_dir=export_dir, exports_root=exports_root)
     if isinstance(model, ModelSource):
         return model
     if not isinstance(model, (str, os.PathLike)):
@@ -141,8 +143,12 @@ def _is_layer(obj: Any) -> bool:
     return any(cls.__module__.startswith("paddle.") and cls.__name__ == "Layer" for cls in type(obj).__mro__)
 
 
-def from_layer(layer: Any, input_spec: Sequence[Any] | None, *, export_dir: Path | None = None) -> ModelSource:
-    """Export a Layer with paddle.jit.save in eval mode (Paddle 3 writes a PIR inference.json)."""
+def from_layer(layer: Any, input_spec: Sequence[Any] | None, *, export_dir: Path | None = None,
+               exports_root: Path | None = None) -> ModelSource:
+    """Export a Layer with paddle.jit.save in eval mode (Paddle 3 writes a PIR inference.json).
+
+    Without export_dir the export lands in `exports_root` (default: <cache>/layer-exports) under its content hash,
+    so exporting the same Layer again reuses one folder instead of leaving a new temporary one each time."""
     import paddle
 
     if not input_spec:
@@ -153,7 +159,22 @@ def from_layer(layer: Any, input_spec: Sequence[Any] | None, *, export_dir: Path
                       "(dropout off, batch-norm running statistics)", stacklevel=3)
         log.warning("layer %s was in training mode; switched to eval() for export", type(layer).__name__)
     layer.eval()
-    out_dir = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="ppdeploy-layer-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paddle.jit.save(layer, str(out_dir / "inference"), input_spec=list(input_spec))
-    return _from_dir(out_dir)
+    if export_dir:
+        out_dir = Path(export_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paddle.jit.save(layer, str(out_dir / "inference"), input_spec=list(input_spec))
+        return _from_dir(out_dir)
+    root = Path(exports_root) if exports_root else default_root() / "layer-exports"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    try:
+        paddle.jit.save(layer, str(staging / "inference"), input_spec=list(input_spec))
+        final = root / _from_dir(staging).digest()[:32]
+        try:
+            staging.rename(final)
+        except OSError:  # already exported (same content), possibly by another process just now
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _from_dir(final)

@@ -93,6 +93,24 @@ def test_layer_in_train_mode_is_exported_in_eval_mode(tmp_path):
     np.testing.assert_allclose(next(iter(got.values())), expected, atol=1e-5)
 
 
+def test_layer_exports_land_in_the_cache_by_content(tmp_path):
+    import paddle
+
+    from ppdeploy.source import from_layer
+
+    paddle.seed(1)
+    net = paddle.nn.Linear(8, 3)
+    spec = [paddle.static.InputSpec([None, 8], "float32", "x")]
+    first = from_layer(net, spec, exports_root=tmp_path)
+    again = from_layer(net, spec, exports_root=tmp_path)
+    assert first.directory == again.directory and first.directory.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [first.directory.name]  # one folder, no staging left behind
+    with paddle.no_grad():
+        net.weight.set_value(net.weight + 1.0)
+    changed = from_layer(net, spec, exports_root=tmp_path)
+    assert changed.directory != first.directory and len(list(tmp_path.iterdir())) == 2
+
+
 def test_layer_without_input_spec_is_rejected():
     import paddle
 
