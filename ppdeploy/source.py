@@ -127,6 +127,9 @@ def _check_program(model_file: Path, kind: str) -> None:
     from google.protobuf.message import DecodeError
 
     try:
+        from ppdeploy.backends.paddle import import_paddle
+
+        import_paddle()
         from paddle.base.proto import framework_pb2
     except ImportError:  # paddle absent: the converter will still parse it; nothing cheap to check with
         return
@@ -149,7 +152,9 @@ def from_layer(layer: Any, input_spec: Sequence[Any] | None, *, export_dir: Path
 
     Without export_dir the export lands in `exports_root` (default: <cache>/layer-exports) under its content hash,
     so exporting the same Layer again reuses one folder instead of leaving a new temporary one each time."""
-    import paddle
+    from ppdeploy.backends.paddle import import_paddle
+
+    paddle = import_paddle()
 
     if not input_spec:
         raise SourceError("a paddle.nn.Layer needs input_spec (a list of paddle.static.InputSpec)",

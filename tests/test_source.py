@@ -116,3 +116,17 @@ def test_layer_without_input_spec_is_rejected():
 
     with pytest.raises(SourceError, match="needs input_spec"):
         detect(paddle.nn.Linear(2, 2))
+
+
+def test_loading_a_paddle_model_leaves_the_root_logger_alone(demo_classifier_dir):
+    import logging
+    import subprocess
+    import sys
+
+    # A fresh interpreter: paddle's import-time logging setup happens once per process.
+    code = ("import logging; from ppdeploy.deploy import load_model; "
+            f"d = load_model({str(demo_classifier_dir)!r}, backend='paddle'); "
+            "root = logging.getLogger(); print(len(root.handlers), root.level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["0", str(logging.WARNING)]

@@ -14,6 +14,22 @@ from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, Tensor
 from ppdeploy.errors import BuildError
 
 
+def import_paddle():
+    """`import paddle`, undoing what its import does to logging: it adds a StreamHandler to the root logger and sets
+    it to INFO, which doubles every log line of an application that merely loads a model through ppdeploy."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import paddle
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return paddle
+
+
 def _model_files(artifact_dir: Path) -> tuple[Path, Path]:
     for suffix in (".pdmodel", ".json"):
         model = artifact_dir / f"inference{suffix}"
@@ -68,6 +84,7 @@ class PaddleBackend(Backend):
         shutil.copyfile(model_path.with_suffix(".pdiparams"), out_dir / "inference.pdiparams")
 
     def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
+        import_paddle()
         import paddle.inference as pi
 
         model, params = _model_files(artifact_dir)
@@ -101,6 +118,7 @@ _PROTO_DTYPES = {0: "bool", 1: "int16", 2: "int32", 3: "int64", 4: "float16", 5:
 
 
 def _declared_pdmodel(model_file: Path) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+    import_paddle()
     from paddle.base.proto import framework_pb2
 
     desc = framework_pb2.ProgramDesc()

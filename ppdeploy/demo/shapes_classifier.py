@@ -68,7 +68,9 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_network():
-    import paddle.nn as nn
+    from ppdeploy.backends.paddle import import_paddle
+
+    nn = import_paddle().nn
 
     def block(cin, cout):
         return [nn.Conv2D(cin, cout, 3, padding=1), nn.BatchNorm2D(cout), nn.ReLU(), nn.MaxPool2D(2)]
@@ -79,7 +81,9 @@ def build_network():
 
 def train(steps: int = 300, batch: int = 64, seed: int = 0):
     """Train and return (network in train mode, held-out accuracy)."""
-    import paddle
+    from ppdeploy.backends.paddle import import_paddle
+
+    paddle = import_paddle()
 
     paddle.seed(seed)
     paddle.set_device("cpu")
@@ -111,9 +115,10 @@ def export(out_dir: str | Path, steps: int = 300, seed: int = 0) -> Path:
     marker = out / "metrics.json"
     if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION and (out / "inference.pdiparams").exists():
         return out
-    import paddle
-
+    from ppdeploy.backends.paddle import import_paddle
     from ppdeploy.source import from_layer
+
+    paddle = import_paddle()
 
     net, accuracy = train(steps=steps, seed=seed)
     log.info("shapes classifier trained: held-out accuracy %.3f", accuracy)
