@@ -68,8 +68,12 @@ class OCRConfig:
         def part(v: Any) -> str:
             return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
 
-        guard = {None: " (no rec guard)", "auto": " + FP32 rec guard"}.get(self.rec_guard, f" + {self.rec_guard} rec guard")
-        return f"ppdeploy {part(self.backend)} {part(self.precision)}{guard if self.stage_precision('rec') != 'fp32' else ''}"
+        from ppdeploy.tasks.ocr.pipeline import rec_guard_precision
+
+        rec = self.stage_precision("rec")
+        guard = rec_guard_precision(self.rec_guard, rec)
+        suffix = f" + {guard.upper()} rec guard" if guard else (" (no rec guard)" if rec != "fp32" else "")
+        return f"ppdeploy {part(self.backend)} {part(self.precision)}{suffix}"
 
     def stage_backend(self, stage: str) -> str:
         return self.backend if isinstance(self.backend, str) else self.backend.get(stage, "auto")

@@ -164,6 +164,7 @@ def test_ocr_pipeline_spec_parsing():
     off = OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8,guard=off")
     assert off.rec_guard is None and off.label.endswith("(no rec guard)")
     assert "guard" not in OCRConfig.parse("det=openvino,cls=openvino,rec=openvino").label
+    assert OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8").label.endswith("(no rec guard)")  # not by default
     for bad in ("foo", "det=", "rec=openvino:bf16,speed=max"):
         with pytest.raises(PPDeployError, match="bad OCR pipeline spec"):
             OCRConfig.parse(bad)
