@@ -102,23 +102,20 @@ class TextRecognizer:
         opts = self.options
         timings = RecTimings()
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        batches = self._batches(crops)
-        t0 = time.perf_counter()
-        feeds = [{self.input_name: fill_batch([crops[i] for i in idx], opts.image_height, width)}
-                 for idx, width in batches]
-        t1 = time.perf_counter()
-        outputs = []
-        for feed in feeds:
-            outputs.append(self.runner.infer(feed))
-            timings.rec_guard += getattr(self.runner, "last_guard_ms", 0.0)
-            timings.guard_lines += getattr(self.runner, "last_guard_rows", 0)
-        t2 = time.perf_counter()
-        for (idx, _), out in zip(batches, outputs):
+        for idx, width in self._batches(crops):  # one batch at a time: a page of long lines stays small in memory
+            t0 = time.perf_counter()
+            batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
+            t1 = time.perf_counter()
+            out = self.runner.infer({self.input_name: batch})
+            guard_ms = getattr(self.runner, "last_guard_ms", 0.0)
+            t2 = time.perf_counter()
             for i, res in zip(idx, ctc_greedy_decode(next(iter(out.values())), self.characters)):
                 results[i] = res
-        timings.rec_pre = (t1 - t0) * 1e3
-        timings.rec_infer = (t2 - t1) * 1e3 - timings.rec_guard
-        timings.rec_post = (time.perf_counter() - t2) * 1e3
+            timings.rec_pre += (t1 - t0) * 1e3
+            timings.rec_infer += (t2 - t1) * 1e3 - guard_ms
+            timings.rec_guard += guard_ms
+            timings.guard_lines += getattr(self.runner, "last_guard_rows", 0)
+            timings.rec_post += (time.perf_counter() - t2) * 1e3
         return results, timings
 
     def _batches(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
