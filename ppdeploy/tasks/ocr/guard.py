@@ -34,6 +34,13 @@ def _collapse(path: np.ndarray) -> tuple[int, ...]:
 MAX_SWAP_COMBINATIONS = 64
 
 
+def _is_softmax(probs: np.ndarray) -> bool:
+    """Whether the model's last op is a softmax, judged on the first step of each row (a B x classes slice, not the
+    whole B x steps x classes output, which is megabytes per batch)."""
+    first = probs[:, 0, :]
+    return bool(first.min() >= -1e-4 and np.abs(first.sum(axis=1) - 1.0).max() < 1e-3)
+
+
 def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
     """Rows whose greedy CTC text could change if the model's probabilities moved by up to `margin`.
 
@@ -45,7 +52,7 @@ def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
     """
     if margin <= 0:
         return []
-    if probs.min() < -1e-4 or probs.max() > 1.0001:  # logits, not probabilities: judge on their softmax
+    if not _is_softmax(probs):  # logits, not probabilities: judge on their softmax
         e = np.exp(probs - probs.max(axis=2, keepdims=True))
         probs = e / e.sum(axis=2, keepdims=True)
     best = probs.argmax(axis=2)
