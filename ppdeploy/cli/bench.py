@@ -117,14 +117,9 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
     from ppdeploy.bench import environment, report
     from ppdeploy.bench.offline import expand_cases, run_cases
     from ppdeploy.bench.suite import ModelRun, write_model_run
-    from ppdeploy.cli.common import parse_dims
+    from ppdeploy.cli.common import parse_named_dims
 
-    shapes = {}
-    for item in args.shape:
-        name, sep, dims = item.partition("=")
-        if not sep:
-            raise PPDeployError(f"bad --shape '{item}'", hint="NAME=DIMS, e.g. x=3x224x224")
-        shapes[name.strip()] = parse_dims(dims)
+    shapes = parse_named_dims(args.shape, "x=3x224x224")
     cases = expand_cases(models, _csv(args.backends), _csv(args.precisions), _ints(args.batch_sizes, "batch-sizes") or [1],
                          threads)
     settings = _settings(args, ocr=False)

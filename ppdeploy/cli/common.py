@@ -31,6 +31,17 @@ def parse_dims(text: str) -> tuple[int, ...]:
         raise PPDeployError(f"bad shape '{text}'", hint="write dims joined by x, e.g. 1x3x48x320") from exc
 
 
+def parse_named_dims(items: list[str], example: str) -> dict[str, tuple[int, ...]]:
+    """Repeated NAME=DIMS flags (e.g. --shape x=3x224x224) -> {name: dims}."""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        if not sep:
+            raise PPDeployError(f"bad --shape '{item}'", hint=f"NAME=DIMS, e.g. {example}")
+        shapes[name.strip()] = parse_dims(dims)
+    return shapes
+
+
 def parse_shapes(text: str | None) -> ShapeProfile | None:
     if not text:
         return None

@@ -44,7 +44,7 @@ def run(args) -> int:
     from ppdeploy.bench.load import (LoadSettings, ensure_loopback, fetch_v2_inputs, image_request, load_image_bytes,
                                      run_load, v2_request)
     from ppdeploy.bench.suite import write_load_run
-    from ppdeploy.cli.common import parse_dims
+    from ppdeploy.cli.common import parse_named_dims
 
     ensure_loopback(args.url, args.allow_remote)
     if args.sweep:
@@ -70,13 +70,8 @@ def run(args) -> int:
                 raise PPDeployError(f"--input gives one array but the model has inputs {sorted(meta)}")
             inputs = {next(iter(meta)): arr}
         else:
-            shapes = {}
-            for item in args.shape:
-                name, sep, dims = item.partition("=")
-                if not sep:
-                    raise PPDeployError(f"bad --shape '{item}'", hint="NAME=DIMS, e.g. x=3x48x320")
-                shapes[name.strip()] = parse_dims(dims)
-            inputs = fetch_v2_inputs(base, args.model, args.batch, args.timeout, shapes)
+            inputs = fetch_v2_inputs(base, args.model, args.batch, args.timeout,
+                                     parse_named_dims(args.shape, "x=3x48x320"))
         template = v2_request(args.model, inputs)
     else:
         if args.image:
