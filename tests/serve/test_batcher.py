@@ -80,6 +80,18 @@ def block_executor(b: DynamicBatcher) -> threading.Event:
     return gate
 
 
+async def queued_then_released(b: DynamicBatcher, feeds: list[dict], return_exceptions: bool = False) -> list:
+    """Queue every request while the inference thread is blocked, then release it, so they batch deterministically;
+    the results (or exceptions) in request order, after the batcher has drained."""
+    gate = block_executor(b)
+    futs = [asyncio.ensure_future(b.infer(f)) for f in feeds]
+    await asyncio.sleep(0.05)
+    gate.set()
+    results = await asyncio.gather(*futs, return_exceptions=return_exceptions)
+    await b.drain()
+    return results
+
+
 def test_concurrent_requests_batch_and_match_unbatched(cls_runner):
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((int(rng.integers(1, 3)), 3, 48, 192), dtype=np.float32) for _ in range(40)]
@@ -104,13 +116,7 @@ def test_incompatible_shapes_form_separate_batches(cls_runner):
 
     async def main():
         b, rec = await started(cls_runner, max_batch_size=8, max_queue_delay_ms=20)
-        gate = block_executor(b)
-        futs = [asyncio.ensure_future(b.infer({"x": x})) for x in xs]
-        await asyncio.sleep(0.05)
-        gate.set()
-        results = await asyncio.gather(*futs)
-        await b.drain()
-        return results, rec
+        return await queued_then_released(b, [{"x": x} for x in xs]), rec
 
     results, rec = asyncio.run(main())
     assert sorted(rec.sizes) == [1, 2, 3]  # widths 96 x3, 192 x2, 160 x1
@@ -124,13 +130,7 @@ def test_padding_lets_different_lengths_share_a_batch(sum_runner):
 
     async def main():
         b, rec = await started(sum_runner, max_batch_size=8, max_queue_delay_ms=20, pad={"x": (2,)})
-        gate = block_executor(b)
-        futs = [asyncio.ensure_future(b.infer({"x": x})) for x in xs]
-        await asyncio.sleep(0.05)
-        gate.set()
-        results = await asyncio.gather(*futs)
-        await b.drain()
-        return results, rec
+        return await queued_then_released(b, [{"x": x} for x in xs]), rec
 
     results, rec = asyncio.run(main())
     assert rec.sizes == [4]
@@ -143,13 +143,7 @@ def test_one_failing_request_does_not_fail_its_batch(gather_runner):
 
     async def main():
         b, rec = await started(gather_runner, max_batch_size=8, max_queue_delay_ms=20)
-        gate = block_executor(b)
-        futs = [asyncio.ensure_future(b.infer({"idx": i})) for i in idx]
-        await asyncio.sleep(0.05)
-        gate.set()
-        results = await asyncio.gather(*futs, return_exceptions=True)
-        await b.drain()
-        return results
+        return await queued_then_released(b, [{"idx": i} for i in idx], return_exceptions=True)
 
     results = asyncio.run(main())
     assert isinstance(results[2], InferenceFailed)
