@@ -32,8 +32,7 @@ REFERENCE = "rapidocr-paddle"
 class OCRConfig:
     """One ppdeploy OCR configuration: a backend and precision for all stages, or a dict per stage.
 
-    calib: per-stage calibration sets, needed for INT8 stages (the OCR constructor takes none, so such a
-    configuration is assembled from `load_model(..., calib=...)` runners with `OCR.from_runners`).
+    calib: per-stage calibration sets, needed for INT8 stages (passed to OCR through its per-stage load_options).
     """
 
     backend: str | dict[str, str]
@@ -80,45 +79,6 @@ class OCRConfig:
 
     def stage_precision(self, stage: str) -> str:
         return self.precision if isinstance(self.precision, str) else self.precision.get(stage, "fp32")
-
-
-class _AssembledOCR:
-    """OCR over runners loaded stage by stage (with calibration); closes them with the pipeline."""
-
-    def __init__(self, config: OCRConfig, threads: int | None, options: dict[str, Any]):
-        from ppdeploy.deploy import load_model
-        from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCR, rec_guard_precision
-
-        self.deployments = {}
-        try:
-            for stage, model in DEFAULT_MODELS.items():
-                precision = config.stage_precision(stage)
-                self.deployments[stage] = load_model(
-                    model, backend=config.stage_backend(stage), precision=precision, threads=threads,
-                    calib=(config.calib or {}).get(stage) if precision != "fp32" else None)
-            guard = rec_guard_precision(config.rec_guard, self.deployments["rec"].precision)
-            if guard is not None:
-                self.deployments["rec_guard"] = load_model(DEFAULT_MODELS["rec"], backend=self.deployments["rec"].backend,
-                                                           precision=guard, threads=threads)
-        except BaseException:
-            self.close()
-            raise
-        d = self.deployments
-        self.ocr = OCR.from_runners(d["det"].runner, d["rec"].runner, d["cls"].runner,
-                                    rec_guard=d["rec_guard"].runner if "rec_guard" in d else None, **options)
-        self.backends = self.ocr.backends
-
-    def predict(self, data):
-        return self.ocr.predict(data)
-
-    @property
-    def guarded(self) -> bool:
-        return self.ocr.guarded
-
-    def close(self) -> None:
-        for dep in self.deployments.values():
-            dep.close()
-        self.deployments = {}
 
 
 @dataclass
@@ -191,11 +151,9 @@ class _PpdeployContestant:
         self.entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
         self.images = images
         t0 = time.perf_counter()
-        if config.calib:
-            self.ocr: Any = _AssembledOCR(config, threads, options)
-        else:
-            self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
-                           rec_guard=config.rec_guard, **options)
+        calib = {s: {"calib": c} for s, c in (config.calib or {}).items() if config.stage_precision(s) != "fp32"}
+        self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
+                       rec_guard=config.rec_guard, load_options=calib, **options)
         self.entry.load_s = round(time.perf_counter() - t0, 3)
         self.entry.stage_backends = dict(self.ocr.backends)
 

@@ -184,14 +184,17 @@ class OCR:
                 self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
                                                      precision=precisions[stage] or "fp32", threads=threads,
                                                      **extra[stage])
+            guard_precision = rec_guard_precision(rec_guard, self.deployments["rec"].precision)
+            if guard_precision is not None:
+                # Same backend as the fast model, so the guard differs from it in precision only.
+                self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
+                                                           precision=guard_precision, threads=threads, **extra["rec"])
+        except BaseException:
+            self.close()  # the stages loaded before the failure
+            raise
         finally:
             for d in refs.values():  # the calibration's FP32 references: the gates have run
                 d.close()
-        guard_precision = rec_guard_precision(rec_guard, self.deployments["rec"].precision)
-        if guard_precision is not None:
-            # Same backend as the fast model, so the guard differs from it in precision only.
-            self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
-                                                       precision=guard_precision, threads=threads, **extra["rec"])
         runners = {s: d.runner for s, d in self.deployments.items()}
         self._init(runners["det"], runners["rec"], runners.get("cls"), opts, runners.get("rec_guard"))
 
