@@ -1,27 +1,31 @@
-"""Ray Serve: a local Ray cluster started here, ppdeploy's Serve application with 2 replicas per model answering
+"""Ray Serve: a local Ray cluster started by a driver process (serve_driver.py), ppdeploy's Serve application with 2 replicas per model answering
 KServe v2 (through the real Triton HTTP client) and /v1/ocr correctly, then a clean shutdown.
 
 Small on purpose (this suite runs on 2 shared cores): PP-OCRv4 det + rec on ONNX Runtime with 1 thread, two
 replicas each, one gateway; Ray gets 2 CPUs and no dashboard."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 from ppdeploy.serve import ray as ppray  # noqa: E402
-from ppdeploy.serve.app import ServerSettings  # noqa: E402
 from ppdeploy.serve.config import ModelConfig  # noqa: E402
 
 APP = "ppdeploy-under-test"  # not ppray.APP_NAME: the gateway must find its models under the name it was given
+DRIVER_PREFIX = "ppdeploy-driver: "  # serve_driver.PREFIX
 COMMON = dict(backends=["onnxruntime"], threads=1, max_batch_size=4, dynamic_batching={"max_queue_delay_ms": 5})
 
 
@@ -58,28 +62,59 @@ def local_engines():
             runner.close()
 
 
+class Driver:
+    """serve_driver.py in its own process (why: see that file), and what it reported once the app was ready."""
+
+    def __init__(self):
+        port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("serve_driver.py")), str(port), APP],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self.read()
+        self.url = self.ready["url"]
+
+    def read(self) -> dict:
+        """The driver's next report; Ray's own lines on the same stdout are skipped."""
+        for line in self.proc.stdout:
+            if line.startswith(DRIVER_PREFIX):
+                return json.loads(line[len(DRIVER_PREFIX):])
+        raise AssertionError(f"the Ray driver exited with code {self.proc.wait(60)} before answering")
+
+    def send(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def stop(self) -> tuple[int, dict | None]:
+        """Close stdin (the driver shuts Ray down); its exit code and last report."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            last = self.read()
+            return self.proc.wait(120), last
+        return self.proc.returncode, None
+
+
 @pytest.fixture(scope="module")
-def cluster(local_engines):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PPDEPLOY_CACHE": os.environ["PPDEPLOY_CACHE"]}})
-    port = free_port()
-    options = ppray.RayOptions(replicas=2, num_cpus_per_replica=0.25, gateway_num_cpus=0.25)
-    try:
-        url = ppray.start(configs(), options, ServerSettings(host="127.0.0.1", port=port), app_name=APP,
-                          timeout_s=300)
-        yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def driver(local_engines):
+    """A local Ray cluster and the app, started by a driver process (local_engines first: it fills the cache)."""
+    driver = Driver()
+    yield driver
+    if driver.proc.poll() is None:
+        try:
+            driver.stop()
+        finally:
+            if driver.proc.poll() is None:
+                driver.proc.kill()
 
 
-def test_two_replicas_per_model_are_running_in_separate_processes(cluster):
-    status = serve.status().applications[APP]
-    for model in ("det", "rec"):
-        assert status.deployments[ppray.deployment_name(model)].replica_states == {"RUNNING": 2}
-    handle = serve.get_deployment_handle(ppray.deployment_name("rec"), app_name=APP)
-    pids = {handle.describe.remote().result()["pid"] for _ in range(24)}
-    assert len(pids) == 2 and os.getpid() not in pids
+@pytest.fixture(scope="module")
+def cluster(driver) -> str:
+    return driver.url
+
+
+def test_two_replicas_per_model_are_running_in_separate_processes(driver):
+    assert driver.ready["replica_states"] == {"det": {"RUNNING": 2}, "rec": {"RUNNING": 2}}
+    pids = set(driver.ready["rec_pids"])  # 24 calls through a deployment handle, answered by both replicas
+    assert len(pids) == 2 and not pids & {os.getpid(), driver.ready["driver_pid"]}
 
 
 def test_v2_infer_through_tritonclient_matches_local_runner(cluster, local_engines):
@@ -132,19 +167,17 @@ def test_ocr_route_matches_the_local_pipeline(cluster, local_engines):
     assert bad.status_code == 400
 
 
-def test_clean_shutdown(cluster):
-    serve.shutdown()
+def test_clean_shutdown(driver):
+    assert driver.send("serve-shutdown") == {"serve_stopped": True}
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"{cluster}/v2/health/live", timeout=5)
-    ray.shutdown()
-    assert not ray.is_initialized()
+        httpx.get(f"{driver.url}/v2/health/live", timeout=5)
+    code, last = driver.stop()
+    assert last == {"ray_initialized": False} and code == 0
 
 
 def test_cli_serve_ray_answers_and_stops_on_sigterm(tmp_path):
     """`ppdeploy serve MODEL --ray` in its own process: ready, answers v2, exits 0 on SIGTERM with the port closed."""
     import signal
-    import subprocess
-    import sys
     import time
 
     port = free_port()
