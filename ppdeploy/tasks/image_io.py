@@ -3,7 +3,9 @@
 BGR uint8 is what PaddleOCR's own tools feed their preprocessing (they read with cv2.imread), so every task
 starts from the same pixels PaddleOCR would see. Decisions made here, once, for every task:
 
-- Files and bytes are decoded with Pillow: PNG, JPEG, BMP, WebP, TIFF, GIF (first frame) ...
+- Files and bytes are decoded with Pillow: PNG, JPEG, BMP, WebP, TIFF, GIF (first frame) ... Plain 8-bit RGB or
+  gray PNG and BMP, the usual scans and screenshots, are handed to OpenCV instead once Pillow has read the header:
+  the pixels are the same (lossless formats), and it saves the RGB->BGR copy, ~4 ms of a 0.8 MP page.
 - EXIF orientation is applied (a phone photo comes out upright, as the user sees it in a viewer).
 - Grayscale becomes 3-channel; transparency (RGBA, LA, palette with alpha) is composited onto white, because
   text saved on a transparent background usually has black (0,0,0,0) pixels there, which would hide the text.
@@ -90,7 +92,27 @@ def _decode_bytes(data: bytes, what: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{what}: {exc}") from exc
     except Exception as exc:  # Pillow raises assorted types for malformed headers
         raise ImageError(f"{what} could not be opened as an image: {exc}") from exc
-    return _pil_to_bgr(pil, what, max_pixels)
+    decoded = _decode_with_opencv(data, pil, what, max_pixels)
+    return decoded if decoded is not None else _pil_to_bgr(pil, what, max_pixels)
+
+
+def _decode_with_opencv(data: bytes, pil: Any, what: str, max_pixels: int) -> np.ndarray | None:
+    """OpenCV's decode where it gives exactly Pillow's pixels, else None (Pillow then decodes, and reports damage).
+
+    Only lossless formats, without alpha (OpenCV would drop it; Pillow composites onto white), without an EXIF
+    block (an eXIf chunk may sit after the pixels, where the header read has not seen it) and not animated.
+    """
+    if pil.format not in ("PNG", "BMP") or pil.mode not in ("RGB", "L") or getattr(pil, "is_animated", False):
+        return None
+    if b"eXIf" in data:
+        return None
+    _check_size(pil.width, pil.height, what, max_pixels)
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape[:2] != (pil.height, pil.width):  # truncated/corrupt: Pillow says what is wrong
+        return None
+    return bgr
 
 
 def _check_size(width: int, height: int, what: str, max_pixels: int) -> None:
@@ -112,7 +134,8 @@ def _pil_to_bgr(pil: Any, what: str, max_pixels: int) -> np.ndarray:
         if getattr(pil, "n_frames", 1) > 1:
             pil.seek(0)
         pil.load()  # decode now so a truncated file fails here, with its name, not later
-        pil = ImageOps.exif_transpose(pil)
+        if pil.getexif().get(0x0112, 1) != 1:  # exif_transpose copies the image even when it is upright
+            pil = ImageOps.exif_transpose(pil)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{what}: {exc}") from exc
     except Exception as exc:  # OSError("image file is truncated"), SyntaxError, ValueError from plugins

@@ -99,6 +99,43 @@ def test_16bit_png_keeps_top_8_bits():
     np.testing.assert_array_equal(load_image(gray16), out)
 
 
+def pillow_bgr(data: bytes) -> np.ndarray:
+    """What Pillow alone decodes: the reference for the OpenCV fast path."""
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+@pytest.mark.parametrize("case", ["rgb-png", "gray-png", "rgb16-png", "bmp"])
+def test_opencv_fast_path_gives_pillows_pixels(case):
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # every value, odd sizes
+    if case == "rgb-png":
+        data = encoded("PNG", noise)
+    elif case == "gray-png":
+        data = encoded("PNG", noise[..., 0])
+    elif case == "bmp":
+        data = encoded("BMP", noise)
+    else:  # 16 bits per channel RGB, written by OpenCV (Pillow cannot write it): both keep the top 8 bits
+        import cv2
+
+        data = cv2.imencode(".png", rng.integers(0, 65536, (37, 53, 3), dtype=np.uint16))[1].tobytes()
+    np.testing.assert_array_equal(load_image(data), pillow_bgr(data))
+
+
+def test_png_with_exif_orientation_is_turned_upright():
+    """The fast path must leave PNGs with an eXIf chunk to Pillow, which applies the orientation."""
+    img = np.full((20, 40, 3), 255, np.uint8)
+    img[:, :10] = 0
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", exif=exif.tobytes())
+    assert b"eXIf" in buf.getvalue()
+    out = load_image(buf.getvalue())
+    assert out.shape == (40, 20, 3) and out[:10].mean() < 60
+
+
 def test_exif_rotated_jpeg_comes_out_upright():
     img = np.full((20, 40, 3), 255, np.uint8)
     img[:, :10] = 0  # dark band on the left of the stored pixels
@@ -128,7 +165,7 @@ def test_empty_inputs(tmp_path):
         load_image(b"")
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP"])
 def test_truncated_file(fmt):
     data = encoded(fmt, np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     with pytest.raises(ImageError, match="truncated|decoded|opened"):
