@@ -40,16 +40,21 @@ class OCRConfig:
     calib: dict[str, Any] | None = None
     name: str | None = None
     rec_guard: str | None = "auto"  # see OCR: an FP32 rec re-reads the lines a reduced-precision rec is unsure of
+    rec_guard_margin: float | None = None  # None: OCR's default (tasks/ocr/guard.py DEFAULT_MARGIN)
 
     @classmethod
     def parse(cls, spec: str) -> "OCRConfig":
-        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off]' (precision defaults to fp32)."""
+        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.2]' (precision defaults to fp32;
+        a number as the guard is its margin)."""
         backend: dict[str, str] = {}
         precision: dict[str, str] = {}
         guard: str | None = "auto"
+        margin: float | None = None
         for part in (p.strip() for p in spec.split(",") if p.strip()):
             key, sep, value = part.partition("=")
-            if key == "guard" and sep:
+            if key == "guard" and sep and _is_number(value):
+                margin = float(value)
+            elif key == "guard" and sep:
                 guard = None if value == "off" else value
             elif key in ("det", "cls", "rec") and sep and value:
                 backend[key], _, prec = value.partition(":")
@@ -57,7 +62,7 @@ class OCRConfig:
             else:
                 raise PPDeployError(f"bad OCR pipeline spec part {part!r} in {spec!r}",
                                     hint="e.g. det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16,guard=off")
-        return cls(backend, precision, rec_guard=guard)
+        return cls(backend, precision, rec_guard=guard, rec_guard_margin=margin)
 
     @property
     def label(self) -> str:
@@ -71,7 +76,8 @@ class OCRConfig:
 
         rec = self.stage_precision("rec")
         guard = rec_guard_precision(self.rec_guard, rec)
-        suffix = f" + {guard.upper()} rec guard" if guard else (" (no rec guard)" if rec != "fp32" else "")
+        margin = f" (margin {self.rec_guard_margin:g})" if guard and self.rec_guard_margin is not None else ""
+        suffix = f" + {guard.upper()} rec guard{margin}" if guard else (" (no rec guard)" if rec != "fp32" else "")
         return f"ppdeploy {part(self.backend)} {part(self.precision)}{suffix}"
 
     def stage_backend(self, stage: str) -> str:
@@ -79,6 +85,14 @@ class OCRConfig:
 
     def stage_precision(self, stage: str) -> str:
         return self.precision if isinstance(self.precision, str) else self.precision.get(stage, "fp32")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -153,7 +167,8 @@ class _PpdeployContestant:
         t0 = time.perf_counter()
         calib = {s: {"calib": c} for s, c in (config.calib or {}).items() if config.stage_precision(s) != "fp32"}
         self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
-                       rec_guard=config.rec_guard, load_options=calib, **options)
+                       rec_guard=config.rec_guard, load_options=calib, **options,
+                       **({"rec_guard_margin": config.rec_guard_margin} if config.rec_guard_margin is not None else {}))
         self.entry.load_s = round(time.perf_counter() - t0, 3)
         self.entry.stage_backends = dict(self.ocr.backends)
 
