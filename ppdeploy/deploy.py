@@ -86,13 +86,7 @@ def load_model(
     source = detect(model, input_spec, export_dir=None, exports_root=cache.root / "layer-exports")
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
-    precision_options = dict(precision_options or {})
-    if precision == "int8" and names == ["openvino"] and "quantizer" not in precision_options:
-        from ppdeploy.precision import int8_openvino
-
-        if int8_openvino.available() is None:  # NNCF's IR is OpenVINO's fast INT8; a QDQ graph runs slower there
-            precision_options["quantizer"] = "openvino"
-    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, precision_options)
+    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, dict(precision_options or {}))
 
     for name in names:
         start = time.perf_counter()
@@ -163,21 +157,33 @@ class _Prepared:
             self._onnx = result
         return self._onnx
 
-    def for_precision(self, precision: str):
-        """(model path, precision key parts, report, backend hint) for the graph a backend should build from."""
+    def options_for(self, precision: str, backend: str) -> dict[str, Any]:
+        """The precision options one backend builds from. INT8 for OpenVINO defaults to NNCF's IR (a QDQ graph runs
+        slower than FP32 there); the other backends, and a chain falling back past OpenVINO, get the QDQ graph."""
+        options = dict(self.precision_options)
+        if precision == "int8" and backend == "openvino" and "quantizer" not in options:
+            from ppdeploy.precision import int8_openvino
+
+            if int8_openvino.available() is None:
+                options["quantizer"] = "openvino"
+        return options
+
+    def for_precision(self, precision: str, backend: str):
+        """(model path, precision key parts, report, backend hint) for the graph `backend` should build from."""
         conv = self.onnx()
         if precision == "fp32":
             return conv.onnx_path, {"precision": "fp32"}, None, None
-        if precision not in self._precision:
+        options = self.options_for(precision, backend)
+        step = f"{precision}:{options.get('quantizer', 'default')}"
+        if step not in self._precision:
             from ppdeploy import precision as precision_mod
 
             start = time.perf_counter()
-            res = self._once(precision, lambda: precision_mod.apply(
-                conv.onnx_path, precision, cache=self.cache, calib=self.calib, max_loss=self.max_loss,
-                **self.precision_options))
+            res = self._once(step, lambda: precision_mod.apply(
+                conv.onnx_path, precision, cache=self.cache, calib=self.calib, max_loss=self.max_loss, **options))
             self.timings["precision"] = time.perf_counter() - start
-            self._precision[precision] = res
-        res = self._precision[precision]
+            self._precision[step] = res
+        res = self._precision[step]
         return res.onnx_path, res.key_parts(), res.report, res.backend_hint
 
 
@@ -208,7 +214,7 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
     if be.consumes == "paddle":
         model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
     else:
-        model_path, precision_parts, precision_report, hint = prepared.for_precision(options.precision)
+        model_path, precision_parts, precision_report, hint = prepared.for_precision(options.precision, be.name)
         if hint in ("openvino", "openvino-bf16") and be.name != "openvino":
             raise BackendUnavailable(f"the {options.precision} model was quantized with NNCF into OpenVINO's own "
                                      "format, which only the openvino backend runs")

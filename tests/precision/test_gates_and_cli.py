@@ -71,6 +71,14 @@ def test_int8_for_openvino_with_bf16_for_the_rest(cls_calib, tmp_path):
     default = load_model("ppocr-cls", **kwargs)  # INT8 forced onto OpenVINO: NNCF's IR, not a QDQ graph
     assert default.precision_report["quantizer"] == "openvino" and default.onnx_path.suffix == ".xml"
     default.close()
+    # The same default when OpenVINO is picked from a chain (as backend="auto" does), not only when forced.
+    chained = load_model("ppocr-cls", **{**kwargs, "backend": ["openvino", "onnxruntime"]})
+    assert chained.backend == "openvino" and chained.precision_report["quantizer"] == "openvino"
+    assert chained.onnx_path == default.onnx_path
+    chained.close()
+    qdq = load_model("ppocr-cls", **{**kwargs, "backend": ["onnxruntime"]})  # ONNX Runtime runs the QDQ graph
+    assert qdq.precision_report["quantizer"] != "openvino" and qdq.onnx_path.suffix == ".onnx"
+    qdq.close()
     if not cpu_supports_bf16():
         with pytest.raises(PPDeployError, match="avx512_bf16"):
             load_model("ppocr-cls", precision_options={"quantizer": "openvino-bf16"}, **kwargs)
