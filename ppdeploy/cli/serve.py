@@ -47,6 +47,9 @@ def register(sub) -> None:
     o.add_argument("--task-threads", type=int, default=4, help="threads running task pipelines (pre/post-processing)")
     o.add_argument("--max-task-queue", type=int, default=64,
                    help="image requests waiting for a pipeline thread before 429")
+    o.add_argument("--engine-process", action="store_true",
+                   help="run each model instance's engine in its own process, fed through shared memory (with "
+                        "--repo: every model, as if its config set engine_process: true)")
     o.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
     o.add_argument("--no-strict-readiness", action="store_true",
                    help="report ready once loading ends even if some model is unavailable")
@@ -60,6 +63,15 @@ def register(sub) -> None:
 
 
 def configs_from_args(args) -> list:
+    configs = _configs_from_args(args)
+    if getattr(args, "engine_process", False):
+        for cfg in configs:
+            if cfg.task != "ocr":  # a pipeline has no engine of its own
+                cfg.engine_process = True
+    return configs
+
+
+def _configs_from_args(args) -> list:
     from ppdeploy.serve.config import ModelConfig, check_references, load_repository
 
     if args.repo and args.model:

@@ -29,6 +29,7 @@ A config.yaml::
       default_timeout_ms: 0        # 0 = no timeout; a request still queued after it gets 503
       pad: {x: [3]}                # axes each input may be zero-padded along to share a batch
     instance_count: 1
+    engine_process: false          # run each instance's engine in its own process (ppdeploy.serve.engine_process)
     task: none                     # none | ocr | classification
     autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
       {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
@@ -130,6 +131,9 @@ class ModelConfig(_Strict):
     max_batch_size: int = Field(8, ge=1, le=4096)
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     instance_count: int = Field(1, ge=1, le=64)
+    # true: each instance's engine runs in a child process fed through shared memory, so engine calls never wait on
+    # the HTTP process's GIL (ppdeploy.serve.engine_process). Linux only.
+    engine_process: bool = False
     task: Task = "none"
     # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
     # rec_guard: an FP32 copy of rec that re-reads the lines a BF16 rec is unsure of, ppdeploy.tasks.ocr.guard)

@@ -13,7 +13,7 @@ also feed the statistics JSON); ppdeploy's own metrics live in a per-server prom
 
   ppdeploy_batch_size (histogram of rows per execution), ppdeploy_backend_fallbacks_total{model,backend},
   ppdeploy_engine_load_seconds{model,backend,cache}, ppdeploy_model_ready{model},
-  ppdeploy_task_requests_total{task,status}
+  ppdeploy_task_requests_total{task,status}, ppdeploy_engine_process_restarts_total{model} (engine_process: true)
 """
 from __future__ import annotations
 
@@ -180,6 +180,9 @@ class ServerMetrics:
                                  registry=self.registry)
         self.task_requests = Counter("ppdeploy_task_requests", "Requests to the task routes (/v1/...)",
                                      ["task", "status"], registry=self.registry)
+        self.engine_process_restarts = Counter("ppdeploy_engine_process_restarts",
+                                               "Engine processes started again after one died", ["model"],
+                                               registry=self.registry)
         self.models: dict[str, ModelMetrics] = {}
 
     def model(self, name: str, version: str = "1") -> ModelMetrics:

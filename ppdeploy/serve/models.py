@@ -67,12 +67,19 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Loaded
     source = cfg.source_path()
     kwargs = dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
                   cache_dir=cache_dir, extra=cfg.backend_options or None)
+    load = load_model
+    if cfg.engine_process:
+        from functools import partial
+
+        from ppdeploy.serve.engine_process import load_model_in_process
+
+        load = partial(load_model_in_process, label=cfg.name)
     start = time.perf_counter()
-    first = load_model(source, backend=backend_chain(cfg), **kwargs)
+    first = load(source, backend=backend_chain(cfg), **kwargs)
     runners = [first.runner]
     try:
         for _ in range(cfg.instance_count - 1):  # the engine is cached now: these only load
-            runners.append(load_model(source, backend=[first.backend], **kwargs).runner)
+            runners.append(load(source, backend=[first.backend], **kwargs).runner)
     except BaseException:
         for r in runners:
             r.close()
@@ -255,6 +262,9 @@ class ModelHost:
                 log.error("model %s is unavailable: %s", cfg.name, model.reason)
             return
         model.engine = engine
+        for runner in engine.runners:  # engine_process: true
+            if hasattr(runner, "on_restart"):
+                runner.on_restart = self.metrics.engine_process_restarts.labels(cfg.name).inc
         model.metrics.record_load(engine.backend, engine.seconds, engine.cache_hit, engine.fallbacks)
         model.batcher = DynamicBatcher(cfg.name, engine.runners, BatcherSettings.from_config(cfg),
                                        shapes=cfg.shape_profile(), observer=model.metrics)

@@ -13,6 +13,12 @@ on the same input. For (b) each server point is compared with the raw runner at 
 formed at that point (interpolated between the measured batch sizes) and with the raw runner's best; the server's
 own busy time of its inference thread (Triton statistics) shows how much of the wall time the GPU path was fed.
 
+Run 10 adds the engine-process variant (`engine_process: true`, ppdeploy.serve.engine_process): each config is
+served twice, in-process and with its engine in a child process fed through shared memory, all four servers up
+side by side with the rates interleaved over them; the raw runner is timed in-process and through the engine
+process (the IPC cost alone). GOAL_VARIANTS=inproc,engine_process picks the variants (default both); GOAL_RATES_REC /
+GOAL_RATES_CLS (comma-separated) and GOAL_SECONDS override the ladders and the seconds per point.
+
 Writes $OUT/serving_goals.json and prints a line per point. CPU smoke test (no GPU):
   E2E_BACKEND=onnxruntime PPDEPLOY_TEST_ONNX_DIR=... python scripts/gpu/serving_goals.py --smoke
 """
@@ -40,12 +46,29 @@ def save() -> None:
     (OUT / "serving_goals.json").write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
-def config(name: str, model: Path, shape: tuple[int, ...], max_batch: int, delay_ms: float) -> dict:
+VARIANTS = os.environ.get("GOAL_VARIANTS", "inproc,engine_process").split(",")
+EP = "_ep"  # suffix of the engine-process servers' names
+
+
+def config(name: str, model: Path, shape: tuple[int, ...], max_batch: int, delay_ms: float,
+           engine_process: bool = False) -> dict:
     """The input profile makes the GPU runner warm every batch bucket before the model reports ready;
     inline_max_ms 0 keeps every batch off the event loop."""
     return {"name": name, "source": str(model), "backends": [BACKEND], "max_batch_size": max_batch,
             "inputs": {"x": {"min": [1, *shape], "opt": [max_batch, *shape], "max": [max_batch, *shape]}},
-            "dynamic_batching": {"max_queue_delay_ms": delay_ms, "max_queue_size": 8192, "inline_max_ms": 0}}
+            "dynamic_batching": {"max_queue_delay_ms": delay_ms, "max_queue_size": 8192, "inline_max_ms": 0},
+            "engine_process": engine_process}
+
+
+def configs_for(model: Path, shape: tuple[int, ...], max_batch: int, delay_ms: float) -> dict[str, dict]:
+    cfgs = {}
+    if "inproc" in VARIANTS:
+        cfgs["batch1"] = config("batch1", model, shape, 1, 0.0)
+        cfgs["batched"] = config("batched", model, shape, max_batch, delay_ms)
+    if "engine_process" in VARIANTS:
+        cfgs["batch1" + EP] = config("batch1" + EP, model, shape, 1, 0.0, True)
+        cfgs["batched" + EP] = config("batched" + EP, model, shape, max_batch, delay_ms, True)
+    return cfgs
 
 
 def raw_runner(cfg: dict, batches: list[int], x1: np.ndarray, seconds: float) -> list[dict]:
@@ -126,12 +149,18 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
     print(f"== {key} {shape} max_batch {max_batch}", flush=True)
     model = ONNX / f"{key}.onnx"
     x1 = np.random.default_rng(0).uniform(-1, 1, (1, *shape)).astype(np.float32)
-    cfgs = {"batch1": config("batch1", model, shape, 1, 0.0), "batched": config("batched", model, shape, max_batch, delay_ms)}
+    cfgs = configs_for(model, shape, max_batch, delay_ms)
     entry = RESULTS["models"].setdefault(key, {"shape": list(shape), "configs": cfgs})
-    entry["raw_runner"] = raw_runner(cfgs["batched"], [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch], x1,
+    batches = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch]
+    # The in-process runner is the reference for every server; the engine-process one shows the IPC cost alone.
+    entry["raw_runner"] = raw_runner(config("raw", model, shape, max_batch, delay_ms), batches, x1,
                                      0.3 if SMOKE else 1.5)
+    if "engine_process" in VARIANTS:
+        print("  (through the engine process)", flush=True)
+        entry["raw_engine_process"] = raw_runner(config("raw", model, shape, max_batch, delay_ms, True), batches, x1,
+                                                 0.3 if SMOKE else 1.0)
     save()
-    ladders: dict[str, list[dict]] = {"batch1": [], "batched": []}
+    ladders: dict[str, list[dict]] = {name: [] for name in cfgs}
     servers = {}
     try:
         for name in cfgs:  # one server per config, both up for the whole ladder
@@ -152,7 +181,7 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
                 ladders[name].append(p)
                 raw = raw_at(entry["raw_runner"], p["mean_batch"] or 1)
                 p["raw_at_mean_batch"] = round(raw, 1)
-                print(f"  {name:8s} offered {rate:7.0f}/s achieved {p['achieved']:8.1f}/s lost {p['lost']:5d} "
+                print(f"  {name:10s} offered {rate:7.0f}/s achieved {p['achieved']:8.1f}/s lost {p['lost']:5d} "
                       f"p50 {p['p50_ms'] or float('nan'):7.2f} p99 {p['p99_ms'] or float('nan'):8.2f} ms "
                       f"batch {p['mean_batch']} busy {p['infer_thread_busy']} raw@batch {raw:8.1f}", flush=True)
                 if p["achieved"] < 0.8 * p["scheduled"] / duration or (p["p99_ms"] or 0) > 2000:
@@ -168,11 +197,15 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
     raw_bs1 = entry["raw_runner"][0]["items_per_s"]
     summary = {"raw_bs1_items_per_s": raw_bs1, "raw_best_items_per_s": raw_best, "budgets": {}}
     for budget in BUDGETS_MS:
-        b1, bb = best_within(ladders["batch1"], budget), best_within(ladders["batched"], budget)
-        summary["budgets"][str(budget)] = {
-            "batch1": b1, "batched": bb,
-            "gain": round(bb["achieved"] / b1["achieved"], 2) if b1 and bb else None,
-        }
+        for suffix in ("", EP):
+            if "batch1" + suffix not in ladders:
+                continue
+            b1 = best_within(ladders["batch1" + suffix], budget)
+            bb = best_within(ladders["batched" + suffix], budget)
+            summary["budgets"][str(budget) + suffix] = {
+                "batch1": b1, "batched": bb,
+                "gain": round(bb["achieved"] / b1["achieved"], 2) if b1 and bb else None,
+            }
     # (b): the highest throughput each server reached (whatever its p99), against the raw runner.
     for name in ladders:
         top = max(ladders[name], key=lambda p: p["achieved"]) if ladders[name] else None
@@ -185,6 +218,59 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
                                       "infer_thread_busy": top["infer_thread_busy"], "p99_ms": top["p99_ms"]}
     entry["summary"] = summary
     print(json.dumps(summary, indent=1), flush=True)
+    save()
+
+
+def gil_probe(calls: int = 300) -> None:
+    """Per-call time of the server's engine at batch 1 with nothing else running, with a Python thread of the same
+    process spinning in short bursts (50 us of bytecode, 50 us asleep: an event loop under load), and with one
+    spinning without pause; in-process and through the engine process."""
+    import threading
+
+    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.serve.models import load_engine
+
+    def spin(stop: threading.Event, burst_s: float | None) -> None:
+        while not stop.is_set():
+            end = time.perf_counter() + (burst_s or 1e-3)
+            while time.perf_counter() < end:
+                pass
+            if burst_s:
+                time.sleep(burst_s)
+
+    entry = RESULTS.setdefault("gil_probe", {"calls": calls, "rows": []})
+    print("== engine call alone / + bursty Python thread / + spinning thread (median, p90, p99 ms)", flush=True)
+    for key, shape in (("ppocr-cls", (3, 48, 192)), ("ppocrv4-rec", (3, 48, 320))):
+        x = {"x": np.random.default_rng(0).uniform(-1, 1, (1, *shape)).astype(np.float32)}
+        for ep in (False, True):
+            cfg = config("probe", ONNX / f"{key}.onnx", shape, 1, 0.0, ep)
+            engine = load_engine(ModelConfig.model_validate(cfg))
+            runner = engine.runners[0]
+            try:
+                for mode, burst in (("alone", None), ("bursty", 50e-6), ("spinning", 0.0)):
+                    stop = threading.Event()
+                    th = threading.Thread(target=spin, args=(stop, burst), daemon=True) if mode != "alone" else None
+                    if th:
+                        th.start()
+                    for _ in range(20):
+                        runner.infer(x)
+                    lat = []
+                    for _ in range(calls):
+                        t = time.perf_counter()
+                        runner.infer(x)
+                        lat.append((time.perf_counter() - t) * 1e3)
+                    stop.set()
+                    if th:
+                        th.join()
+                    row = {"model": key, "engine_process": ep, "mode": mode, "median_ms": round(statistics.median(lat), 4),
+                           "p90_ms": round(float(np.percentile(lat, 90)), 4),
+                           "p99_ms": round(float(np.percentile(lat, 99)), 4)}
+                    entry["rows"].append(row)
+                    print(f"  {key:12s} {'engine-process' if ep else 'in-process':14s} {mode:8s} "
+                          f"{row['median_ms']:7.3f} {row['p90_ms']:7.3f} {row['p99_ms']:7.3f}", flush=True)
+            finally:
+                for r in engine.runners:
+                    r.close()
     save()
 
 
@@ -237,17 +323,27 @@ def main() -> int:
     t0 = time.perf_counter()
     only = os.environ.get("GOAL_MODELS", "rec,cls,ocr").split(",")
     RESULTS["gil_switch_ms"] = os.environ.get("PPDEPLOY_GIL_SWITCH_MS", "Python's default (5)")
+    seconds = float(os.environ.get("GOAL_SECONDS", 4.0))
+
+    def rates(name: str, default: list[float]) -> list[float]:
+        text = os.environ.get(f"GOAL_RATES_{name}")
+        return [float(r) for r in text.split(",")] if text else default
+
+    if "probe" in only:
+        gil_probe(60 if SMOKE else 300)
     if SMOKE:
-        run_model("ppocr-cls", (3, 48, 192), 8, 1.0, [20, 60], 1.0, workers)
+        run_model("ppocr-cls", (3, 48, 192), 8, 1.0, rates("CLS", [20, 60]), 1.0, workers)
         if "ocr" in only:
             ocr_server([1.0], 2.0, workers)
     else:
         if "rec" in only:
             run_model("ppocrv4-rec", (3, 48, 320), 32, 1.0,
-                      [200, 275, 325, 375, 425, 500, 600, 700, 800, 900, 1000, 1200, 1500, 1800], 4.0, workers)
+                      rates("REC", [200, 275, 325, 375, 425, 500, 600, 700, 800, 900, 1000, 1200, 1500, 1800]),
+                      seconds, workers)
         if "cls" in only:
             run_model("ppocr-cls", (3, 48, 192), 64, 1.0,
-                      [300, 450, 600, 700, 800, 1000, 1500, 2000, 2500, 3000, 4000, 5000], 4.0, workers)
+                      rates("CLS", [300, 450, 600, 700, 800, 1000, 1500, 2000, 2500, 3000, 4000, 5000]), seconds,
+                      workers)
         if "ocr" in only:
             ocr_server([5, 10, 20, 30], 5.0, workers)
     RESULTS["total_s"] = round(time.perf_counter() - t0, 1)
