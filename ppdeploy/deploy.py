@@ -40,10 +40,11 @@ class Deployment:
     cache_hit: bool = False  # True when neither conversion nor engine build ran now
     timings: dict[str, float] = field(default_factory=dict)  # seconds: convert, precision, build, load
     precision_report: dict | None = None
+    head: str | None = None  # output head appended to the graph (ppdeploy.convert.heads)
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.source.name, "backend": self.backend, "precision": self.precision,
+            "model": self.source.name, "backend": self.backend, "precision": self.precision, "head": self.head,
             "cache_hit": self.cache_hit, "onnx": str(self.onnx_path) if self.onnx_path else None,
             "engine": str(self.engine_dir) if self.engine_dir else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -69,12 +70,15 @@ def load_model(
     max_loss: float | None = None,
     rebuild: bool = False,
     precision_options: Mapping[str, Any] | None = None,
+    head: str | None = None,
 ) -> Deployment:
     """Prepare `model` (zoo name, Paddle model dir/file, .onnx, or paddle.nn.Layer + input_spec) and load it.
 
     backend: "auto" (fallback chain), one name (forced: fails clearly if it cannot run), or a list (chain).
     extra: backend switches. A key named after a backend (e.g. {"onnxruntime-cuda": {"pad_multiple": ...}}) holds
     switches for that backend alone, so a chain can carry GPU settings without changing the CPU engines' keys.
+    head: an output head appended to the converted graph (ppdeploy.convert.heads, e.g. "ctc_greedy"); Paddle
+    Inference, which runs the original program, is skipped then.
     """
     if precision not in PRECISIONS:
         raise PPDeployError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
@@ -86,7 +90,11 @@ def load_model(
     source = detect(model, input_spec, export_dir=None, exports_root=cache.root / "layer-exports")
     names, explicit = chain_for(backend)
     attempts: list[Attempt] = []
-    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, dict(precision_options or {}))
+    if head is not None:
+        from ppdeploy.convert.heads import check_head
+
+        check_head(head)
+    prepared = _Prepared(source, cache, opset, rebuild, calib, max_loss, dict(precision_options or {}), head)
 
     for name in names:
         start = time.perf_counter()
@@ -95,7 +103,7 @@ def load_model(
         except BackendUnavailable as exc:
             attempts.append(record(Attempt(name, SKIPPED, str(exc))))
             continue
-        reason = be.unavailable_reason() or _precision_mismatch(be, precision, source)
+        reason = be.unavailable_reason() or _precision_mismatch(be, precision, source) or _head_mismatch(be, head)
         if reason:
             attempts.append(record(Attempt(name, SKIPPED, reason)))
             continue
@@ -124,8 +132,8 @@ def load_model(
 class _Prepared:
     """Lazily converted / precision-adjusted ONNX shared by all backends tried for one load_model call."""
 
-    def __init__(self, source, cache, opset, rebuild, calib, max_loss, precision_options):
-        self.source, self.cache, self.opset, self.rebuild = source, cache, opset, rebuild
+    def __init__(self, source, cache, opset, rebuild, calib, max_loss, precision_options, head=None):
+        self.source, self.cache, self.opset, self.rebuild, self.head = source, cache, opset, rebuild, head
         self.calib, self.max_loss = calib, max_loss
         # Extra keywords for ppdeploy.precision.apply (method, keep_fp32, exclude, metric, task_metric, ...).
         self.precision_options: dict[str, Any] = dict(precision_options or {})
@@ -154,8 +162,22 @@ class _Prepared:
                                                            rebuild=self.rebuild))
             self.timings["convert"] = result.seconds
             self.conversion_hit = result.cache_hit
+            if self.head is not None:
+                result = self._once("head", lambda: self._with_head(result))
             self._onnx = result
         return self._onnx
+
+    def _with_head(self, conv):
+        from ppdeploy.cache import sha256_file
+        from ppdeploy.convert import heads
+
+        parts = {"onnx": sha256_file(conv.onnx_path), "head": self.head, "version": heads.VERSION}
+        entry = self.cache.get_or_build("onnx-head", parts,
+                                        lambda out: heads.add_head(conv.onnx_path, out / conv.onnx_path.name,
+                                                                   self.head),
+                                        label=f"{self.source.name} + {self.head} head", rebuild=self.rebuild)
+        self.conversion_hit = self.conversion_hit and entry.hit
+        return replace(conv, onnx_path=entry.path / conv.onnx_path.name)
 
     def options_for(self, precision: str, backend: str) -> dict[str, Any]:
         """The precision options one backend builds from. INT8 for OpenVINO defaults to NNCF's IR (a QDQ graph runs
@@ -208,6 +230,12 @@ def _precision_mismatch(be, precision: str, source: ModelSource) -> str | None:
     return None
 
 
+def _head_mismatch(be, head: str | None) -> str | None:
+    if head is not None and be.consumes == "paddle":
+        return f"Paddle Inference runs the original program; the {head} head is added to the ONNX graph"
+    return None
+
+
 def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
     source = prepared.source
     precision_report = None
@@ -245,7 +273,7 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
     timings["load"] = time.perf_counter() - start
     cache_hit = entry.hit and (be.consumes == "paddle" or prepared.conversion_hit)
     return Deployment(runner, be.name, source, options.precision, [], onnx_path, entry.path, cache_hit, timings,
-                      precision_report)
+                      precision_report, prepared.head)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -48,6 +48,21 @@ def chain_for(backend: str | list[str] | tuple[str, ...]) -> tuple[list[str], bo
     return [canonical(backend)], True
 
 
+def first_runnable(backend: str | list[str] | tuple[str, ...]) -> str | None:
+    """The backend `load_model` will try first with a chance of running (importable, reason-free), or None. A build
+    may still fail and fall back; this is for choices that depend on the likely device, not a guarantee."""
+    from ppdeploy.backends import get_backend
+    from ppdeploy.errors import BackendUnavailable
+
+    for name in chain_for(backend)[0]:
+        try:
+            if get_backend(name).unavailable_reason() is None:
+                return name
+        except BackendUnavailable:
+            continue
+    return None
+
+
 def record(attempt: Attempt) -> Attempt:
     if attempt.status in (SKIPPED, FAILED):
         with _lock:

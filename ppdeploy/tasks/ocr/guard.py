@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ppdeploy.errors import ConfigError
+
 DEFAULT_MARGIN = 0.3
 
 
@@ -89,6 +91,10 @@ class GuardedRecRunner:
     """
 
     def __init__(self, fast: Any, guard: Any, margin: float = DEFAULT_MARGIN):
+        from ppdeploy.convert.heads import CTC_INDEX
+
+        if any(t.name == CTC_INDEX for r in (fast, guard) for t in getattr(r.io, "outputs", ())):
+            raise ConfigError("the rec guard needs rec models that return their softmax, not the ctc_greedy head")
         self.fast, self.guard, self.margin = fast, guard, margin
         self.backend = getattr(fast, "backend", "?")
         self.last_guard_rows = 0

@@ -156,13 +156,21 @@ class OCR:
     reduced precision whose errors it can catch (bf16, fp16) and re-reads with it the lines the fast model is unsure of
     (ppdeploy.tasks.ocr.guard; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None
     turns it off.
+    rec_head: "auto" (default) appends the ctc_greedy head (ppdeploy.convert.heads) to an unguarded FP32/FP16 rec
+    graph on a GPU backend: the engine returns the best class and its probability per step instead of the whole
+    softmax (2.1 MB per line to copy back), the same text and scores. On the CPU it does not pay: OpenVINO's
+    in-graph argmax over 6625 classes costs more than numpy's (+14 % rec time measured), ONNX Runtime's the same.
+    "ctc_greedy" asks for it anywhere, None keeps the softmax. Never with a guard (it needs the runner-up classes),
+    nor on Paddle Inference; "auto" also leaves BF16/INT8 alone, whose in-engine argmax could break ties
+    differently from the FP32 softmax the host would see.
     """
 
     def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
                  det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
                  cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
                  load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
-                 rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None, **options: Any):
+                 rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None,
+                 rec_head: str | None = "auto", **options: Any):
         from ppdeploy.deploy import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
@@ -176,15 +184,17 @@ class OCR:
                 switches.setdefault("onnxruntime-cuda", buckets)
                 extra[stage]["extra"] = switches
         stages = [s for s in STAGES if s != "cls" or use_cls]
+        guard_precision = rec_guard_precision(rec_guard, precisions["rec"] or "fp32")
+        head = rec_head_for(rec_head, backends["rec"] or "auto", precisions["rec"] or "fp32", guard_precision)
         refs = _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions, extra, threads) \
             if calib is not None else {}
         self.deployments: dict[str, Any] = {}
         try:
             for stage in stages:
+                heads = {"head": head} if stage == "rec" and head else {}
                 self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
                                                      precision=precisions[stage] or "fp32", threads=threads,
-                                                     **extra[stage])
-            guard_precision = rec_guard_precision(rec_guard, self.deployments["rec"].precision)
+                                                     **{**heads, **extra[stage]})
             if guard_precision is not None:
                 # Same backend as the fast model, so the guard differs from it in precision only.
                 self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
@@ -318,6 +328,27 @@ def rec_guard_precision(rec_guard: str | None, rec_precision: str) -> str | None
     if rec_guard == rec_precision:
         raise ConfigError(f"rec_guard={rec_guard!r} is the rec model's own precision; a guard must be more precise")
     return rec_guard
+
+
+def rec_head_for(rec_head: str | None, backend: str, precision: str, guard_precision: str | None) -> str | None:
+    """The output head OCR(rec_head=...) appends to the rec graph (None: the model's own softmax)."""
+    from ppdeploy.convert.heads import CTC_GREEDY, check_head
+
+    if rec_head is None or rec_head in ("off", "none", "softmax"):
+        return None
+    if rec_head == "auto":
+        if guard_precision is not None or precision not in ("fp32", "fp16"):
+            return None
+        from ppdeploy.backends import get_backend
+        from ppdeploy.select import first_runnable
+
+        first = first_runnable(backend)
+        return CTC_GREEDY if first is not None and get_backend(first).device == "gpu" else None
+    check_head(rec_head)
+    if guard_precision is not None:
+        raise ConfigError(f"rec_head={rec_head!r} leaves only the best class per step, and the rec guard needs the "
+                          "runner-up classes", hint="pass rec_guard=None, or rec_head=None")
+    return rec_head
 
 
 def mean_timings(results: Iterable[OCRResult]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
 from ppdeploy.errors import ConfigError
 from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN
 from ppdeploy.tasks.ocr.textline import fill_batch
@@ -55,9 +56,19 @@ def load_characters(dictionary: str | Path | None, use_space_char: bool = True) 
 
 
 def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[str, float]]:
-    """Best path: argmax per step, merge repeats, drop blanks; score = mean probability of the kept steps."""
+    """Best path from the N x T x classes probabilities: argmax per step, then `ctc_best_path_decode`."""
     best = probs.argmax(axis=2)
     best_prob = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
+    return ctc_best_path_decode(best, best_prob, characters)
+
+
+def ctc_best_path_decode(best: np.ndarray, best_prob: np.ndarray, characters: list[str]) -> list[tuple[str, float]]:
+    """N x T best classes and their probabilities -> (text, score) per row: repeats merged, blanks dropped, score =
+    mean probability of the kept steps. This is all a model with the ctc_greedy head (ppdeploy.convert.heads) returns."""
+    if best.size and int(best.max()) >= len(characters):
+        raise ConfigError(f"the recognition model predicted class {int(best.max())} but the dictionary has "
+                          f"{len(characters)} classes (blank + characters + space)",
+                          hint="pass the dictionary the model was trained with (rec_dictionary=...)")
     keep = best != 0
     keep[:, 1:] &= best[:, 1:] != best[:, :-1]
     out = []
@@ -68,6 +79,11 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[st
         score = float(best_prob[row][sel].mean()) if ids.size else 0.0
         out.append((text, score))
     return out
+
+
+def has_greedy_head(runner: Any) -> bool:
+    """Whether the runner's outputs are those of the ctc_greedy head (best class and probability per step)."""
+    return [t.name for t in getattr(runner.io, "outputs", ())] == [CTC_INDEX, CTC_PROB]
 
 
 @dataclass
@@ -82,15 +98,17 @@ class RecTimings:
 
 
 class TextRecognizer:
-    """Crops -> (text, score) per crop. `runner` may be a GuardedRecRunner (see ppdeploy.tasks.ocr.guard); its
-    re-reads are then reported apart (rec_guard, guard_lines)."""
+    """Crops -> (text, score) per crop. `runner` returns either the N x T x classes probabilities or, with the
+    ctc_greedy head (ppdeploy.convert.heads), the best class and its probability per step. It may be a
+    GuardedRecRunner (see ppdeploy.tasks.ocr.guard); its re-reads are then reported apart (rec_guard, guard_lines)."""
 
     def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None):
         self.runner = runner
         self.options = options or RecOptions()
         self.input_name = runner.io.inputs[0].name
         self.characters = characters or load_characters(self.options.dictionary, self.options.use_space_char)
-        classes = runner.io.outputs[0].shape[-1] if runner.io.outputs else None
+        self.greedy_head = has_greedy_head(runner)
+        classes = runner.io.outputs[0].shape[-1] if runner.io.outputs and not self.greedy_head else None
         if classes is not None and classes != len(self.characters):
             raise ConfigError(
                 f"the recognition model predicts {classes} classes but the dictionary gives {len(self.characters)}"
@@ -109,7 +127,11 @@ class TextRecognizer:
             out = self.runner.infer({self.input_name: batch})
             guard_ms = getattr(self.runner, "last_guard_ms", 0.0)
             t2 = time.perf_counter()
-            for i, res in zip(idx, ctc_greedy_decode(next(iter(out.values())), self.characters)):
+            if self.greedy_head:
+                decoded = ctc_best_path_decode(out[CTC_INDEX], out[CTC_PROB], self.characters)
+            else:
+                decoded = ctc_greedy_decode(next(iter(out.values())), self.characters)
+            for i, res in zip(idx, decoded):
                 results[i] = res
             timings.rec_pre += (t1 - t0) * 1e3
             timings.rec_infer += (t2 - t1) * 1e3 - guard_ms
