@@ -171,3 +171,9 @@ def test_ocr_int8_from_a_folder_of_pages(ocr_pages, tmp_path, monkeypatch):
              rec_guard_margin=0.7) as guarded:
         assert guarded.guarded and guarded.deployments["rec"].cache_hit  # the same INT8 build, from the cache
         assert guarded.deployments["rec_guard"].precision == "fp32"
+    from ppdeploy.select import first_runnable
+
+    if first_runnable("auto") == "openvino":  # backend="auto" on a CPU machine: calibrated for OpenVINO too
+        with OCR(precision={"rec": "int8"}, calib=calib_dir, gate_data=eval_dir) as auto:
+            rec = auto.deployments["rec"]
+            assert rec.backend == "openvino" and rec.precision_report["quantizer"] == "openvino" and rec.cache_hit

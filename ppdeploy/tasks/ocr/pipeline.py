@@ -298,6 +298,7 @@ def _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions
     from ppdeploy.deploy import load_model
     from ppdeploy.precision import int8_openvino
     from ppdeploy.precision.tasks import ocr_load_kwargs
+    from ppdeploy.select import first_runnable
 
     lowered = [s for s in stages if (precisions[s] or "fp32") != "fp32"]
     if not lowered:
@@ -307,7 +308,9 @@ def _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions
     try:
         runners = {s: d.runner for s, d in refs.items()}
         for s in lowered:
-            nncf = backends[s] == "openvino" and int8_openvino.available() is None
+            # Quantize for the backend that will run the stage: "auto" on a CPU machine is OpenVINO, where NNCF's IR
+            # is the fast INT8 (a QDQ graph runs slower than FP32 there).
+            nncf = first_runnable(backends[s] or "auto") == "openvino" and int8_openvino.available() is None
             kwargs = ocr_load_kwargs(s, calib, runners=runners, gate_data=gate_data,
                                      quantizer="openvino" if nncf else "onnxruntime",
                                      method="minmax" if nncf else "entropy")
