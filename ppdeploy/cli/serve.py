@@ -38,6 +38,9 @@ def register(sub) -> None:
     g.add_argument("--max-queue-size", type=int, default=256, help="queued requests before 429")
     g.add_argument("--timeout-ms", type=float, default=0.0, help="default per-request queue timeout (0: none)")
     g.add_argument("--instances", type=int, default=1, help="model instances (runners) per model")
+    g.add_argument("--head", choices=["ctc_greedy"], default=None,
+                   help="output head for a CTC recognizer (with 'ocr': its rec): best class + probability per step "
+                        "instead of the whole softmax, ~2200x less to copy back and send (ppdeploy.convert.heads)")
     g.add_argument("--task", choices=["none", "classification"], default=None,
                    help="also serve the model as a task route (default: classification when the folder has "
                         "preprocess.yaml or labels.txt)")
@@ -87,7 +90,8 @@ def _configs_from_args(args) -> list:
                                     "max_queue_size": args.max_queue_size, "default_timeout_ms": args.timeout_ms})
     if args.model == OCR_BUNDLE:
         stages = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
-        configs = [ModelConfig.for_source(src, name=src, **common) for src in stages.values()]
+        configs = [ModelConfig.for_source(src, name=src, **common, head=args.head if stage == "rec" else None)
+                   for stage, src in stages.items()]
         configs.append(ModelConfig(name=args.name or "ocr", task="ocr", pipeline=stages))
         errors = check_references(configs)
         if errors:
@@ -104,7 +108,7 @@ def _configs_from_args(args) -> list:
         task = "classification" if folder.is_dir() and any(
             (folder / f).is_file() for f in ("preprocess.yaml", "labels.txt")) else "none"
     source = args.model if args.model in zoo.MODELS else str(Path(args.model).resolve())
-    return [ModelConfig.for_source(source, name=args.name, task=task, **common)]
+    return [ModelConfig.for_source(source, name=args.name, task=task, head=args.head, **common)]
 
 
 def run(args) -> int:

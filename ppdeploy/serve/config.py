@@ -30,6 +30,8 @@ A config.yaml::
       pad: {x: [3]}                # axes each input may be zero-padded along to share a batch
     instance_count: 1
     engine_process: false          # run each instance's engine in its own process (ppdeploy.serve.engine_process)
+    head: null                     # ctc_greedy: a CTC recognizer answers best class + probability per step, not the
+                                   # whole softmax (2.1 MB per PP-OCRv4 line; ppdeploy.convert.heads)
     task: none                     # none | ocr | classification
     autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
       {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
@@ -134,6 +136,7 @@ class ModelConfig(_Strict):
     # true: each instance's engine runs in a child process fed through shared memory, so engine calls never wait on
     # the HTTP process's GIL (ppdeploy.serve.engine_process). Linux only.
     engine_process: bool = False
+    head: Literal["ctc_greedy"] | None = None  # output head appended to the graph (ppdeploy.convert.heads)
     task: Task = "none"
     # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
     # rec_guard: an FP32 copy of rec that re-reads the lines a BF16 rec is unsure of, ppdeploy.tasks.ocr.guard)

@@ -66,7 +66,7 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Loaded
         raise ConfigError(f"'{cfg.name}' is an OCR pipeline, not a model with an engine")
     source = cfg.source_path()
     kwargs = dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
-                  cache_dir=cache_dir, extra=cfg.backend_options or None)
+                  cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head)
     load = load_model
     if cfg.engine_process:
         from functools import partial
