@@ -506,7 +506,17 @@ def _child_main(fd: int) -> None:
         while view:
             view = view[os.write(fd, view):]
 
+    # PPDEPLOY_ENGINE_PROCESS_SPIN_US: poll this long for the next request before sleeping in read(2), trading a
+    # busy core for the wake-up latency of a sleeping process (an experiment knob; 0, the default, never spins).
+    spin_s = float(os.environ.get("PPDEPLOY_ENGINE_PROCESS_SPIN_US", "0")) / 1e6
+
     def recv() -> tuple:
+        if spin_s > 0:
+            import select
+
+            deadline = time.perf_counter() + spin_s
+            while not select.select([fd], [], [], 0)[0] and time.perf_counter() < deadline:
+                pass
         (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
         return pickle.loads(_read_exact(fd, n))  # exact reads: an arena's SCM_RIGHTS byte must stay unread
 

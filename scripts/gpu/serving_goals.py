@@ -274,6 +274,75 @@ def gil_probe(calls: int = 300) -> None:
     save()
 
 
+def _echo(sock, spin: bool) -> None:
+    import select
+
+    fd = sock.fileno()
+    while True:
+        if spin:
+            while not select.select([fd], [], [], 0)[0]:
+                pass
+        data = os.read(fd, 256)
+        if not data:
+            return
+        os.write(fd, data)
+
+
+def ipc_probe(calls: int = 2000) -> None:
+    """Where the engine process's per-call cost goes: a bare socket round trip between two processes (the child
+    sleeping in read(2), or polling), and the runner's own stage timings in-process and through the engine
+    process (child sleeping, or polling for 500 us after each reply: PPDEPLOY_ENGINE_PROCESS_SPIN_US)."""
+    import multiprocessing
+    import socket
+
+    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.serve.models import load_engine
+
+    entry = RESULTS.setdefault("ipc_probe", {})
+    print("== IPC probe", flush=True)
+    for spin in (False, True):
+        a, b = socket.socketpair()
+        proc = multiprocessing.get_context("spawn").Process(target=_echo, args=(b, spin))
+        proc.start()
+        b.close()
+        lat = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            os.write(a.fileno(), b"x" * 100)
+            os.read(a.fileno(), 256)
+            lat.append((time.perf_counter() - t) * 1e6)
+        a.close()
+        proc.join(5)
+        proc.kill()
+        key = f"socket_round_trip_us_{'polling' if spin else 'sleeping'}"
+        entry[key] = {"median": round(statistics.median(lat), 1), "p90": round(float(np.percentile(lat, 90)), 1)}
+        print(f"  {key}: {entry[key]}", flush=True)
+    for key, shape, batch in (("ppocr-cls", (3, 48, 192), 1), ("ppocrv4-rec", (3, 48, 320), 1),
+                              ("ppocrv4-rec", (3, 48, 320), 16)):
+        x = {"x": np.random.default_rng(0).uniform(-1, 1, (batch, *shape)).astype(np.float32)}
+        for variant, ep, spin_us in (("in-process", False, 0), ("engine-process", True, 0),
+                                     ("engine-process, child polls 500 us", True, 500)):
+            os.environ["PPDEPLOY_ENGINE_PROCESS_SPIN_US"] = str(spin_us)
+            engine = load_engine(ModelConfig.model_validate(config("probe", ONNX / f"{key}.onnx", shape, 16, 0.0, ep)))
+            runner = engine.runners[0]
+            try:
+                for _ in range(20):
+                    runner.infer(x)
+                stages: dict[str, list[float]] = {}
+                for _ in range(200 if batch == 1 else 50):
+                    runner.infer(x)
+                    for k, v in runner.last_timings.items():
+                        stages.setdefault(k, []).append(v)
+                row = {k: round(statistics.median(v), 4) for k, v in stages.items()}
+                entry[f"{key} bs{batch} {variant}"] = row
+                print(f"  {key} bs{batch} {variant}: {row}", flush=True)
+            finally:
+                for r in engine.runners:
+                    r.close()
+    os.environ.pop("PPDEPLOY_ENGINE_PROCESS_SPIN_US", None)
+    save()
+
+
 def ocr_server(rates: list[float], duration: float, workers: int) -> None:
     """`/v1/ocr` with det, cls and rec on the GPU backend (the shape buckets the OCR task uses on a GPU), one
     synthetic page per request, open-loop Poisson; plus the per-model batching the pipeline's calls got."""
@@ -329,6 +398,8 @@ def main() -> int:
         text = os.environ.get(f"GOAL_RATES_{name}")
         return [float(r) for r in text.split(",")] if text else default
 
+    if "ipc" in only:
+        ipc_probe(200 if SMOKE else 2000)
     if "probe" in only:
         gil_probe(60 if SMOKE else 300)
     if SMOKE:
