@@ -132,7 +132,12 @@ class EngineProcessRunner(Runner):
         # Pin the backend the first child chose, so a restart loads the same engine from the cache.
         self._request = LoadRequest(request.source, [self.load_info["backend"]], request.kwargs, request.label)
         self.backend = self.load_info["backend"]
-        self._reserve_input_arena()
+        try:
+            self._reserve_input_arena()
+        except _ChildGone:
+            code = self._reap()
+            raise EngineProcessDied(f"the engine process of '{request.label}' exited after loading "
+                                    f"({_exit_text(code)})") from None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @property
@@ -221,10 +226,10 @@ class EngineProcessRunner(Runner):
                 raise PPDeployError(f"the engine of '{self._request.label}' is closed")
             t0 = time.perf_counter()
             for attempt in (1, 2):
-                if self._proc is None:
-                    self._restart()
                 self._sent = False
                 try:
+                    if self._proc is None:
+                        self._restart()
                     reply = self._call(feeds)
                     break
                 except _ChildGone:
@@ -310,7 +315,7 @@ class EngineProcessRunner(Runner):
 
     def _new_arena(self, size: int, output: bool = False) -> _Arena:
         size = max(mmap.PAGESIZE, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
-        fd = os.memfd_create(f"ppdeploy-arena-{self._request.label}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"ppdeploy-arena-{self._request.label}"[:200], os.MFD_CLOEXEC)  # name: /proc only
         try:
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size)
