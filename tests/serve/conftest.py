@@ -11,22 +11,28 @@ CLS_OUT = "softmax_0.tmp_0"
 REC_OUT = "softmax_11.tmp_0"
 
 
-@pytest.fixture(scope="session")
-def cls_runner():
+def _onnxruntime_runner(model: str):
+    """The model on ONNX Runtime CPU: the direct reference the servers' answers are compared with."""
     from ppdeploy.deploy import load_model
 
-    dep = load_model("ppocr-cls", backend="onnxruntime")
+    dep = load_model(model, backend="onnxruntime")
     yield dep.runner
     dep.close()
+
+
+@pytest.fixture(scope="session")
+def cls_runner():
+    yield from _onnxruntime_runner("ppocr-cls")
 
 
 @pytest.fixture(scope="session")
 def rec_runner():
-    from ppdeploy.deploy import load_model
+    yield from _onnxruntime_runner("ppocrv4-rec")
 
-    dep = load_model("ppocrv4-rec", backend="onnxruntime")
-    yield dep.runner
-    dep.close()
+
+@pytest.fixture(scope="session")
+def det_runner():
+    yield from _onnxruntime_runner("ppocrv4-det")
 
 
 def write_repo(root: Path, configs: dict[str, str]) -> Path:

@@ -24,15 +24,6 @@ MAX_PIXELS = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def det_runner():
-    from ppdeploy.deploy import load_model
-
-    dep = load_model("ppocrv4-det", backend="onnxruntime")
-    yield dep.runner
-    dep.close()
-
-
-@pytest.fixture(scope="module")
 def shapes_dir():
     from ppdeploy.demo.shapes_classifier import default_dir, export
 
