@@ -42,7 +42,7 @@ def register(sub) -> None:
                         "auto = openvino when --backend openvino and NNCF is installed")
     p.add_argument("--max-loss", type=float, default=None,
                    help="accuracy budget (default: 0.005 fp16/bf16, 0.01 int8)")
-    p.add_argument("--metric", default="auto", choices=["auto", "ctc", "top1", "mask_iou", "rel_l2"],
+    p.add_argument("--metric", default="auto", choices=["auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2"],
                    help="output agreement metric of the gate (default: picked from the outputs)")
     p.add_argument("--gate-data", default=None, metavar="DIR",
                    help="OCR zoo models: labelled pages (not the calibration pages) to gate on page character "

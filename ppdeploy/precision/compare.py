@@ -8,9 +8,12 @@ Every metric is an *agreement* in [0, 1] (1 = identical to FP32), so the loss of
 - `top1`: top-1 agreement along the last axis, for classifiers (PP-OCR cls, image classifiers).
 - `mask_iou`: IoU of the maps thresholded at 0.3 (DB's binarization threshold), for segmentation-like
   probability maps (PP-OCR det).
+- `prob_abs`: 1 - mean absolute difference, for probabilities that are not a distribution (the per-step
+  probability of the ctc_greedy head, ppdeploy.convert.heads).
 - `rel_l2`: 1 - relative L2 error, for anything else.
 
-`auto` picks one from the reference outputs' shape and range. Task metrics over whole pipelines
+`auto` picks one from the reference outputs' shape and range, and from the names of the ctc_greedy head's outputs
+(its best-class ids are judged with `ctc`, like the softmax they replace). Task metrics over whole pipelines
 (OCR page character accuracy) go through `ppdeploy.precision.gate.TaskGate` instead.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from ppdeploy.evaluation.metrics import edit_distance  # token sequences work as well as strings
 
-METRICS = ("auto", "ctc", "top1", "mask_iou", "rel_l2")
+METRICS = ("auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2")
 MASK_THRESHOLD = 0.3
 
 
@@ -33,8 +36,14 @@ def _is_distribution(a: np.ndarray) -> bool:
     return bool(np.allclose(a.sum(-1), 1.0, atol=1e-2))
 
 
-def pick_metric(reference: np.ndarray) -> str:
-    """The metric `auto` means for an output, judged from the FP32 reference values."""
+def pick_metric(reference: np.ndarray, name: str | None = None) -> str:
+    """The metric `auto` means for an output, judged from the FP32 reference values (and the output's name)."""
+    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+
+    if name == CTC_INDEX:
+        return "ctc"
+    if name == CTC_PROB:
+        return "prob_abs"
     a = np.asarray(reference)
     if _is_distribution(a):
         if a.ndim == 3 and a.shape[-1] >= 20:
@@ -46,7 +55,9 @@ def pick_metric(reference: np.ndarray) -> str:
 
 
 def ctc_greedy(probs: np.ndarray, blank: int = 0) -> list[list[int]]:
-    ids = np.asarray(probs).argmax(-1)
+    """Collapsed label sequences from (batch, time, classes) probabilities, or from (batch, time) best-class ids."""
+    probs = np.asarray(probs)
+    ids = probs.argmax(-1) if probs.ndim == 3 else probs.astype(np.int64)
     out = []
     for row in ids.reshape(-1, ids.shape[-1]):
         keep = np.ones(len(row), dtype=bool)
@@ -80,6 +91,8 @@ def _count_agreement(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[fl
         if union == 0:
             return 1.0, 1.0
         return float((r & c).sum()) / union, 1.0
+    if metric == "prob_abs":
+        return max(0.0, 1.0 - float(np.abs(ref - cand).mean())) if ref.size else 1.0, 1.0
     if metric == "rel_l2":
         denom = max(float(np.linalg.norm(ref)), 1e-12)
         return max(0.0, 1.0 - float(np.linalg.norm(ref - cand)) / denom), 1.0
@@ -108,7 +121,7 @@ def agreement(references: Sequence[Mapping[str, np.ndarray]], candidates: Sequen
     names = list(references[0])
     outputs = {}
     for name in names:
-        m = pick_metric(references[0][name]) if metric == "auto" else metric
+        m = pick_metric(references[0][name], name) if metric == "auto" else metric
         agree = total = 0.0
         worst: dict[str, float] = {"max_abs": 0.0, "cosine": 1.0, "nonfinite": 0.0}
         for ref, cand in zip(references, candidates):

@@ -115,7 +115,7 @@ class OutputGate(Gate):
             finally:
                 runner.close()
             if self.metric == "auto":
-                picked = {compare.pick_metric(v) for v in self._reference_outputs[0].values()}
+                picked = {compare.pick_metric(v, k) for k, v in self._reference_outputs[0].items()}
                 self.metric = "+".join(sorted(picked))
         return self._reference_outputs
 

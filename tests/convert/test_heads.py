@@ -167,3 +167,26 @@ def test_tensorrt_rtx_builds_the_headed_rec(rec_onnx, tmp_path):
     outputs = {o["name"]: o for o in trtmod.read_meta(tmp_path / "engine")["outputs"]}
     assert set(outputs) == {CTC_INDEX, CTC_PROB}
     assert outputs[CTC_INDEX]["dtype"] == "int64" and outputs[CTC_PROB]["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_fp16_rec_with_the_head_passes_its_gate_and_keeps_the_text(tmp_path):
+    """OCR(rec_head="auto") puts the head on FP16 rec on a GPU: the FP16 converter and the gate must take it, and the
+    gate judges the ids as text (like the softmax's) and the probabilities by their absolute difference."""
+    from ppdeploy.deploy import load_model
+
+    fp32 = load_model("ppocrv4-rec", backend="onnxruntime")
+    fp16 = load_model("ppocrv4-rec", backend="onnxruntime", precision="fp16", head="ctc_greedy", cache_dir=tmp_path)
+    try:
+        gate = fp16.precision_report["gate"]
+        assert gate["passed"] and gate["metric"] == "ctc+prob_abs"
+        assert gate["outputs"][CTC_INDEX]["agreement"] == 1.0 and gate["outputs"][CTC_PROB]["agreement"] > 0.99
+        x = rec_batch()
+        (probs,) = fp32.runner.infer({"x": x}).values()
+        out = fp16.runner.infer({"x": x})
+        assert out[CTC_INDEX].dtype == np.int64 and out[CTC_PROB].dtype == np.float32
+        assert (out[CTC_INDEX] == probs.argmax(axis=2)).mean() > 0.99
+        np.testing.assert_allclose(out[CTC_PROB], probs.max(axis=2), atol=2e-2)
+    finally:
+        fp32.close()
+        fp16.close()
