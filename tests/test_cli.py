@@ -46,6 +46,15 @@ def test_run_twice_second_is_served_from_cache(tmp_path):
     assert "removed 2 entries" in ppdeploy("cache", "clear", cache=cache).stdout
 
 
+@pytest.mark.slow
+def test_run_with_the_ctc_greedy_head(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((1, 3, 48, 320), np.float32))
+    out = json.loads(ppdeploy("run", "ppocrv4-rec", "-b", "onnxruntime", "--head", "ctc_greedy",
+                              "-i", str(tmp_path / "x.npy"), "--json").stdout)["outputs"]
+    assert set(out) == {"ctc_index", "ctc_prob"} and out["ctc_index"]["shape"] == [1, 40]
+    assert "--head" not in ppdeploy("verify", "--help").stdout  # verify compares with Paddle's own outputs
+
+
 def test_user_errors_exit_2_with_a_message(tmp_path):
     proc = ppdeploy("run", str(tmp_path / "missing"), check=False)
     assert proc.returncode == 2 and "model path does not exist" in proc.stderr and "Traceback" not in proc.stderr

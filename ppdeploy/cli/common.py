@@ -9,7 +9,8 @@ from ppdeploy.errors import PPDeployError
 from ppdeploy.shapes import InputRange, ShapeProfile
 
 
-def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto", precision: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto", precision: bool = True,
+                   head: bool = True) -> None:
     p.add_argument("model", help="zoo name (ppocrv4-det, ppocrv4-rec, ppocr-cls), Paddle model dir/file, or .onnx")
     p.add_argument("--backend", "-b", default=backend_default,
                    help="auto (fallback chain), one backend, or a comma list: tensorrt, tensorrt-rtx, "
@@ -20,6 +21,10 @@ def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto",
     p.add_argument("--shapes", default=None, metavar="NAME=MIN:OPT:MAX[,NAME=...]",
                    help="shape profile per input, dims joined by x, e.g. x=1x3x48x32:1x3x48x320:8x3x48x1280")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 11; default per route: 14 legacy, 17 PIR)")
+    if head:
+        p.add_argument("--head", default=None, choices=["ctc_greedy"],
+                       help="append an output head to the graph: ctc_greedy = a CTC recognizer returns its best class "
+                            "and probability per step instead of the whole softmax")
     p.add_argument("--cache-dir", default=None, help="engine cache (default $PPDEPLOY_CACHE or ~/.cache/ppdeploy)")
     p.add_argument("--rebuild", action="store_true", help="ignore cached conversions/engines and rebuild them")
 
@@ -64,7 +69,7 @@ def load_from_args(args: argparse.Namespace, **overrides: Any):
 
     kwargs = dict(backend=args.backend, precision=getattr(args, "precision", "fp32"), threads=args.threads,
                   shapes=parse_shapes(args.shapes), opset=args.opset, cache_dir=args.cache_dir,
-                  rebuild=getattr(args, "rebuild", False))
+                  rebuild=getattr(args, "rebuild", False), head=getattr(args, "head", None))
     kwargs.update(overrides)
     from rich.console import Console
 

@@ -6,7 +6,7 @@ from ppdeploy.cli.common import add_model_args, load_from_args
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="compare backends with the Paddle Inference reference")
-    add_model_args(p, backend_default="openvino,onnxruntime")
+    add_model_args(p, backend_default="openvino,onnxruntime", head=False)  # compared with Paddle's own outputs
     p.add_argument("--input", "-i", nargs="*", default=[], help=".npy inputs (default: generated with --seed)")
     p.add_argument("--images", nargs="*", default=[],
                    help="image files or folders, preprocessed with --preprocess (default: the model's preprocess.yaml)")
