@@ -13,7 +13,13 @@ also feed the statistics JSON); ppdeploy's own metrics live in a per-server prom
 
   ppdeploy_batch_size (histogram of rows per execution), ppdeploy_backend_fallbacks_total{model,backend},
   ppdeploy_engine_load_seconds{model,backend,cache}, ppdeploy_model_ready{model},
-  ppdeploy_task_requests_total{task,status}, ppdeploy_engine_process_restarts_total{model} (engine_process: true)
+  ppdeploy_task_requests_total{task,status}, ppdeploy_engine_process_restarts_total{model} (engine_process: true),
+  ppdeploy_worker_restarts_total (--workers N)
+
+Several HTTP worker processes (`ppdeploy serve --workers N`, ppdeploy.serve.workers) each count their own requests;
+`ServerMetrics.snapshot()` is one worker's state as plain JSON-able data and `ServerMetrics.merged(snapshots)` the
+server's totals, which whichever worker answers /metrics or /stats renders: counters, histograms and the pending
+gauge are summed, `ppdeploy_model_ready` is the minimum (ready in every worker), other gauges the maximum.
 """
 from __future__ import annotations
 
@@ -105,6 +111,38 @@ class ModelMetrics:
         for skipped in fallbacks:
             self._server.fallbacks.labels(self.name, skipped).inc()
 
+    # -- one worker's counts, and their sum over workers (ppdeploy serve --workers N) -------------------------
+    _DURATIONS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+    def state(self) -> dict:
+        """Everything statistics() and the Triton counters are made of, as JSON-able data."""
+        out: dict = {"version": self.version, "inference_count": self.inference_count,
+                     "execution_count": self.execution_count, "pending": self.pending,
+                     "last_inference_ms": self.last_inference_ms,
+                     "failure": {r: [d.count, d.ns] for r, d in self.failure.items()},
+                     "batch_stats": {str(size): [[d.count, d.ns] for d in (b.compute_input, b.compute_infer,
+                                                                           b.compute_output)]
+                                     for size, b in self.batch_stats.items()}}
+        for key in self._DURATIONS:
+            d = getattr(self, key)
+            out[key] = [d.count, d.ns]
+        return out
+
+    def absorb(self, state: dict) -> None:
+        """Add another worker's state() to this one's counts."""
+        self.inference_count += state["inference_count"]
+        self.execution_count += state["execution_count"]
+        self.pending += state["pending"]
+        self.last_inference_ms = max(self.last_inference_ms, state["last_inference_ms"])
+        for key in self._DURATIONS:
+            getattr(self, key).add(state[key][1], state[key][0])
+        for reason, (count, ns) in state["failure"].items():
+            self.failure.setdefault(reason, _Duration()).add(ns, count)
+        for size, parts in state["batch_stats"].items():
+            stat = self.batch_stats.setdefault(int(size), _BatchStat())
+            for d, (count, ns) in zip((stat.compute_input, stat.compute_infer, stat.compute_output), parts):
+                d.add(ns, count)
+
     def statistics(self) -> dict:
         """Triton's ModelStatistics JSON (what `tritonclient.http...get_inference_statistics` returns)."""
         fail = _Duration()
@@ -183,7 +221,10 @@ class ServerMetrics:
         self.engine_process_restarts = Counter("ppdeploy_engine_process_restarts",
                                                "Engine processes started again after one died", ["model"],
                                                registry=self.registry)
+        self.worker_restarts = Counter("ppdeploy_worker_restarts", "HTTP worker processes started again after one "
+                                       "died (ppdeploy serve --workers N)", registry=self.registry)
         self.models: dict[str, ModelMetrics] = {}
+        self._merged_families: list | None = None  # set by merged(): the registry part is rendered from these
 
     def model(self, name: str, version: str = "1") -> ModelMetrics:
         if name not in self.models:
@@ -207,7 +248,80 @@ class ServerMetrics:
         lines.append("# TYPE nv_inference_pending_request_count gauge")
         for m in models:
             lines.append(f"nv_inference_pending_request_count{{{_label_text({'model': m.name, 'version': m.version})}}} {m.pending}")
+        if self._merged_families is not None:
+            return ("\n".join(lines) + "\n").encode() + _families_text(self._merged_families)
         return ("\n".join(lines) + "\n").encode() + generate_latest(self.registry)
 
+    # -- several workers ------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """This process's counts as JSON-able data (what `merged` sums)."""
+        return {"models": {name: m.state() for name, m in self.models.items()},
+                "registry": registry_families(self.registry)}
 
-__all__ = ["BATCH_BUCKETS", "ModelMetrics", "ServerMetrics"]
+    @classmethod
+    def merged(cls, snapshots: Sequence[dict], extra_families: Sequence[list] = ()) -> "ServerMetrics":
+        """The server's totals over several workers' snapshots (plus families counted elsewhere, e.g. by the
+        supervisor): render() and models[...].statistics() of the result answer for the whole server."""
+        out = cls()
+        for snap in snapshots:
+            for name, state in snap["models"].items():
+                out.model(name, state["version"]).absorb(state)
+        out._merged_families = merge_families([f for snap in snapshots for f in snap["registry"]]
+                                               + list(extra_families))
+        return out
+
+
+def registry_families(registry) -> list[list]:
+    """[[name, type, help, [[sample_name, labels, value], ...]], ...] of a prometheus-client registry."""
+    return [[f.name, f.type, f.documentation, [[s.name, s.labels, s.value] for s in f.samples]]
+            for f in registry.collect()]
+
+
+def _gauge_merge(family: str):
+    # ready means ready in every worker; a load time or other level is the slowest worker's
+    return min if family == "ppdeploy_model_ready" else max
+
+
+def merge_families(families: Sequence[list]) -> list[list]:
+    """Sum counters and histograms sample by sample (same name and labels); `_created` timestamps take the
+    earliest; gauges per _gauge_merge. Families keep their first-seen order."""
+    merged: dict[str, list] = {}
+    values: dict[str, dict[tuple, list]] = {}
+    for name, typ, help_text, samples in families:
+        if name not in merged:
+            merged[name] = [name, typ, help_text, []]
+            values[name] = {}
+        table = values[name]
+        for sample_name, labels, value in samples:
+            key = (sample_name, tuple(sorted(labels.items())))
+            if key not in table:
+                table[key] = [sample_name, dict(labels), value]
+            elif sample_name.endswith("_created"):
+                table[key][2] = min(table[key][2], value)
+            elif typ == "gauge":
+                table[key][2] = _gauge_merge(name)(table[key][2], value)
+            else:
+                table[key][2] += value
+    for name, family in merged.items():
+        family[3] = list(values[name].values())
+    return list(merged.values())
+
+
+def _families_text(families: Sequence[list]) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.metrics_core import Metric
+
+    class _Fixed:  # a collector that yields the merged families as they are
+        def collect(self):
+            for name, typ, help_text, samples in families:
+                metric = Metric(name, help_text, typ)
+                for sample_name, labels, value in samples:
+                    metric.add_sample(sample_name, labels, value)
+                yield metric
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed())
+    return generate_latest(registry)
+
+
+__all__ = ["BATCH_BUCKETS", "ModelMetrics", "ServerMetrics", "merge_families", "registry_families"]
