@@ -53,6 +53,10 @@ def register(sub) -> None:
     o.add_argument("--engine-process", action="store_true",
                    help="run each model instance's engine in its own process, fed through shared memory (with "
                         "--repo: every model, as if its config set engine_process: true)")
+    o.add_argument("--workers", type=int, default=1,
+                   help="HTTP worker processes on the port (default 1: this process serves). More help when one "
+                        "process's Python work per request is the limit; with engine_process models they share "
+                        "one engine process per model instance")
     o.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
     o.add_argument("--no-strict-readiness", action="store_true",
                    help="report ready once loading ends even if some model is unavailable")
@@ -112,6 +116,12 @@ def _configs_from_args(args) -> list:
 
 
 def run(args) -> int:
+    from ppdeploy.serve.workers import check_workers
+
+    if args.ray and args.workers != 1:
+        raise ConfigError("--workers is for the built-in server; with --ray, scale with --replicas (model replicas) "
+                          "and --gateway-replicas (HTTP)")
+    check_workers(args.workers)
     if args.ray:
         if importlib.util.find_spec("ppdeploy.serve.ray") is None:
             raise PPDeployError("the Ray Serve variant is not part of this ppdeploy build")
@@ -124,14 +134,16 @@ def run(args) -> int:
                                  max_body_bytes=int(args.max_body_mb * (1 << 20)),
                                  max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
                                  max_task_queue=args.max_task_queue,
-                                 strict_readiness=not args.no_strict_readiness, drain_timeout_s=args.drain_timeout)
+                                 strict_readiness=not args.no_strict_readiness, drain_timeout_s=args.drain_timeout,
+                                 workers=args.workers)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"ppdeploy serve: warning: listening on {settings.host} without an API key", file=sys.stderr)
-    _configure_logging(not args.no_access_log)
+    configure_logging(not args.no_access_log)
     return serve(configs, settings)
 
 
-def _configure_logging(access: bool) -> None:
+def configure_logging(access: bool) -> None:
+    """Also called in each worker of --workers N (ppdeploy.serve.workers), so every worker logs alike."""
     # The access log is one JSON object per line on stderr, separate from the human-readable log.
     logger = logging.getLogger("ppdeploy.access")
     logger.propagate = False

@@ -72,6 +72,8 @@ class ServerSettings:
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
     cache_dir: str | None = None
+    workers: int = 1  # HTTP worker processes (ppdeploy.serve.workers); 1: this process serves
+    worker_id: int | None = None  # set in each worker of --workers N: its index, written to the access log
 
 
 class BodyTooLarge(InputError):
@@ -126,6 +128,7 @@ class ServingMiddleware:
         self.settings = settings
         self._key = settings.api_key.encode() if settings.api_key else None
         self._infer = infer
+        self._worker = settings.worker_id
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -199,6 +202,7 @@ class ServingMiddleware:
                     "status": status_box[0], "ms": round((time.perf_counter() - start) * 1e3, 3),
                     "bytes_in": bytes_in[0], "bytes_out": status_box[1],
                     "client": scope["client"][0] if scope.get("client") else None,
+                    **({} if self._worker is None else {"worker": self._worker}),
                 }, separators=(",", ":")))
 
     def _authorized(self, auth: bytes | None, api_key: bytes | None) -> bool:
@@ -278,6 +282,9 @@ class Handlers:
         self.settings = settings
         self.draining = False
         self.task_in_flight = 0
+        # --workers N: the sibling workers (ppdeploy.serve.workers.Peers). Readiness, /metrics and /stats answer
+        # for the whole server, whichever worker the client reached.
+        self.peers = None
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def _model(self, request: Request, need_ready: bool = True) -> ServedModel:
@@ -303,6 +310,8 @@ class Handlers:
 
     async def ready(self, request: Request) -> Response:
         ok = self.host.ready() and not self.draining
+        if ok and self.peers is not None:
+            ok = await self.peers.all_ready()
         return Response(b"", 200 if ok else 503)
 
     async def server_metadata(self, request: Request) -> Response:
@@ -334,10 +343,11 @@ class Handlers:
     async def model_stats(self, request: Request) -> Response:
         try:
             if "model" in request.path_params:
-                models = [self._model(request, need_ready=False)]
+                names = [self._model(request, need_ready=False).name]
             else:
-                models = list(self.host.models.values())
-            return json_response({"model_stats": [m.metrics.statistics() for m in models]})
+                names = list(self.host.models)
+            metrics = await self.peers.merged_metrics() if self.peers is not None else self.metrics
+            return json_response({"model_stats": [metrics.model(n).statistics() for n in names]})
         except PPDeployError as exc:
             return error_response(exc)
 
@@ -351,7 +361,8 @@ class Handlers:
         return json_response(items)
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(self.metrics.render(), 200, media_type=ServerMetrics.CONTENT_TYPE)
+        metrics = await self.peers.merged_metrics() if self.peers is not None else self.metrics
+        return Response(metrics.render(), 200, media_type=ServerMetrics.CONTENT_TYPE)
 
     # -- inference ------------------------------------------------------------------------------------------
     async def infer_asgi(self, scope, receive, send, name: str, version: str | None) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,13 +58,20 @@ def backend_chain(cfg: ModelConfig) -> str | list[str]:
     return out
 
 
-def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None) -> LoadedEngine:
-    """Build (or take from the cache) and load `cfg.instance_count` runners of one model."""
+def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
+                shared: list[dict] | None = None) -> LoadedEngine:
+    """Build (or take from the cache) and load `cfg.instance_count` runners of one model.
+
+    `shared` (a worker of `ppdeploy serve --workers N` with engine_process: true): one entry per instance, the
+    shared engine process the supervisor started ({"address", "backend", "attempts", "cache_hit"}); the runners
+    connect to those instead of loading anything (ppdeploy.serve.engine_process.connect_engine)."""
     from ppdeploy.deploy import load_model
 
     if cfg.task == "ocr":
         raise ConfigError(f"'{cfg.name}' is an OCR pipeline, not a model with an engine")
     source = cfg.source_path()
+    if shared:
+        return _connect_engines(cfg, source, shared)
     kwargs = dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
                   cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head)
     load = load_model
@@ -84,14 +91,35 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None) -> Loaded
         for r in runners:
             r.close()
         raise
+    return LoadedEngine(runners, first.backend, list(first.attempts), time.perf_counter() - start, first.cache_hit,
+                        _source_dir(source))
+
+
+def _source_dir(source: str | Path) -> Path:
     if isinstance(source, str):  # a zoo name
         from ppdeploy import zoo
 
-        src_dir = zoo.model_dir(source)
-    else:
-        src_dir = source if source.is_dir() else source.parent
-    return LoadedEngine(runners, first.backend, list(first.attempts), time.perf_counter() - start, first.cache_hit,
-                        src_dir)
+        return zoo.model_dir(source)
+    return source if source.is_dir() else source.parent
+
+
+def _connect_engines(cfg: ModelConfig, source: str | Path, shared: list[dict]) -> LoadedEngine:
+    from ppdeploy.serve.engine_process import connect_engine
+
+    start = time.perf_counter()
+    if "error" in shared[0]:  # the supervisor could not start it
+        raise PPDeployError(shared[0]["error"])
+    runners: list[Runner] = []
+    try:
+        for engine in shared:
+            runners.append(connect_engine(engine["address"], label=cfg.name, shapes=cfg.shape_profile() or None).runner)
+    except BaseException:
+        for r in runners:
+            r.close()
+        raise
+    first = shared[0]
+    return LoadedEngine(runners, first["backend"], list(first.get("attempts") or []), time.perf_counter() - start,
+                        first.get("cache_hit"), _source_dir(source))
 
 
 def build_task(cfg: ModelConfig, runners: Mapping[str, Any], *, source_dir: Path | None = None,
@@ -185,6 +213,9 @@ class HostOptions:
     strict_readiness: bool = True
     max_image_pixels: int = 50_000_000
     task_threads: int = 4
+    # model name -> its shared engine processes (one per instance), set in the workers of --workers N when models
+    # have engine_process: true (see load_engine's `shared`)
+    shared_engines: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class ModelHost:
@@ -253,7 +284,8 @@ class ModelHost:
     async def _load_model(self, loop, model: ServedModel) -> None:
         cfg = model.cfg
         try:
-            engine = await loop.run_in_executor(self._load_pool, load_engine, cfg, self.options.cache_dir)
+            engine = await loop.run_in_executor(self._load_pool, load_engine, cfg, self.options.cache_dir,
+                                                self.options.shared_engines.get(cfg.name))
         except Exception as exc:  # any failure makes this model unavailable, never the server
             model.state, model.reason = UNAVAILABLE, _one_line(exc)
             if not isinstance(exc, PPDeployError):
@@ -262,8 +294,8 @@ class ModelHost:
                 log.error("model %s is unavailable: %s", cfg.name, model.reason)
             return
         model.engine = engine
-        for runner in engine.runners:  # engine_process: true
-            if hasattr(runner, "on_restart"):
+        for runner in engine.runners:  # engine_process: true (a shared engine's restarts the supervisor counts)
+            if hasattr(runner, "on_restart") and cfg.name not in self.options.shared_engines:
                 runner.on_restart = self.metrics.engine_process_restarts.labels(cfg.name).inc
         model.metrics.record_load(engine.backend, engine.seconds, engine.cache_hit, engine.fallbacks)
         model.batcher = DynamicBatcher(cfg.name, engine.runners, BatcherSettings.from_config(cfg),

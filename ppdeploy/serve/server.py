@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ppdeploy.serve.app import ServerSettings, build_app
 from ppdeploy.serve.config import ModelConfig
@@ -50,14 +50,18 @@ def _http_impl() -> str:
         return "h11"
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn so port 0 works (the chosen port is printed) and errors are ours to word."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """Bind before starting uvicorn so port 0 works (the chosen port is printed) and errors are ours to word.
+    `reuse_port`: SO_REUSEPORT, so several listening sockets (one per worker of --workers N) share the port and
+    the kernel spreads new connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio's default loop sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and
     # accepted sockets copy it. With proto 0 every response of headers + body (two writes) waited for the client's
     # delayed ACK: 44 ms per request without uvloop (uvloop sets TCP_NODELAY itself).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -94,16 +98,33 @@ def gil_switch_interval_s() -> float | None:
 
 def serve(configs: list[ModelConfig], settings: ServerSettings,
           announce: Callable[[str], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful drain)."""
+    """Serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful drain). With `settings.workers` > 1 a
+    supervisor runs that many HTTP worker processes on the same port (ppdeploy.serve.workers)."""
+    if settings.workers > 1:
+        from ppdeploy.serve.workers import serve_workers
+
+        return serve_workers(configs, settings, announce)
+    app = build_app(configs, settings)
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    (announce or (lambda m: print(m, file=sys.stderr, flush=True)))(
+        f"ppdeploy serve: listening on http://{shown}:{port} ({len(configs)} model(s) loading)")
+    return run_app(app, sock, settings)
+
+
+def run_app(app, sock: socket.socket, settings: ServerSettings,
+            on_started: Callable[[], Awaitable[None]] | None = None,
+            on_stopping: Callable[[], None] | None = None) -> int:
+    """uvicorn on `sock` (bound, not yet listening) until SIGTERM/SIGINT, then the graceful drain; closes `sock`.
+    `on_started`: awaited on the server's loop once the app started (a worker's peer socket); `on_stopping`: called
+    on the first signal."""
     import uvicorn
 
     interval = gil_switch_interval_s()
     if interval is not None:
         sys.setswitchinterval(interval)
 
-    app = build_app(configs, settings)
-    sock = bind_socket(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, loop=_event_loop(), http=_http_impl(), lifespan="on", access_log=False,
                             log_level="warning", timeout_graceful_shutdown=settings.drain_timeout_s,
                             timeout_keep_alive=30, server_header=False)
@@ -114,12 +135,16 @@ def serve(configs: list[ModelConfig], settings: ServerSettings,
             handlers.draining = True
             if not self.should_exit:
                 log.warning("signal %s: draining in-flight requests, then exiting", sig)
+                if on_stopping is not None:
+                    on_stopping()
             super().handle_exit(sig, frame)
 
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if on_started is not None and not self.should_exit:
+                await on_started()
+
     server = DrainingServer(config)
-    shown = f"[{host}]" if ":" in host else host
-    (announce or (lambda m: print(m, file=sys.stderr, flush=True)))(
-        f"ppdeploy serve: listening on http://{shown}:{port} ({len(configs)} model(s) loading)")
     # uvicorn re-raises the caught signal after its graceful shutdown, which would end the process with -15
     # instead of 0; a no-op SIGTERM handler turns that re-raise into a normal return.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -131,4 +156,4 @@ def serve(configs: list[ModelConfig], settings: ServerSettings,
     return 0 if server.started else 1
 
 
-__all__ = ["bind_socket", "serve"]
+__all__ = ["bind_socket", "run_app", "serve"]
