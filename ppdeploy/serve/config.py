@@ -134,7 +134,8 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
     instance_count: int = Field(1, ge=1, le=64)
     # true: each instance's engine runs in a child process fed through shared memory, so engine calls never wait on
-    # the HTTP process's GIL (ppdeploy.serve.engine_process). Linux only.
+    # the HTTP process's GIL (ppdeploy.serve.engine_process). Linux only. With `ppdeploy serve --workers N` (N >= 2)
+    # the workers share one such process per instance, which merges their batches (ppdeploy.serve.workers).
     engine_process: bool = False
     head: Literal["ctc_greedy"] | None = None  # output head appended to the graph (ppdeploy.convert.heads)
     task: Task = "none"

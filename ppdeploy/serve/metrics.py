@@ -14,15 +14,25 @@ also feed the statistics JSON); ppdeploy's own metrics live in a per-server prom
   ppdeploy_batch_size (histogram of rows per execution), ppdeploy_backend_fallbacks_total{model,backend},
   ppdeploy_engine_load_seconds{model,backend,cache}, ppdeploy_model_ready{model},
   ppdeploy_task_requests_total{task,status}, ppdeploy_engine_process_restarts_total{model} (engine_process: true),
-  ppdeploy_worker_restarts_total (--workers N)
+  ppdeploy_worker_restarts_total (--workers N),
+  ppdeploy_engine_executions_total{model}, ppdeploy_engine_batch_size{model} (a shared engine process, below)
 
 Several HTTP worker processes (`ppdeploy serve --workers N`, ppdeploy.serve.workers) each count their own requests;
 `ServerMetrics.snapshot()` is one worker's state as plain JSON-able data and `ServerMetrics.merged(snapshots)` the
 server's totals, which whichever worker answers /metrics or /stats renders: counters, histograms and the pending
 gauge are summed, `ppdeploy_model_ready` is the minimum (ready in every worker), other gauges the maximum.
+
+With a shared engine process (--workers N and engine_process: true) the engine merges the batches of several
+workers into one call. The Triton counters (nv_inference_exec_count, batch_stats) and ppdeploy_batch_size still
+count what each worker's batcher sent to the engine; what the engine really ran is counted apart: each worker
+call adds its share rows / merged_rows (the rows of the engine call it was part of) to
+ppdeploy_engine_executions_total and, at merged_rows, to the ppdeploy_engine_batch_size histogram, so the server's
+totals are the number of engine calls and their sizes (fractional per worker, whole once every part of a call is
+counted); ppdeploy_engine_merged_calls_total counts worker calls that ran merged with another's.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -69,6 +79,11 @@ class ModelMetrics:
         self.pending = 0
         self.last_inference_ms = 0
         self.batch_stats: dict[int, _BatchStat] = {}
+        # A shared engine process's calls (on_engine_call; from inference threads, hence the lock)
+        self.engine_executions = 0.0
+        self.engine_batches: dict[int, float] = {}  # rows of the engine call -> sum of this process's shares
+        self.engine_merged_calls = 0
+        self._engine_lock = threading.Lock()
         self._batch_hist = server.batch_size.labels(name)
         self._ready = server.model_ready.labels(name)
         self._server = server
@@ -96,6 +111,17 @@ class ModelMetrics:
     def on_queue_depth(self, depth: int) -> None:
         self.pending = depth
 
+    def on_engine_call(self, rows: int, merged_rows: int) -> None:
+        """One call into a shared engine process that ran `merged_rows` rows, `rows` of them this call's."""
+        if rows <= 0 or merged_rows < rows:
+            return
+        share = rows / merged_rows
+        with self._engine_lock:
+            self.engine_executions += share
+            self.engine_batches[merged_rows] = self.engine_batches.get(merged_rows, 0.0) + share
+            if merged_rows > rows:
+                self.engine_merged_calls += 1
+
     def on_request(self, ok: bool, duration_ns: int, reason: str = "OTHER") -> None:
         if ok:
             self.success.add(duration_ns)
@@ -119,6 +145,8 @@ class ModelMetrics:
         out: dict = {"version": self.version, "inference_count": self.inference_count,
                      "execution_count": self.execution_count, "pending": self.pending,
                      "last_inference_ms": self.last_inference_ms,
+                     "engine_executions": self.engine_executions, "engine_merged_calls": self.engine_merged_calls,
+                     "engine_batches": {str(k): v for k, v in self.engine_batches.items()},
                      "failure": {r: [d.count, d.ns] for r, d in self.failure.items()},
                      "batch_stats": {str(size): [[d.count, d.ns] for d in (b.compute_input, b.compute_infer,
                                                                            b.compute_output)]
@@ -134,6 +162,10 @@ class ModelMetrics:
         self.execution_count += state["execution_count"]
         self.pending += state["pending"]
         self.last_inference_ms = max(self.last_inference_ms, state["last_inference_ms"])
+        self.engine_executions += state.get("engine_executions", 0.0)
+        self.engine_merged_calls += state.get("engine_merged_calls", 0)
+        for size, share in state.get("engine_batches", {}).items():
+            self.engine_batches[int(size)] = self.engine_batches.get(int(size), 0.0) + share
         for key in self._DURATIONS:
             getattr(self, key).add(state[key][1], state[key][0])
         for reason, (count, ns) in state["failure"].items():
@@ -248,6 +280,7 @@ class ServerMetrics:
         lines.append("# TYPE nv_inference_pending_request_count gauge")
         for m in models:
             lines.append(f"nv_inference_pending_request_count{{{_label_text({'model': m.name, 'version': m.version})}}} {m.pending}")
+        lines.extend(_engine_lines([m for m in models if m.engine_batches]))
         if self._merged_families is not None:
             return ("\n".join(lines) + "\n").encode() + _families_text(self._merged_families)
         return ("\n".join(lines) + "\n").encode() + generate_latest(self.registry)
@@ -269,6 +302,35 @@ class ServerMetrics:
         out._merged_families = merge_families([f for snap in snapshots for f in snap["registry"]]
                                                + list(extra_families))
         return out
+
+
+def _engine_lines(models: Sequence[ModelMetrics]) -> list[str]:
+    """The shared-engine metrics (see the module docstring), rendered here because their counts are fractional
+    shares that only add up to whole engine calls over all workers."""
+    if not models:
+        return []
+    lines = ["# HELP ppdeploy_engine_executions_total Engine calls a shared engine process ran (merged batches)",
+             "# TYPE ppdeploy_engine_executions_total counter"]
+    lines += [f'ppdeploy_engine_executions_total{{{_label_text({"model": m.name})}}} {round(m.engine_executions, 6)}'
+              for m in models]
+    merged_help = "Calls into a shared engine process that ran merged with another caller's"
+    lines += [f"# HELP ppdeploy_engine_merged_calls_total {merged_help}",
+              "# TYPE ppdeploy_engine_merged_calls_total counter"]
+    lines += [f'ppdeploy_engine_merged_calls_total{{{_label_text({"model": m.name})}}} {m.engine_merged_calls}'
+              for m in models]
+    lines += ["# HELP ppdeploy_engine_batch_size Rows per engine call of a shared engine process (merged batches)",
+              "# TYPE ppdeploy_engine_batch_size histogram"]
+    for m in models:
+        cumulative = 0.0
+        for bound in (*BATCH_BUCKETS, float("inf")):
+            cumulative = sum(v for size, v in m.engine_batches.items() if size <= bound)
+            le = "+Inf" if bound == float("inf") else f"{float(bound)}"
+            lines.append(f'ppdeploy_engine_batch_size_bucket{{{_label_text({"model": m.name, "le": le})}}} '
+                         f"{round(cumulative, 6)}")
+        total = sum(size * v for size, v in m.engine_batches.items())
+        lines.append(f'ppdeploy_engine_batch_size_count{{{_label_text({"model": m.name})}}} {round(cumulative, 6)}')
+        lines.append(f'ppdeploy_engine_batch_size_sum{{{_label_text({"model": m.name})}}} {round(total, 6)}')
+    return lines
 
 
 def registry_families(registry) -> list[list]:

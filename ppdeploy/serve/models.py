@@ -63,7 +63,8 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
     """Build (or take from the cache) and load `cfg.instance_count` runners of one model.
 
     `shared` (a worker of `ppdeploy serve --workers N` with engine_process: true): one entry per instance, the
-    shared engine process the supervisor started ({"address", "backend", "attempts", "cache_hit"}); the runners
+    shared engine process the supervisor started ({"address", "backend", "attempts", "cache_hit", "seconds"}, or
+    {"error"} when it could not start); the runners
     connect to those instead of loading anything (ppdeploy.serve.engine_process.connect_engine)."""
     from ppdeploy.deploy import load_model
 
@@ -118,8 +119,9 @@ def _connect_engines(cfg: ModelConfig, source: str | Path, shared: list[dict]) -
             r.close()
         raise
     first = shared[0]
-    return LoadedEngine(runners, first["backend"], list(first.get("attempts") or []), time.perf_counter() - start,
-                        first.get("cache_hit"), _source_dir(source))
+    seconds = first.get("seconds", 0.0) + time.perf_counter() - start  # the supervisor's load, then the connects
+    return LoadedEngine(runners, first["backend"], list(first.get("attempts") or []), seconds, first.get("cache_hit"),
+                        _source_dir(source))
 
 
 def build_task(cfg: ModelConfig, runners: Mapping[str, Any], *, source_dir: Path | None = None,
@@ -295,7 +297,9 @@ class ModelHost:
             return
         model.engine = engine
         for runner in engine.runners:  # engine_process: true (a shared engine's restarts the supervisor counts)
-            if hasattr(runner, "on_restart") and cfg.name not in self.options.shared_engines:
+            if cfg.name in self.options.shared_engines:
+                _report_engine_calls(runner, model.metrics.on_engine_call)
+            elif hasattr(runner, "on_restart"):
                 runner.on_restart = self.metrics.engine_process_restarts.labels(cfg.name).inc
         model.metrics.record_load(engine.backend, engine.seconds, engine.cache_hit, engine.fallbacks)
         model.batcher = DynamicBatcher(cfg.name, engine.runners, BatcherSettings.from_config(cfg),
@@ -346,6 +350,22 @@ class ModelHost:
             if model.batcher is not None:
                 await model.batcher.close()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _report_engine_calls(runner: Runner, report) -> None:
+    """After each call into a shared engine process, report this call's rows and the rows of the engine call it
+    was merged into (`last_timings["merged_rows"]`): what the engine really ran, beside what this worker sent."""
+    infer = runner.infer
+
+    def infer_and_report(feeds, *args, **kwargs):
+        out = infer(feeds, *args, **kwargs)
+        merged = runner.last_timings.get("merged_rows")
+        if merged:
+            first = feeds if hasattr(feeds, "shape") else next(iter(feeds.values()))
+            report(int(first.shape[0]) if first.ndim else 1, int(merged))
+        return out
+
+    runner.infer = infer_and_report
 
 
 class ModelNotFound(PPDeployError):

@@ -17,7 +17,8 @@ it has loaded, so an engine is built once and the others load it from the engine
 concurrent builds of one key would each pay the build). Mode 2 (a model with `engine_process: true`): the
 supervisor starts one shared engine process per model instance (ppdeploy.serve.engine_process.SharedEngine)
 before the workers, and the workers' runners connect to it, so the GPU sees one stream of (merged) batches
-instead of N; the supervisor polls the engines and restarts one that died.
+instead of N; the supervisor polls the engines and restarts one that died. The workers start once the engines
+have loaded, so until then the port refuses connections (a long TensorRT build needs a patient liveness probe).
 
 Lifecycle. The server is ready when every worker is ready. SIGTERM/SIGINT to the supervisor is forwarded to the
 workers, each drains as the single-process server does (ppdeploy.serve.server.run_app); then the shared
@@ -27,7 +28,9 @@ ppdeploy_worker_restarts_total); a worker whose supervisor dies gets SIGTERM (PR
 Metrics. Each worker also answers on a private unix socket with its state (readiness, ServerMetrics.snapshot()).
 The worker that receives GET /metrics, /v2/models[/{m}]/stats or /v2/health/ready asks its siblings and answers
 for the whole server (ServerMetrics.merged): after the last response was received, one scrape shows exactly the
-sum of every worker's counts. Counts of a worker that died (kill -9) leave the totals with it.
+sum of every worker's counts. Counts of a worker that died (kill -9) leave the totals with it. With shared
+engines, nv_inference_exec_count and ppdeploy_batch_size count the batches the workers sent, and
+ppdeploy_engine_executions_total / ppdeploy_engine_batch_size the merged calls the engine ran (ppdeploy.serve.metrics).
 """
 from __future__ import annotations
 
@@ -417,6 +420,7 @@ class Supervisor:
             kwargs = {"precision": cfg.precision, "shapes": cfg.shape_profile() or None, "threads": cfg.threads,
                       "cache_dir": self.settings.cache_dir, "extra": cfg.backend_options or None, "head": cfg.head}
             engines: list = []
+            started = time.perf_counter()
             try:
                 for i in range(cfg.instance_count):
                     backend = backend_chain(cfg) if i == 0 else [engines[0].backend]
@@ -432,8 +436,8 @@ class Supervisor:
             self.engines[cfg.name] = engines
             self.engine_restarts[cfg.name] = 0
             self.shared_engines[cfg.name] = [
-                {"address": e.address, "backend": e.backend, "attempts": list(getattr(e, "attempts", None) or []),
-                 "cache_hit": getattr(e, "cache_hit", None)} for e in engines]
+                {"address": e.address, "backend": e.backend, "attempts": list(e.attempts or []), "cache_hit": e.cache_hit,
+                 "seconds": time.perf_counter() - started} for e in engines]
             log.info("shared engine of %s: %s", cfg.name, ", ".join(f"pid {e.pid}" for e in engines))
             if self._signals:
                 return

@@ -229,3 +229,68 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(workers_server, cls_r
     assert set(accepted) == set(answered)  # everything a worker took was answered and received
     assert {e["worker"] for e in _access(srv, "drain-")} == {0, 1}
     assert not [p for p in pids if _alive(p)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mode 2: the workers share one engine process per model instance, which merges their batches
+# ---------------------------------------------------------------------------------------------------------
+_ENGINE_PID = re.compile(r"shared engine of cls: pid (\d+)|engine process of cls \(pid \d+\) exited.*|"
+                         r"shared engine of cls died; restarted \(pid (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def shared_engine_server(tmp_path_factory):
+    root = write_repo(tmp_path_factory.mktemp("shared"), {
+        "cls": "source: ppocr-cls\nbackends: [onnxruntime]\nmax_batch_size: 16\nthreads: 1\nengine_process: true\n"
+               "dynamic_batching: {max_queue_delay_ms: 1}\n",
+    })
+    srv = ServerProcess(["--repo", str(root), "--workers", "2"], access_log=True).start()
+    yield srv
+    srv.stop()
+
+
+def _engine_pid(srv: ServerProcess) -> int:
+    pids = [int(m[1] or m[2]) for line in srv.lines if (m := _ENGINE_PID.search(line)) and (m[1] or m[2])]
+    return pids[-1]
+
+
+@pytest.mark.slow
+def test_shared_engine_merges_the_workers_batches_and_answers_right(shared_engine_server, cls_runner):
+    srv = shared_engine_server
+    x = _cls_input(np.random.default_rng(4), 96)
+    want = cls_runner.infer({"x": x})[CLS_OUT]
+    local = threading.local()
+
+    def one(k: int) -> np.ndarray:
+        if not hasattr(local, "c"):
+            local.c = httpclient.InferenceServerClient(srv.hostport)
+        return local.c.infer("cls", [_infer_input(x[k:k + 1])], headers={"X-Request-ID": f"merge-{k}"}).as_numpy(
+            CLS_OUT)
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(one, range(len(x))))
+    np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-6)
+    assert {e["worker"] for e in _access(srv, "merge-")} == {0, 1}
+    worker_batches = srv.metric("nv_inference_exec_count", model="cls")
+    engine_calls = srv.metric("ppdeploy_engine_executions_total", model="cls")
+    assert srv.metric("ppdeploy_engine_merged_calls_total", model="cls") > 0  # merged_rows > own rows seen
+    assert engine_calls < worker_batches  # the engine ran fewer, larger calls than the workers sent
+    assert engine_calls == pytest.approx(round(engine_calls), abs=1e-6)  # every share of every call counted
+    assert srv.metric("ppdeploy_engine_batch_size_count", model="cls") == pytest.approx(engine_calls, abs=1e-6)
+    assert srv.metric("ppdeploy_engine_batch_size_sum", model="cls") == pytest.approx(
+        srv.metric("nv_inference_count", model="cls"), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_shared_engine_killed_is_restarted_then_sigterm_stops_everything(shared_engine_server, cls_runner):
+    srv = shared_engine_server
+    engine = _engine_pid(srv)
+    workers = list(_worker_pids(srv).values())
+    os.kill(engine, signal.SIGKILL)
+    srv.wait(lambda: srv.metric("ppdeploy_engine_process_restarts_total", model="cls") == 1, 60, "engine restarted")
+    assert _engine_pid(srv) != engine
+    x = _cls_input(np.random.default_rng(5), 2)
+    got = _many_connections(srv, x, 2, "after-engine-kill-")
+    np.testing.assert_allclose(np.concatenate(got), cls_runner.infer({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
+    assert srv.stop() == 0
+    assert not [p for p in [*workers, _engine_pid(srv)] if _alive(p)]
