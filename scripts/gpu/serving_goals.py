@@ -19,6 +19,14 @@ side by side with the rates interleaved over them; the raw runner is timed in-pr
 process (the IPC cost alone). GOAL_VARIANTS=inproc,engine_process picks the variants (default both); GOAL_RATES_REC /
 GOAL_RATES_CLS (comma-separated) and GOAL_SECONDS override the ladders and the seconds per point.
 
+Several HTTP workers (`ppdeploy serve --workers N`, ppdeploy.serve.workers): variant `workers` serves each config with
+GOAL_WORKERS (default 4) worker processes sharing one engine process per model (engine_process: true: the engine
+merges the workers' batches), `workers_own` with that many workers each loading its own engine; e.g.
+GOAL_VARIANTS=inproc,workers,workers_own. For those servers `mean_batch` is what the workers' batchers sent and
+`engine_mean_batch` what the shared engine ran (ppdeploy_engine_batch_size), which the raw runner is compared at;
+`infer_thread_busy` sums the workers' inference threads (up to N). Raise LOAD_WORKERS (client processes, default
+one per four cores) so the load generator is not the limit: with 4 server workers on the 16-core host, 6 or 8.
+
 Writes $OUT/serving_goals.json and prints a line per point. CPU smoke test (no GPU):
   E2E_BACKEND=onnxruntime PPDEPLOY_TEST_ONNX_DIR=... python scripts/gpu/serving_goals.py --smoke
 """
@@ -48,6 +56,14 @@ def save() -> None:
 
 VARIANTS = os.environ.get("GOAL_VARIANTS", "inproc,engine_process").split(",")
 EP = "_ep"  # suffix of the engine-process servers' names
+GOAL_WORKERS = int(os.environ.get("GOAL_WORKERS", "4"))
+# variant -> (suffix of its servers' names, engine_process, HTTP worker processes)
+VARIANT_SPECS = {"inproc": ("", False, 1), "engine_process": (EP, True, 1), "workers": ("_w", True, GOAL_WORKERS),
+                 "workers_own": ("_wo", False, GOAL_WORKERS)}
+if unknown := [v for v in VARIANTS if v not in VARIANT_SPECS]:
+    raise SystemExit(f"GOAL_VARIANTS: unknown variant(s) {unknown}; known: {', '.join(VARIANT_SPECS)}")
+SUFFIXES = [VARIANT_SPECS[v][0] for v in VARIANTS]
+WORKERS_OF_SUFFIX = {VARIANT_SPECS[v][0]: VARIANT_SPECS[v][2] for v in VARIANTS}
 
 
 def config(name: str, model: Path, shape: tuple[int, ...], max_batch: int, delay_ms: float,
@@ -62,13 +78,26 @@ def config(name: str, model: Path, shape: tuple[int, ...], max_batch: int, delay
 
 def configs_for(model: Path, shape: tuple[int, ...], max_batch: int, delay_ms: float) -> dict[str, dict]:
     cfgs = {}
-    if "inproc" in VARIANTS:
-        cfgs["batch1"] = config("batch1", model, shape, 1, 0.0)
-        cfgs["batched"] = config("batched", model, shape, max_batch, delay_ms)
-    if "engine_process" in VARIANTS:
-        cfgs["batch1" + EP] = config("batch1" + EP, model, shape, 1, 0.0, True)
-        cfgs["batched" + EP] = config("batched" + EP, model, shape, max_batch, delay_ms, True)
+    for variant in VARIANTS:
+        suffix, engine_process, _ = VARIANT_SPECS[variant]
+        cfgs["batch1" + suffix] = config("batch1" + suffix, model, shape, 1, 0.0, engine_process)
+        cfgs["batched" + suffix] = config("batched" + suffix, model, shape, max_batch, delay_ms, engine_process)
     return cfgs
+
+
+def workers_of(name: str) -> int:
+    """HTTP worker processes of the server of config `name` (batch1<suffix> / batched<suffix>)."""
+    return WORKERS_OF_SUFFIX[name.removeprefix("batch1").removeprefix("batched")]
+
+
+def engine_executions(url: str, name: str) -> float | None:
+    """ppdeploy_engine_executions_total of a server whose workers share an engine process (else None)."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ppdeploy_engine_executions_total{") and f'model="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def raw_runner(cfg: dict, batches: list[int], x1: np.ndarray, seconds: float) -> list[dict]:
@@ -119,17 +148,19 @@ def busy_ns(stats: dict) -> int:
 def point(url: str, name: str, template, rate: float, duration: float, seed: int, workers: int) -> dict:
     from ppdeploy.bench.load import LoadSettings, run_load
 
-    s0 = model_stats(url, name)
+    s0, e0 = model_stats(url, name), engine_executions(url, name)
     [res] = run_load(url, template, [rate], duration, "poisson",
                      LoadSettings(timeout_s=20, drain_s=10, max_in_flight=4096, seed=seed, workers=workers))
-    s1 = model_stats(url, name)
+    s1, e1 = model_stats(url, name), engine_executions(url, name)
     execs = s1["execution_count"] - s0["execution_count"]
     items = s1["inference_count"] - s0["inference_count"]
+    engine_execs = (e1 or 0.0) - (e0 or 0.0)
     lat = res.latency_ms or {}
     return {"offered": rate, "achieved": res.achieved_rps, "ok": res.ok, "scheduled": res.scheduled,
             "lost": res.scheduled - res.ok, "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
             "send_lag_p99_ms": (res.send_lag_ms or {}).get("p99"), "window_s": res.window_s,
             "mean_batch": round(items / execs, 2) if execs else None,
+            "engine_mean_batch": round(items / engine_execs, 2) if engine_execs >= 1 else None,
             "infer_thread_busy": round((busy_ns(s1) - busy_ns(s0)) / 1e9 / res.window_s, 3) if res.window_s else None,
             "errors": res.error_examples[:3]}
 
@@ -167,8 +198,9 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
             one = Path(tempfile.mkdtemp()) / "repo"
             (one / name).mkdir(parents=True)
             (one / name / "config.yaml").write_text(yaml.safe_dump(cfgs[name]))
-            servers[name] = ServerProcess(["--repo", str(one)], ready_timeout_s=600,
-                                          log_path=OUT / f"server_{key}_{name}.log").start()
+            n_workers = workers_of(name)
+            servers[name] = ServerProcess(["--repo", str(one), *(["--workers", str(n_workers)] if n_workers > 1 else [])],
+                                          ready_timeout_s=600, log_path=OUT / f"server_{key}_{name}.log").start()
         templates = {name: binary_request_template(name, {"x": x1}) for name in cfgs}
         for name, srv in servers.items():  # unrecorded warm-up: connections, allocator, every code path once
             point(srv.url, name, templates[name], rates[0], 1.0, 99, workers)
@@ -179,11 +211,13 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
                     continue
                 p = point(srv.url, name, templates[name], rate, duration, i, workers)
                 ladders[name].append(p)
-                raw = raw_at(entry["raw_runner"], p["mean_batch"] or 1)
+                raw = raw_at(entry["raw_runner"], p["engine_mean_batch"] or p["mean_batch"] or 1)
                 p["raw_at_mean_batch"] = round(raw, 1)
+                engine = f" engine batch {p['engine_mean_batch']}" if p["engine_mean_batch"] else ""
                 print(f"  {name:10s} offered {rate:7.0f}/s achieved {p['achieved']:8.1f}/s lost {p['lost']:5d} "
                       f"p50 {p['p50_ms'] or float('nan'):7.2f} p99 {p['p99_ms'] or float('nan'):8.2f} ms "
-                      f"batch {p['mean_batch']} busy {p['infer_thread_busy']} raw@batch {raw:8.1f}", flush=True)
+                      f"batch {p['mean_batch']}{engine} busy {p['infer_thread_busy']} raw@batch {raw:8.1f}",
+                      flush=True)
                 if p["achieved"] < 0.8 * p["scheduled"] / duration or (p["p99_ms"] or 0) > 2000:
                     saturated.add(name)  # past its capacity: higher rates only add queueing
             entry["ladders"] = ladders
@@ -197,7 +231,7 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
     raw_bs1 = entry["raw_runner"][0]["items_per_s"]
     summary = {"raw_bs1_items_per_s": raw_bs1, "raw_best_items_per_s": raw_best, "budgets": {}}
     for budget in BUDGETS_MS:
-        for suffix in ("", EP):
+        for suffix in SUFFIXES:
             if "batch1" + suffix not in ladders:
                 continue
             b1 = best_within(ladders["batch1" + suffix], budget)
@@ -211,6 +245,7 @@ def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float,
         top = max(ladders[name], key=lambda p: p["achieved"]) if ladders[name] else None
         if top:
             summary[f"{name}_max"] = {"achieved": top["achieved"], "mean_batch": top["mean_batch"],
+                                      "engine_mean_batch": top["engine_mean_batch"], "workers": workers_of(name),
                                       "raw_at_mean_batch": top["raw_at_mean_batch"],
                                       "vs_raw_at_mean_batch": round(top["achieved"] / top["raw_at_mean_batch"], 3),
                                       "vs_raw_bs1": round(top["achieved"] / raw_bs1, 3),
@@ -389,6 +424,7 @@ def main() -> int:
     RESULTS["gpu"] = gpu_info()
     workers = int(os.environ.get("LOAD_WORKERS", default_workers()))
     RESULTS["load_workers"] = workers
+    RESULTS["variants"] = {v: dict(zip(("suffix", "engine_process", "http_workers"), VARIANT_SPECS[v])) for v in VARIANTS}
     t0 = time.perf_counter()
     only = os.environ.get("GOAL_MODELS", "rec,cls,ocr").split(",")
     RESULTS["gil_switch_ms"] = os.environ.get("PPDEPLOY_GIL_SWITCH_MS", "Python's default (5)")
