@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.errors import InputError, PPDeployError
-from ppdeploy.serve.engine_process import (EngineProcessDied, EngineProcessRunner, _encode_error, _rebuild_error,
-                                           load_model_in_process)
+from ppdeploy.serve.engine_process import EngineProcessDied, _encode_error, _rebuild_error, load_model_in_process
 from tests.serve.conftest import CLS_OUT, REC_OUT, write_repo
 
 
@@ -76,13 +75,15 @@ def test_outputs_equal_the_in_process_runner(ep_cls, ep_rec, cls_runner, rec_run
         x = rng.standard_normal((batch, 3, 48, 192), dtype=np.float32)
         got, want = ep_cls.infer(x), cls_runner.infer(x)
         assert set(got) == set(want) and np.array_equal(got[CLS_OUT], want[CLS_OUT])
-    # rec at width 320, batch 2: 2 x 1 MB of softmax out (the arena grows), then a narrower line in the same arena.
+    # rec at width 320, batch 2: 2 x 1 MB of softmax out (the child sends a bigger output arena with its reply),
+    # then a narrower line in the same arena.
     for shape in ((2, 3, 48, 320), (1, 3, 48, 96)):
         x = rng.standard_normal(shape, dtype=np.float32)
         got, want = ep_rec.infer(x), rec_runner.infer(x)
         assert got[REC_OUT].shape == want[REC_OUT].shape and got[REC_OUT].dtype == want[REC_OUT].dtype
         assert np.array_equal(got[REC_OUT], want[REC_OUT])
     assert {"engine", "ipc", "infer"} <= set(ep_rec.last_timings)
+    assert ep_rec.last_timings["merged_rows"] == 1 and ep_rec.last_timings["merged_requests"] == 1  # one caller
 
 
 def test_outputs_held_by_the_caller_are_never_overwritten(ep_rec, rec_runner):
