@@ -378,8 +378,11 @@ class Supervisor:
         clean = self._gave_up is None
         forwarded = 0
         while any(w.proc is not None for w in self.workers):
-            while forwarded < len(self._signals):  # each signal once (a second SIGINT forces a worker's exit)
-                sig = self._signals[forwarded]
+            while forwarded < len(self._signals):
+                # The first signal, SIGTERM or SIGINT, becomes SIGTERM: a drain, and uvicorn's re-raise of it is a
+                # no-op in run_app (a re-raised SIGINT would end the worker in KeyboardInterrupt). A second one
+                # becomes SIGINT, which makes uvicorn stop waiting for connections, as a second Ctrl+C does.
+                sig = signal.SIGTERM if forwarded == 0 else signal.SIGINT
                 forwarded += 1
                 for w in self.workers:
                     if w.proc is not None:

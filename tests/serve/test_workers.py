@@ -50,17 +50,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _access(srv: ServerProcess, prefix: str) -> list[dict]:
-    entries = [json.loads(line) for line in srv.lines if line.startswith('{"ts"')]
-    return [e for e in entries if e["request_id"].startswith(prefix)]
+def _access(srv: ServerProcess, prefix: str, expect: int = 0) -> list[dict]:
+    """Access-log entries of requests whose id starts with `prefix`. A worker logs a request after sending its
+    response, and the server's stderr is read by a thread: wait (up to 10 s) until `expect` of them are there."""
+    deadline = time.monotonic() + 10
+    while True:
+        entries = [json.loads(line) for line in list(srv.lines) if line.startswith('{"ts"')]
+        found = [e for e in entries if e["request_id"].startswith(prefix)]
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
-def _many_connections(srv: ServerProcess, x: np.ndarray, n: int, prefix: str) -> list[np.ndarray]:
+def _many_connections(srv: ServerProcess, x: np.ndarray, n: int, prefix: str,
+                      headers: dict | None = None) -> list[np.ndarray]:
     """n binary infer requests, each on a connection of its own (so the kernel spreads them over the workers)."""
     def one(k: int) -> np.ndarray:
         c = httpclient.InferenceServerClient(srv.hostport)
         try:
-            return c.infer("cls", [_infer_input(x[k:k + 1])], headers={"X-Request-ID": f"{prefix}{k}"}).as_numpy(CLS_OUT)
+            return c.infer("cls", [_infer_input(x[k:k + 1])],
+                           headers={"X-Request-ID": f"{prefix}{k}", **(headers or {})}).as_numpy(CLS_OUT)
         finally:
             c.close()
 
@@ -139,7 +148,7 @@ def test_two_workers_answer_like_the_direct_runner(workers_server, cls_runner):
     x = _cls_input(np.random.default_rng(0), 32)
     got = _many_connections(srv, x, len(x), "parity-")
     np.testing.assert_allclose(np.concatenate(got), cls_runner.infer({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
-    served_by = {e["worker"] for e in _access(srv, "parity-")}
+    served_by = {e["worker"] for e in _access(srv, "parity-", len(x))}
     assert served_by == {0, 1}  # 32 connections hashed over 2 listening sockets: both took some
 
 
@@ -153,13 +162,13 @@ def test_metrics_and_stats_are_server_totals_whichever_worker_answers(workers_se
     before, before_stats = success(), srv.get("/v2/models/cls/stats").json()["model_stats"][0]
     n = 40
     _many_connections(srv, _cls_input(np.random.default_rng(1), n), n, "totals-")
-    assert len(_access(srv, "totals-")) == n
+    assert len(_access(srv, "totals-", n)) == n
     scrapes = [httpx.get(srv.url + "/metrics", headers={"X-Request-ID": f"scrape-{i}"}).text for i in range(12)]
     for text in scrapes:  # every scrape, from either worker, shows the same exact totals
         line = next(ln for ln in text.splitlines() if ln.startswith("nv_inference_request_success{"))
         assert float(line.rsplit(" ", 1)[1]) - before == n
         assert "ppdeploy_workers_answering 2.0" in text
-    assert {e["worker"] for e in _access(srv, "scrape-")} == {0, 1}
+    assert {e["worker"] for e in _access(srv, "scrape-", len(scrapes))} == {0, 1}
     after = srv.get("/v2/models/cls/stats").json()["model_stats"][0]
     assert after["inference_stats"]["success"]["count"] - before_stats["inference_stats"]["success"]["count"] == n
     assert after["inference_count"] - before_stats["inference_count"] == n
@@ -224,7 +233,7 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(workers_server, cls_r
     stop.set()
     for th in threads:
         th.join(30)
-    accepted = {e["request_id"]: e["status"] for e in _access(srv, "drain-")}
+    accepted = {e["request_id"]: e["status"] for e in _access(srv, "drain-", len(answered))}
     assert accepted and set(accepted.values()) == {200}
     assert set(accepted) == set(answered)  # everything a worker took was answered and received
     assert {e["worker"] for e in _access(srv, "drain-")} == {0, 1}
@@ -244,9 +253,13 @@ def shared_engine_server(tmp_path_factory):
         "cls": "source: ppocr-cls\nbackends: [onnxruntime]\nmax_batch_size: 16\nthreads: 1\nengine_process: true\n"
                "dynamic_batching: {max_queue_delay_ms: 1}\n",
     })
-    srv = ServerProcess(["--repo", str(root), "--workers", "2"], access_log=True).start()
+    srv = ServerProcess(["--repo", str(root), "--workers", "2"], env={"PPDEPLOY_API_KEY": KEY}, access_log=True).start()
     yield srv
     srv.stop()
+
+
+KEY = "w0rkers"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _engine_pid(srv: ServerProcess) -> int:
@@ -264,21 +277,26 @@ def test_shared_engine_merges_the_workers_batches_and_answers_right(shared_engin
     def one(k: int) -> np.ndarray:
         if not hasattr(local, "c"):
             local.c = httpclient.InferenceServerClient(srv.hostport)
-        return local.c.infer("cls", [_infer_input(x[k:k + 1])], headers={"X-Request-ID": f"merge-{k}"}).as_numpy(
+        return local.c.infer("cls", [_infer_input(x[k:k + 1])], headers={"X-Request-ID": f"merge-{k}", **AUTH}).as_numpy(
             CLS_OUT)
 
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(one, range(len(x))))
     np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-6)
-    assert {e["worker"] for e in _access(srv, "merge-")} == {0, 1}
-    worker_batches = srv.metric("nv_inference_exec_count", model="cls")
-    engine_calls = srv.metric("ppdeploy_engine_executions_total", model="cls")
-    assert srv.metric("ppdeploy_engine_merged_calls_total", model="cls") > 0  # merged_rows > own rows seen
+    assert {e["worker"] for e in _access(srv, "merge-", len(x))} == {0, 1}
+    worker_batches = srv.metric("nv_inference_exec_count", AUTH, model="cls")
+    engine_calls = srv.metric("ppdeploy_engine_executions_total", AUTH, model="cls")
+    assert srv.metric("ppdeploy_engine_merged_calls_total", AUTH, model="cls") > 0  # merged_rows > own rows seen
     assert engine_calls < worker_batches  # the engine ran fewer, larger calls than the workers sent
     assert engine_calls == pytest.approx(round(engine_calls), abs=1e-6)  # every share of every call counted
-    assert srv.metric("ppdeploy_engine_batch_size_count", model="cls") == pytest.approx(engine_calls, abs=1e-6)
-    assert srv.metric("ppdeploy_engine_batch_size_sum", model="cls") == pytest.approx(
-        srv.metric("nv_inference_count", model="cls"), abs=1e-6)
+    assert srv.metric("ppdeploy_engine_batch_size_count", AUTH, model="cls") == pytest.approx(engine_calls, abs=1e-6)
+    assert srv.metric("ppdeploy_engine_batch_size_sum", AUTH, model="cls") == pytest.approx(
+        srv.metric("nv_inference_count", AUTH, model="cls"), abs=1e-6)
+    # the API key holds in every worker
+    for i in range(12):
+        r = httpx.get(srv.url + "/v2/models/cls", headers={"X-Request-ID": f"nokey-{i}"})
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+    assert {e["worker"] for e in _access(srv, "nokey-", 12)} == {0, 1}
 
 
 @pytest.mark.slow
@@ -287,10 +305,11 @@ def test_shared_engine_killed_is_restarted_then_sigterm_stops_everything(shared_
     engine = _engine_pid(srv)
     workers = list(_worker_pids(srv).values())
     os.kill(engine, signal.SIGKILL)
-    srv.wait(lambda: srv.metric("ppdeploy_engine_process_restarts_total", model="cls") == 1, 60, "engine restarted")
+    srv.wait(lambda: srv.metric("ppdeploy_engine_process_restarts_total", AUTH, model="cls") == 1, 60,
+             "engine restarted")
     assert _engine_pid(srv) != engine
     x = _cls_input(np.random.default_rng(5), 2)
-    got = _many_connections(srv, x, 2, "after-engine-kill-")
+    got = _many_connections(srv, x, 2, "after-engine-kill-", AUTH)
     np.testing.assert_allclose(np.concatenate(got), cls_runner.infer({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
-    assert srv.stop() == 0
+    assert srv.stop(signal.SIGINT) == 0  # Ctrl+C: the same drain as SIGTERM
     assert not [p for p in [*workers, _engine_pid(srv)] if _alive(p)]
