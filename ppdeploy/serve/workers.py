@@ -275,6 +275,10 @@ class Supervisor:
     def run(self) -> int:
         from ppdeploy.serve.server import bind_socket
 
+        if self.mode == "reuseport" and self.settings.port != 0:
+            # SO_REUSEPORT would let this server join another one's group on a port already in use (same user) and
+            # split its traffic: a plain bind first fails there as the single-process server does.
+            bind_socket(self.settings.host, self.settings.port).close()
         self._listener = bind_socket(self.settings.host, self.settings.port, reuse_port=self.mode == "reuseport")
         self.host, self.port = self._listener.getsockname()[:2]
         base = None if len(tempfile.gettempdir()) < 60 else "/tmp"  # unix socket paths must stay short

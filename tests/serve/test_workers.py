@@ -181,6 +181,19 @@ def test_metrics_and_stats_are_server_totals_whichever_worker_answers(workers_se
 
 
 @pytest.mark.slow
+def test_a_port_in_use_is_refused_not_shared(workers_server):
+    """SO_REUSEPORT must not let a second server join the first one's port and take half its connections."""
+    import subprocess
+    import sys
+
+    port = workers_server.hostport.rsplit(":", 1)[1]
+    for workers in ("2", "1"):
+        r = subprocess.run([sys.executable, "-m", "ppdeploy", "serve", "ppocr-cls", "--workers", workers, "--port", port],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr[-500:]
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_server_keeps_answering(workers_server, cls_runner):
     srv = workers_server
     pids = _worker_pids(srv)
