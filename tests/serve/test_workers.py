@@ -262,11 +262,16 @@ _ENGINE_PID = re.compile(r"shared engine of cls: pid (\d+)|engine process of cls
 
 @pytest.fixture(scope="module")
 def shared_engine_server(tmp_path_factory):
-    root = write_repo(tmp_path_factory.mktemp("shared"), {
+    root = tmp_path_factory.mktemp("shared")
+    (root / "broken").mkdir()
+    (root / "broken" / "model.onnx").write_bytes(b"this is not an ONNX model")
+    write_repo(root, {
         "cls": "source: ppocr-cls\nbackends: [onnxruntime]\nmax_batch_size: 16\nthreads: 1\nengine_process: true\n"
                "dynamic_batching: {max_queue_delay_ms: 1}\n",
+        "broken": "source: model.onnx\nbackends: [onnxruntime]\nengine_process: true\n",
     })
-    srv = ServerProcess(["--repo", str(root), "--workers", "2"], env={"PPDEPLOY_API_KEY": KEY}, access_log=True).start()
+    srv = ServerProcess(["--repo", str(root), "--workers", "2", "--no-strict-readiness"],
+                        env={"PPDEPLOY_API_KEY": KEY}, access_log=True).start()
     yield srv
     srv.stop()
 
@@ -305,6 +310,11 @@ def test_shared_engine_merges_the_workers_batches_and_answers_right(shared_engin
     assert srv.metric("ppdeploy_engine_batch_size_count", AUTH, model="cls") == pytest.approx(engine_calls, abs=1e-6)
     assert srv.metric("ppdeploy_engine_batch_size_sum", AUTH, model="cls") == pytest.approx(
         srv.metric("nv_inference_count", AUTH, model="cls"), abs=1e-6)
+    # a model whose shared engine could not start is unavailable, with the reason, in every worker
+    for _ in range(6):
+        index = {m["name"]: m for m in httpx.post(srv.url + "/v2/repository/index", headers=AUTH).json()}
+        assert index["cls"]["state"] == "READY" and index["broken"]["state"] == "UNAVAILABLE"
+        assert "onnx" in index["broken"]["reason"].lower()
     # the API key holds in every worker
     for i in range(12):
         r = httpx.get(srv.url + "/v2/models/cls", headers={"X-Request-ID": f"nokey-{i}"})
