@@ -127,9 +127,12 @@ def worker_main() -> int:
     app = build_app(spec.configs, spec.settings, host_class=host)
     handlers, model_host, metrics = app.state.handlers, app.state.host, app.state.metrics
 
-    def state() -> dict:
-        return {"worker": spec.index, "pid": os.getpid(), "loaded": model_host.loaded,
-                "ready": model_host.ready() and not handlers.draining, "metrics": metrics.snapshot()}
+    def state(with_metrics: bool = True) -> dict:
+        out = {"worker": spec.index, "pid": os.getpid(), "loaded": model_host.loaded,
+               "ready": model_host.ready() and not handlers.draining}
+        if with_metrics:
+            out["metrics"] = metrics.snapshot()
+        return out
 
     peers = Peers(spec.run_dir, spec.index, spec.count, state)
     handlers.peers = peers
@@ -162,7 +165,7 @@ def peer_path(run_dir: str, index: int) -> str:
 class Peers:
     """A worker's view of its siblings: its own state served on a unix socket, theirs asked for on demand."""
 
-    def __init__(self, run_dir: str, index: int, count: int, local_state: Callable[[], dict]):
+    def __init__(self, run_dir: str, index: int, count: int, local_state: Callable[[bool], dict]):
         self.run_dir, self.index, self.count = run_dir, index, count
         self.local_state = local_state
         self._server: asyncio.AbstractServer | None = None
@@ -175,21 +178,21 @@ class Peers:
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.readline()
+            what = await reader.readline()  # b"state\n" (everything) or b"ready\n" (no metrics: health checks)
             # Taken on the event loop, where every counter is updated: a consistent snapshot.
-            writer.write(json.dumps(self.local_state(), separators=(",", ":")).encode())
+            writer.write(json.dumps(self.local_state(what != b"ready\n"), separators=(",", ":")).encode())
             await writer.drain()
         except OSError:
             pass
         finally:
             writer.close()
 
-    async def _ask(self, index: int) -> dict | None:
+    async def _ask(self, index: int, what: bytes = b"state\n") -> dict | None:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(peer_path(self.run_dir, index)), STATE_TIMEOUT_S)
             try:
-                writer.write(b"state\n")
+                writer.write(what)
                 data = await asyncio.wait_for(reader.read(), STATE_TIMEOUT_S)
             finally:
                 writer.close()
@@ -197,14 +200,15 @@ class Peers:
         except (OSError, asyncio.TimeoutError, ValueError):
             return None  # restarting, or gone
 
-    async def states(self) -> list[dict | None]:
+    async def states(self, with_metrics: bool = True) -> list[dict | None]:
         """This worker's state first, then each sibling's (None: did not answer)."""
         others = [i for i in range(self.count) if i != self.index]
-        answers = await asyncio.gather(*(self._ask(i) for i in others))
-        return [self.local_state(), *answers]
+        what = b"state\n" if with_metrics else b"ready\n"
+        answers = await asyncio.gather(*(self._ask(i, what) for i in others))
+        return [self.local_state(with_metrics), *answers]
 
     async def all_ready(self) -> bool:
-        return all(s is not None and s["ready"] for s in await self.states())
+        return all(s is not None and s["ready"] for s in await self.states(with_metrics=False))
 
     async def merged_metrics(self):
         from ppdeploy.serve.metrics import ServerMetrics
@@ -220,12 +224,12 @@ class Peers:
 
 
 def ask_state(run_dir: str, index: int, timeout_s: float = STATE_TIMEOUT_S) -> dict | None:
-    """A worker's state, from outside its event loop (the supervisor, tests)."""
+    """A worker's state without its metrics, from outside its event loop (the supervisor, tests)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout_s)
             s.connect(peer_path(run_dir, index))
-            s.sendall(b"state\n")
+            s.sendall(b"ready\n")
             chunks = []
             while chunk := s.recv(1 << 16):
                 chunks.append(chunk)
