@@ -253,6 +253,22 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(workers_server, cls_r
     assert not [p for p in pids if _alive(p)]
 
 
+@pytest.mark.slow
+def test_one_shared_listening_socket_serves_too(tmp_path, cls_runner):
+    """PPDEPLOY_WORKER_SOCKET=shared: every worker accepts on one inherited socket (which worker takes a connection
+    is a race, so only the answers and the totals are checked)."""
+    root = write_repo(tmp_path, {"cls": "source: ppocr-cls\nbackends: [onnxruntime]\nmax_batch_size: 8\nthreads: 1\n"})
+    with ServerProcess(["--repo", str(root), "--workers", "2"], env={"PPDEPLOY_WORKER_SOCKET": "shared"},
+                       access_log=True) as srv:
+        assert "shared sockets" in srv.lines[0]
+        x = _cls_input(np.random.default_rng(6), 24)
+        got = _many_connections(srv, x, len(x), "shared-")
+        np.testing.assert_allclose(np.concatenate(got), cls_runner.infer({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
+        assert srv.metric("nv_inference_request_success", model="cls") == len(x)
+        assert len(_access(srv, "shared-", len(x))) == len(x)
+        assert srv.stop() == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Mode 2: the workers share one engine process per model instance, which merges their batches
 # ---------------------------------------------------------------------------------------------------------
