@@ -362,8 +362,8 @@ class Supervisor:
         root = os.path.dirname(os.path.dirname(os.path.abspath(ppdeploy.__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         try:
-            # Its own session: a terminal's Ctrl+C reaches the supervisor only, which forwards it once (a second
-            # SIGINT straight to a worker would skip its drain).
+            # Its own session: a terminal's Ctrl+C reaches the supervisor only, which passes it on as a drain
+            # (SIGINT straight from the terminal plus the supervisor's would be two, and a second skips the drain).
             proc = subprocess.Popen([sys.executable, "-c", _WORKER_ENTRY], stdin=subprocess.PIPE,
                                     pass_fds=[sock.fileno()], env=env, start_new_session=True)
             try:
