@@ -352,3 +352,20 @@ def test_shared_engine_killed_is_restarted_then_sigterm_stops_everything(shared_
     np.testing.assert_allclose(np.concatenate(got), cls_runner.infer({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
     assert srv.stop(signal.SIGINT) == 0  # Ctrl+C: the same drain as SIGTERM
     assert not [p for p in [*workers, _engine_pid(srv)] if _alive(p)]
+
+
+@pytest.mark.slow
+def test_workers_and_shared_engine_exit_when_the_supervisor_is_killed(tmp_path):
+    root = write_repo(tmp_path, {"cls": "source: ppocr-cls\nbackends: [onnxruntime]\nthreads: 1\nengine_process: true\n"})
+    srv = ServerProcess(["--repo", str(root), "--workers", "2"]).start()
+    try:
+        children = [*_worker_pids(srv).values(), _engine_pid(srv)]
+        assert len(children) == 3 and all(_alive(p) for p in children)
+        srv.proc.kill()
+        srv.proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in children if _alive(p)]  # workers: PR_SET_PDEATHSIG; the engine: EOF from its owner
+    finally:
+        srv.stop()
