@@ -743,7 +743,9 @@ def _close_map(mm: mmap.mmap) -> None:
 def _make_arena(label: str, size: int) -> tuple[int, mmap.mmap, int]:
     """A fresh memfd of at least `size` bytes, mapped here: (fd, mapping, size). The caller closes the fd."""
     size = max(mmap.PAGESIZE, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
-    fd = os.memfd_create(f"ppdeploy-arena-{label}"[:200], os.MFD_CLOEXEC)  # the name shows in /proc only
+    # The name shows in /proc only; the kernel takes at most 249 bytes of it (a label's characters may be several).
+    name = f"ppdeploy-arena-{label}".encode()[:200].decode(errors="ignore")
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, size)
         mm = mmap.mmap(fd, size)

@@ -394,3 +394,27 @@ def test_connecting_to_a_missing_address_fails_clearly_after_the_timeout():
     assert time.monotonic() - start >= 0.3
     assert "@ppdeploy-engine-nobody-listens-here" in str(err.value) and "0.3 s" in str(err.value)
     assert "'cls'" in str(err.value) and err.value.status == 503
+
+
+@pytest.mark.slow
+def test_the_engine_process_exits_when_its_supervisor_is_killed(cls_runner):
+    """Its callers then see the engine gone (a 503, not a hang)."""
+    script = ("from ppdeploy.serve.engine_process import SharedEngine\n"
+              "import time\n"
+              "engine = SharedEngine.start('ppocr-cls', backend='onnxruntime', label='cls', max_batch_size=4)\n"
+              "print(engine.pid, engine.address, flush=True)\n"
+              "time.sleep(600)\n")
+    supervisor = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, address = supervisor.stdout.readline().split()
+        runner = connect_engine(address, label="cls", timeout_s=0.5).runner
+        x = cls_input(1, 61)
+        assert_rows_equal(runner.infer(x)[CLS_OUT], cls_runner.infer(x)[CLS_OUT])
+        supervisor.kill()
+        supervisor.wait()
+        assert wait_for(lambda: gone(int(pid))), "the engine process outlived its killed supervisor"
+        with pytest.raises(EngineProcessDied):
+            runner.infer(x)
+        runner.close()
+    finally:
+        supervisor.kill()
