@@ -138,7 +138,13 @@ def worker_main() -> int:
     handlers.peers = peers
     sock = socket.socket(fileno=spec.listen_fd)
     log.info("worker %d started (pid %d)", spec.index, os.getpid())
-    return run_app(app, sock, spec.settings, on_started=peers.serve)
+    try:
+        return run_app(app, sock, spec.settings, on_started=peers.serve)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(peer_path(spec.run_dir, spec.index))
+        if os.getppid() != spec.supervisor_pid:  # the supervisor died: nobody else will remove its folder
+            shutil.rmtree(spec.run_dir, ignore_errors=True)
 
 
 def _exit_with_parent(supervisor_pid: int) -> bool:
