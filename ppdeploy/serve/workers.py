@@ -7,8 +7,7 @@ CUDA): it binds the port, then starts N workers, each a fresh interpreter (`pyth
 the same app under uvicorn as the single-process server does.
 
 Sockets (PPDEPLOY_WORKER_SOCKET). `reuseport` (default): every worker listens on its own SO_REUSEPORT socket on
-the port and the kernel hashes each new connection to one of them, so long-lived keep-alive connections spread
-evenly; the supervisor keeps a bound, non-listening socket so the port stays ours while workers restart.
+the port and the kernel hashes each new connection to one of them (even on average, blind to load); the supervisor keeps a bound, non-listening socket so the port stays ours while workers restart.
 `shared`: one listening socket inherited by every worker, whose event loops race to accept; with uvloop a
 worker that wakes first accepts a whole burst, so a few keep-alive clients can land on one worker. Measured here (4
 workers, 32 keep-alive connections opened at once, 3 trials): reuseport gave 5-11 connections per worker, shared
@@ -30,7 +29,8 @@ ppdeploy_worker_restarts_total); a worker whose supervisor dies gets SIGTERM (PR
 Metrics. Each worker also answers on a private unix socket with its state (readiness, ServerMetrics.snapshot()).
 The worker that receives GET /metrics, /v2/models[/{m}]/stats or /v2/health/ready asks its siblings and answers
 for the whole server (ServerMetrics.merged): after the last response was received, one scrape shows exactly the
-sum of every worker's counts. Counts of a worker that died (kill -9) leave the totals with it. With shared
+sum of every worker's counts. Counts of a worker that died (kill -9) leave the totals with it (the sums drop,
+which Prometheus' rate() reads as a counter reset). With shared
 engines, nv_inference_exec_count and ppdeploy_batch_size count the batches the workers sent, and
 ppdeploy_engine_executions_total / ppdeploy_engine_batch_size the merged calls the engine ran (ppdeploy.serve.metrics).
 """
