@@ -327,7 +327,7 @@ class _EngineAddress:
         if chan is not None:
             chan.close()
         self.pid = None
-        return "it is not this process's child: its supervisor sees the exit status"
+        return "exit status: see its supervisor's log"
 
     def close(self, chan: _Channel | None) -> None:
         self.lost(chan)
