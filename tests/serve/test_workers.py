@@ -326,6 +326,11 @@ def test_shared_engine_merges_the_workers_batches_and_answers_right(shared_engin
     assert srv.metric("ppdeploy_engine_batch_size_count", AUTH, model="cls") == pytest.approx(engine_calls, abs=1e-6)
     assert srv.metric("ppdeploy_engine_batch_size_sum", AUTH, model="cls") == pytest.approx(
         srv.metric("nv_inference_count", AUTH, model="cls"), abs=1e-6)
+    # the supervisor started the engine process without loading any engine library itself (its children are fresh
+    # interpreters, never forks of a process holding ONNX Runtime / paddle / CUDA state)
+    with open(f"/proc/{srv.proc.pid}/maps") as f:
+        maps = f.read()
+    assert not [ln for ln in maps.splitlines() if any(k in ln for k in ("onnxruntime", "paddle", "libcuda"))]
     # a model whose shared engine could not start is unavailable, with the reason, in every worker
     for _ in range(6):
         index = {m["name"]: m for m in httpx.post(srv.url + "/v2/repository/index", headers=AUTH).json()}
