@@ -2,7 +2,9 @@
 library, so the generator is tested independently of ppdeploy's own server)."""
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
@@ -315,3 +317,31 @@ def test_a_slow_answer_is_a_timeout_failure():
     assert res.sent == res.scheduled == 3
     assert res.ok == 0 and res.failures == 3
     assert any("no complete response within 0.2 s" in e for e in res.error_examples), res.error_examples
+
+
+class _ShortWrites(io.RawIOBase):
+    """A raw file that, like a pipe written through an unbuffered FileIO, takes at most `chunk` bytes per write."""
+
+    def __init__(self, chunk: int):
+        self.chunk, self.data = chunk, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        taken = bytes(b[:self.chunk])
+        self.data += taken
+        return len(taken)
+
+
+def test_load_worker_writes_its_whole_result_through_short_writes():
+    from ppdeploy.bench.load_worker import WorkerResult, write_all
+
+    result = WorkerResult([0.1] * 5000, [0.2] * 5000, [429] * 5000, {i: "HTTP 429: queue is full" for i in range(5000)})
+    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    naive = _ShortWrites(65536)
+    pickle.dump(result, naive, protocol=pickle.HIGHEST_PROTOCOL)  # what the worker did: the short write is lost
+    assert len(naive.data) < len(data)
+    out = _ShortWrites(65536)
+    write_all(out, data)
+    assert bytes(out.data) == data and pickle.loads(bytes(out.data)) == result
