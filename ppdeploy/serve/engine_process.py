@@ -246,7 +246,7 @@ class SharedEngine:
             code = _reap(self._proc, self._control)
             self._proc = self._control = None
             log.warning("engine process of %s (pid %s) exited (%s); starting a new one at %s", self._request.label,
-                        pid, _exit_text(code), self.address)
+                        pid, exit_text(code), self.address)
             self._spawn()
             self.restarts += 1
             return True
@@ -297,7 +297,7 @@ class _OwnChild:
     def lost(self, chan: _Channel | None) -> str:
         code = _reap(self._proc, chan)
         self._proc = None
-        return _exit_text(code)
+        return exit_text(code)
 
     def close(self, chan: _Channel | None) -> None:
         if chan is not None:
@@ -706,7 +706,7 @@ def _spawn_engine(request: LoadRequest, listener: socket.socket | None = None) -
     except _PeerGone:
         code = _reap(proc, chan)
         raise EngineProcessDied(f"the engine process of '{request.label}' exited while loading "
-                                f"({_exit_text(code)})") from None
+                                f"({exit_text(code)})") from None
     if reply[0] == "error":
         _reap(proc, chan)
         raise _rebuild_error(reply[1])
@@ -773,7 +773,8 @@ def _plan(items) -> tuple[list, int]:
     return layout, off
 
 
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
+    """A child process's exit status in words (Popen.returncode: negative for a signal)."""
     if code is None:
         return "exit status unknown"
     if code < 0:
@@ -1198,4 +1199,4 @@ class _Engine:
 
 
 __all__ = ["EngineProcessDeployment", "EngineProcessDied", "EngineProcessRunner", "EngineProcessUnreachable",
-           "LoadRequest", "SharedEngine", "connect_engine", "load_model_in_process"]
+           "LoadRequest", "SharedEngine", "connect_engine", "exit_text", "load_model_in_process"]

@@ -58,6 +58,13 @@ def backend_chain(cfg: ModelConfig) -> str | list[str]:
     return out
 
 
+def load_model_kwargs(cfg: ModelConfig, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """What `ppdeploy.deploy.load_model` takes besides the source and the backend chain, from a model's config
+    (also what the --workers supervisor hands to a shared engine process)."""
+    return dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
+                cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head)
+
+
 def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
                 shared: list[dict] | None = None) -> LoadedEngine:
     """Build (or take from the cache) and load `cfg.instance_count` runners of one model.
@@ -73,8 +80,7 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
     source = cfg.source_path()
     if shared:
         return _connect_engines(cfg, source, shared)
-    kwargs = dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
-                  cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head)
+    kwargs = load_model_kwargs(cfg, cache_dir)
     load = load_model
     if cfg.engine_process:
         from functools import partial

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdeploy.errors import ConfigError
+from ppdeploy.serve.engine_process import exit_text
 
 log = logging.getLogger("ppdeploy.serve")
 
@@ -347,11 +348,11 @@ class Supervisor:
             w.failures = 0
         if w.failures >= GIVE_UP_AFTER:
             self._gave_up = f"worker {w.index} exited {w.failures} times in a row within {QUICK_EXIT_S:.0f} s of starting"
-            log.error("%s (last exit: %s); stopping the server", self._gave_up, _exit_text(code))
+            log.error("%s (last exit: %s); stopping the server", self._gave_up, exit_text(code))
             return
         delay = 0.0 if w.failures == 0 else min(10.0, 0.25 * 2 ** w.failures)
         w.next_start = now + delay
-        log.warning("worker %d (pid %d) exited unexpectedly (%s); starting it again%s", w.index, pid, _exit_text(code),
+        log.warning("worker %d (pid %d) exited unexpectedly (%s); starting it again%s", w.index, pid, exit_text(code),
                     f" in {delay:.1f} s" if delay else "")
 
     def _spawn(self, w: _Worker) -> None:
@@ -409,7 +410,7 @@ class Supervisor:
                     # SIGTERM/SIGINT killed a worker that had not yet installed uvicorn's handlers: it had
                     # accepted nothing, so nothing was lost.
                     if w.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
-                        log.error("worker %d exited with %s while draining", w.index, _exit_text(w.proc.returncode))
+                        log.error("worker %d exited with %s while draining", w.index, exit_text(w.proc.returncode))
                         clean = False
                     w.proc = None
             if time.monotonic() > deadline:
@@ -431,13 +432,12 @@ class Supervisor:
     # -- shared engines (mode 2) ------------------------------------------------------------------------------
     def _start_engines(self) -> None:
         from ppdeploy.serve.engine_process import SharedEngine
-        from ppdeploy.serve.models import backend_chain
+        from ppdeploy.serve.models import backend_chain, load_model_kwargs
 
         for cfg in self.configs:
             if not cfg.engine_process or cfg.task == "ocr":
                 continue
-            kwargs = {"precision": cfg.precision, "shapes": cfg.shape_profile() or None, "threads": cfg.threads,
-                      "cache_dir": self.settings.cache_dir, "extra": cfg.backend_options or None, "head": cfg.head}
+            kwargs = load_model_kwargs(cfg, self.settings.cache_dir)
             engines: list = []
             started = time.perf_counter()
             try:
@@ -500,17 +500,6 @@ class Supervisor:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"families": families}))
         os.replace(tmp, path)
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 __all__ = ["MAX_WORKERS", "Peers", "Supervisor", "WorkerSpec", "ask_state", "check_workers", "serve_workers",
