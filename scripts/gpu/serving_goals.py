@@ -17,7 +17,8 @@ Run 10 adds the engine-process variant (`engine_process: true`, ppdeploy.serve.e
 served twice, in-process and with its engine in a child process fed through shared memory, all four servers up
 side by side with the rates interleaved over them; the raw runner is timed in-process and through the engine
 process (the IPC cost alone). GOAL_VARIANTS=inproc,engine_process picks the variants (default both); GOAL_RATES_REC /
-GOAL_RATES_CLS (comma-separated) and GOAL_SECONDS override the ladders and the seconds per point.
+GOAL_RATES_CLS / GOAL_RATES_OCR (comma-separated) and GOAL_SECONDS / GOAL_OCR_SECONDS override the ladders and the
+seconds per point; GOAL_OCR_WORKERS=1,4 serves /v1/ocr once per HTTP worker count.
 
 Several HTTP workers (`ppdeploy serve --workers N`, ppdeploy.serve.workers): variant `workers` serves each config with
 GOAL_WORKERS (default 4) worker processes sharing one engine process per model (engine_process: true: the engine
@@ -378,9 +379,11 @@ def ipc_probe(calls: int = 2000) -> None:
     save()
 
 
-def ocr_server(rates: list[float], duration: float, workers: int) -> None:
+def ocr_server(rates: list[float], duration: float, workers: int, http_workers: int = 1) -> None:
     """`/v1/ocr` with det, cls and rec on the GPU backend (the shape buckets the OCR task uses on a GPU), one
-    synthetic page per request, open-loop Poisson; plus the per-model batching the pipeline's calls got."""
+    synthetic page per request, open-loop Poisson; plus the per-model batching the pipeline's calls got.
+    `http_workers` > 1 serves it with `ppdeploy serve --workers N` (each worker its own engines and pipeline);
+    GOAL_OCR_REC names the carried rec model (e.g. ppocrv4-rec-greedy, the ctc_greedy head: 960 bytes per line)."""
     import yaml
 
     from ppdeploy.bench.load import LoadSettings, image_request, run_load
@@ -389,7 +392,7 @@ def ocr_server(rates: list[float], duration: float, workers: int) -> None:
 
     page = sorted(next(Path(os.environ["PPDEPLOY_TEST_PAGES"]).glob("synth-*")).glob("*.png"))[0]
     repo = Path(tempfile.mkdtemp()) / "repo"
-    models = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
+    models = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": os.environ.get("GOAL_OCR_REC", "ppocrv4-rec")}
     for stage, key in models.items():
         cfg = {"name": stage, "source": str(ONNX / f"{key}.onnx"), "backends": [BACKEND], "max_batch_size": 8,
                "dynamic_batching": {"max_queue_delay_ms": 1.0, "inline_max_ms": 0},
@@ -403,9 +406,12 @@ def ocr_server(rates: list[float], duration: float, workers: int) -> None:
     (repo / "ocr" / "config.yaml").write_text(yaml.safe_dump(task))
     template = image_request("ocr", page.read_bytes(), page.name)
     settings = LoadSettings(timeout_s=60, drain_s=30, workers=workers)
-    entry = RESULTS.setdefault("ocr_server", {"page": page.name, "rates": []})
-    print(f"== /v1/ocr, {page.name}", flush=True)
-    with ServerProcess(["--repo", str(repo)], ready_timeout_s=600, log_path=OUT / "server_ocr.log") as srv:
+    key = "ocr_server" if http_workers == 1 else f"ocr_server_w{http_workers}"
+    entry = RESULTS.setdefault(key, {"page": page.name, "rec": models["rec"], "http_workers": http_workers,
+                                     "rates": []})
+    print(f"== /v1/ocr, {page.name}, rec {models['rec']}, {http_workers} HTTP worker(s)", flush=True)
+    args = ["--repo", str(repo), *(["--workers", str(http_workers)] if http_workers > 1 else [])]
+    with ServerProcess(args, ready_timeout_s=600, log_path=OUT / f"server_{key}.log") as srv:
         run_load(srv.url, template, [2.0], 3.0 if not SMOKE else 1.0, "constant", settings)  # warm-up
         for res in run_load(srv.url, template, rates, duration, "poisson", settings):
             lat = res.latency_ms or {}
@@ -452,7 +458,8 @@ def main() -> int:
                       rates("CLS", [300, 450, 600, 700, 800, 1000, 1500, 2000, 2500, 3000, 4000, 5000]), seconds,
                       workers)
         if "ocr" in only:
-            ocr_server([5, 10, 20, 30], 5.0, workers)
+            for n in (int(w) for w in os.environ.get("GOAL_OCR_WORKERS", "1").split(",")):
+                ocr_server(rates("OCR", [5, 10, 20, 30]), float(os.environ.get("GOAL_OCR_SECONDS", 5.0)), workers, n)
     RESULTS["total_s"] = round(time.perf_counter() - t0, 1)
     save()
     return 0
