@@ -412,7 +412,8 @@ def ocr_server(rates: list[float], duration: float, workers: int, http_workers: 
     print(f"== /v1/ocr, {page.name}, rec {models['rec']}, {http_workers} HTTP worker(s)", flush=True)
     args = ["--repo", str(repo), *(["--workers", str(http_workers)] if http_workers > 1 else [])]
     with ServerProcess(args, ready_timeout_s=600, log_path=OUT / f"server_{key}.log") as srv:
-        run_load(srv.url, template, [2.0], 3.0 if not SMOKE else 1.0, "constant", settings)  # warm-up
+        # Warm-up: every worker's sessions see the page's shapes once (ORT re-plans on a new shape, per session).
+        run_load(srv.url, template, [2.0 * http_workers], 5.0 if not SMOKE else 1.0, "constant", settings)
         for res in run_load(srv.url, template, rates, duration, "poisson", settings):
             lat = res.latency_ms or {}
             print(f"  ocr offered {res.offered_rate:5.1f}/s achieved {res.achieved_rps:6.2f} pages/s "
