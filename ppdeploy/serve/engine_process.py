@@ -394,6 +394,9 @@ class EngineProcessRunner(Runner):
         self._link = link
         self._label = link.label
         self.on_restart = on_restart
+        # Called after each call with (this call's rows, rows of the engine call it was merged into): what a shared
+        # engine really ran, beside what this caller sent (the server's ppdeploy_engine_* metrics).
+        self.on_call: Callable[[int, int], None] | None = None
         self.restarts = 0  # engine processes replaced (a private child restarted, or a shared engine reconnected)
         self._lock = threading.Lock()
         self._closed = False
@@ -459,6 +462,10 @@ class EngineProcessRunner(Runner):
         self.last_timings.update(timings)
         self.last_timings.update(engine=engine_ms,
                                  ipc=max(0.0, total - engine_ms - timings.get("engine_wait", 0.0)))
+        merged = timings.get("merged_rows")
+        if self.on_call is not None and merged:
+            first = next(iter(feeds.values()))
+            self.on_call(int(first.shape[0]) if first.ndim else 1, int(merged))
         return out
 
     def _reconnect(self) -> None:

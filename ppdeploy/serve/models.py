@@ -304,7 +304,7 @@ class ModelHost:
         model.engine = engine
         for runner in engine.runners:  # engine_process: true (a shared engine's restarts the supervisor counts)
             if cfg.name in self.options.shared_engines:
-                _report_engine_calls(runner, model.metrics.on_engine_call)
+                runner.on_call = model.metrics.on_engine_call
             elif hasattr(runner, "on_restart"):
                 runner.on_restart = self.metrics.engine_process_restarts.labels(cfg.name).inc
         model.metrics.record_load(engine.backend, engine.seconds, engine.cache_hit, engine.fallbacks)
@@ -356,22 +356,6 @@ class ModelHost:
             if model.batcher is not None:
                 await model.batcher.close()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _report_engine_calls(runner: Runner, report) -> None:
-    """After each call into a shared engine process, report this call's rows and the rows of the engine call it
-    was merged into (`last_timings["merged_rows"]`): what the engine really ran, beside what this worker sent."""
-    infer = runner.infer
-
-    def infer_and_report(feeds, *args, **kwargs):
-        out = infer(feeds, *args, **kwargs)
-        merged = runner.last_timings.get("merged_rows")
-        if merged:
-            first = feeds if hasattr(feeds, "shape") else next(iter(feeds.values()))
-            report(int(first.shape[0]) if first.ndim else 1, int(merged))
-        return out
-
-    runner.infer = infer_and_report
 
 
 class ModelNotFound(PPDeployError):
