@@ -261,12 +261,7 @@ class SharedEngine:
                 return
             self._closed = True
             self._listener.close()
-            if self._control is not None:
-                try:
-                    self._control.send(("close",))
-                except _PeerGone:
-                    pass
-            _reap(self._proc, self._control, timeout=10.0)
+            _stop(self._proc, self._control)
             self._proc = self._control = None
 
     def __del__(self):  # dropped without close(): don't leave the child running until the supervisor exits
@@ -303,12 +298,7 @@ class _OwnChild:
         return exit_text(code)
 
     def close(self, chan: _Channel | None) -> None:
-        if chan is not None:
-            try:
-                chan.send(("close",))
-            except _PeerGone:
-                pass
-        _reap(self._proc, chan, timeout=10.0)
+        _stop(self._proc, chan)
         self._proc = None
 
 
@@ -684,20 +674,27 @@ class _Channel:
             os.close(self.fds.popleft())
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a fresh interpreter started from this one (engine process, --workers worker): ours, with
+    this checkout's ppdeploy first on PYTHONPATH, so the child imports the same code even when it is not installed."""
+    import ppdeploy
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ppdeploy.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def _spawn_engine(request: LoadRequest, listener: socket.socket | None = None) -> tuple[Any, _Channel, dict]:
     """Start an engine process and have it load `request`; (process, control channel, what it loaded). With a
     `listener` the child serves every connection to it; without, it serves the control channel only."""
     import subprocess
     import sys
 
-    import ppdeploy
-
     # A fresh interpreter (fork + exec at once: nothing of paddle / openvino / CUDA is inherited), not
     # multiprocessing's spawn, which would re-run the caller's __main__ script in the child.
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ppdeploy.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = child_env()
     argv, fds = [sys.executable, "-c", _CHILD_ENTRY, str(child.fileno())], [child.fileno()]
     if listener is not None:
         argv.append(str(listener.fileno()))
@@ -722,6 +719,16 @@ def _spawn_engine(request: LoadRequest, listener: socket.socket | None = None) -
         raise _rebuild_error(reply[1])
     log.info("engine process of %s: pid %d, %s", request.label, proc.pid, reply[1]["backend"])
     return proc, chan, reply[1]
+
+
+def _stop(proc, chan: _Channel | None) -> None:
+    """Ask the child to close (it releases its engine), then reap it."""
+    if chan is not None:
+        try:
+            chan.send(("close",))
+        except _PeerGone:
+            pass
+    _reap(proc, chan, timeout=10.0)
 
 
 def _reap(proc, chan: _Channel | None, timeout: float = 5.0) -> int | None:
@@ -1209,4 +1216,4 @@ class _Engine:
 
 
 __all__ = ["EngineProcessDeployment", "EngineProcessDied", "EngineProcessRunner", "EngineProcessUnreachable",
-           "LoadRequest", "SharedEngine", "connect_engine", "exit_text", "load_model_in_process"]
+           "LoadRequest", "SharedEngine", "child_env", "connect_engine", "exit_text", "load_model_in_process"]

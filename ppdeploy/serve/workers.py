@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdeploy.errors import ConfigError
-from ppdeploy.serve.engine_process import exit_text
+from ppdeploy.serve.engine_process import child_env, exit_text
 
 log = logging.getLogger("ppdeploy.serve")
 
@@ -358,7 +358,6 @@ class Supervisor:
                     f" in {delay:.1f} s" if delay else "")
 
     def _spawn(self, w: _Worker) -> None:
-        import ppdeploy
         from ppdeploy.serve.server import bind_socket
 
         sock = (self._listener if self.mode == "shared"
@@ -367,9 +366,7 @@ class Supervisor:
                           dataclasses.replace(self.settings, worker_id=w.index, port=self.port),
                           logging.getLogger("ppdeploy.access").isEnabledFor(logging.INFO),
                           logging.getLogger().level, self.shared_engines, os.getpid(), sock.fileno())
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(ppdeploy.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env = child_env()
         try:
             # Its own session: a terminal's Ctrl+C reaches the supervisor only, which passes it on as a drain
             # (SIGINT straight from the terminal plus the supervisor's would be two, and a second skips the drain).
