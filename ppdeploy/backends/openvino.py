@@ -47,9 +47,15 @@ class OpenVINORunner(Runner):
         self._request = compiled.create_infer_request()  # one per runner: callers serialise per runner
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Outputs are copied: the request reuses its buffers next call.
+        return self._call(feeds, share_outputs=False)
+
+    def _infer_borrowed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._call(feeds, share_outputs=True)
+
+    def _call(self, feeds: dict[str, np.ndarray], share_outputs: bool) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        # share_inputs avoids a copy; outputs are copied because the request reuses its buffers next call.
-        results = self._request.infer(feeds, share_inputs=True, share_outputs=False)
+        results = self._request.infer(feeds, share_inputs=True, share_outputs=share_outputs)  # inputs: no copy
         self.last_timings["compute"] = (time.perf_counter() - start) * 1e3
         return {spec.name: np.asarray(results[i]) for i, spec in enumerate(self.io.outputs)}
 

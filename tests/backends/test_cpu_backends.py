@@ -95,3 +95,25 @@ def test_onnxruntime_workers_do_not_spin_unless_asked():
     assert session_options(BuildOptions()).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(Exception, match="allow_spinning"):  # left at ORT's own default (spinning)
         session_options(BuildOptions(extra={"spin": True})).get_session_config_entry("session.intra_op.allow_spinning")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_borrowed_outputs_equal_infer_and_infer_outputs_stay_the_callers(backend):
+    dep = load_model("ppocr-cls", backend=backend, threads=2)
+    try:
+        first = generate_inputs(dep.runner.io, seed=1, shapes={"x": (3, 3, 48, 192)})
+        second = generate_inputs(dep.runner.io, seed=2, shapes={"x": (3, 3, 48, 192)})
+        owned = dep.runner.infer(first)
+        kept = {k: v.copy() for k, v in owned.items()}
+        borrowed = dep.runner.infer_borrowed(first)
+        for k in kept:
+            np.testing.assert_array_equal(borrowed[k], kept[k])
+        borrowed_view = {k: np.asarray(v) for k, v in borrowed.items()}
+        dep.runner.infer(second)
+        for k in kept:  # an infer result is the caller's: the next call leaves it alone
+            np.testing.assert_array_equal(owned[k], kept[k])
+        if backend == "openvino":  # OpenVINO lends the request's own buffer (no copy), which the next call reuses
+            dep.runner.infer_borrowed(second)
+            assert any(not np.array_equal(borrowed_view[k], kept[k]) for k in kept)
+    finally:
+        dep.close()

@@ -155,3 +155,45 @@ def test_a_served_ocr_pipeline_takes_a_rec_guard_stage(ocr_ort, synth_pages):
     assert page_lines(served, pages)[0] == page_lines(ocr_ort, pages)[0]
     with pytest.raises(ValidationError, match="unknown stage"):
         ModelConfig(name="ocr", task="ocr", pipeline={"det": "d", "rec": "r", "guard": "g"})
+
+
+class FixedRunner:
+    """Answers fixed N x T x 5 probabilities (rows taken by the batch's first input value) and records its calls."""
+
+    def __init__(self, probs: np.ndarray, borrowed: bool = False):
+        from ppdeploy.backends.base import IOSpec, TensorSpec
+
+        self.probs, self.calls = probs, []
+        self.io = IOSpec((TensorSpec("x", "float32", (None, 1)),), (TensorSpec("y", "float32", (None, None, 5)),))
+        if borrowed:
+            self.infer_borrowed = lambda feeds: self._answer(feeds, "borrowed")
+
+    def infer(self, feeds):
+        return self._answer(feeds, "infer")
+
+    def _answer(self, feeds, how):
+        rows = feeds["x"][:, 0].astype(int)
+        self.calls.append((how, rows.tolist()))
+        return {"y": self.probs[rows]}
+
+
+def test_the_guard_answers_each_rows_best_classes_from_the_model_that_read_it():
+    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+    from ppdeploy.tasks.ocr.guard import GuardedRecRunner
+
+    fast_probs = np.concatenate([one_hot_path([1, 0, 2]), one_hot_path([1, 0, 2]), one_hot_path([3, 0, 4])])
+    fast_probs[1, 2] = [0.0, 0.0, 0.55, 0.0, 0.45]  # row 1: 2 or 4, a close call
+    guard_probs = np.concatenate([one_hot_path([4, 0, 4])] * 3)
+    guard_probs[1, 2] = [0.0, 0.0, 0.3, 0.0, 0.7]  # the guard's own, different answer for row 1
+    fast, guard = FixedRunner(fast_probs, borrowed=True), FixedRunner(guard_probs)
+    runner = GuardedRecRunner(fast, guard, margin=0.2)
+    assert [t.name for t in runner.io.outputs] == [CTC_INDEX, CTC_PROB] and runner.classes == 5
+    out = runner.infer({"x": np.array([[0.0], [1.0], [2.0]], np.float32)})
+    assert fast.calls == [("borrowed", [0, 1, 2])] and guard.calls == [("infer", [1])]  # row 1 alone, re-read
+    np.testing.assert_array_equal(out[CTC_INDEX], [[1, 0, 2], [4, 0, 4], [3, 0, 4]])
+    np.testing.assert_allclose(out[CTC_PROB], [[1, 1, 1], [1, 1, 0.7], [1, 1, 1]])
+    assert runner.last_guard_rows == 1 and runner.guarded_rows == 1
+    from ppdeploy.tasks.ocr.rec import TextRecognizer
+
+    with pytest.raises(Exception, match="5 classes"):  # the dictionary check still sees the softmax behind the guard
+        TextRecognizer(runner)

@@ -45,7 +45,20 @@ def _is_softmax(probs: np.ndarray) -> bool:
     return bool(first.min() >= -1e-4 and np.abs(first.sum(axis=1) - 1.0).max() < 1e-3)
 
 
-def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
+def _as_probabilities(out: np.ndarray) -> np.ndarray:
+    if _is_softmax(out):
+        return out
+    e = np.exp(out - out.max(axis=2, keepdims=True))  # logits, not probabilities: judge on their softmax
+    return e / e.sum(axis=2, keepdims=True)
+
+
+def best_path(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N x T best classes and their probabilities (what the ctc_greedy head returns)."""
+    best = probs.argmax(axis=2)
+    return best, np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
+
+
+def uncertain_rows(probs: np.ndarray, margin: float, path: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
     """Rows whose greedy CTC text could change if the model's probabilities moved by up to `margin`.
 
     At each step, the classes within `margin` of the best are its plausible alternatives. A row is uncertain when
@@ -53,14 +66,13 @@ def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
     move a blank inside a run of the same character change nothing and do not count. Only steps whose best
     probability is below (1 + margin) / 2 can have an alternative, since a softmax's runner-up is at most 1 - best;
     that keeps the check cheap on 6625 classes. Rows with more than MAX_SWAP_COMBINATIONS choices count as uncertain.
+    `path`: best_path(probs), when the caller has it already.
     """
     if margin <= 0:
         return []
-    if not _is_softmax(probs):  # logits, not probabilities: judge on their softmax
-        e = np.exp(probs - probs.max(axis=2, keepdims=True))
-        probs = e / e.sum(axis=2, keepdims=True)
-    best = probs.argmax(axis=2)
-    best_p = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
+    if not _is_softmax(probs):
+        probs, path = _as_probabilities(probs), None
+    best, best_p = path if path is not None else best_path(probs)
     rows = []
     for row in range(probs.shape[0]):
         steps = np.flatnonzero(best_p[row] < (1.0 + margin) / 2.0)
@@ -74,10 +86,10 @@ def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
         if np.prod([1 + len(alts) for _, alts in choices]) > MAX_SWAP_COMBINATIONS:
             rows.append(row)
             continue
-        path = best[row]
-        text = _collapse(path)
-        for combo in itertools.product(*[[int(path[t]), *alts] for t, alts in choices]):
-            swapped = path.copy()
+        row_path = best[row]
+        text = _collapse(row_path)
+        for combo in itertools.product(*[[int(row_path[t]), *alts] for t, alts in choices]):
+            swapped = row_path.copy()
             swapped[[t for t, _ in choices]] = combo
             if _collapse(swapped) != text:
                 rows.append(row)
@@ -88,12 +100,16 @@ def uncertain_rows(probs: np.ndarray, margin: float) -> list[int]:
 class GuardedRecRunner:
     """Runner-like: `fast` answers, and the rows it is unsure of (by `margin`) are answered by `guard` instead.
 
-    Both must be the same rec model (same classes); `guard` at full precision. `last_guard_rows` and
+    Both must be the same rec model (same classes) returning its softmax; `guard` at full precision. It returns what
+    the ctc_greedy head would (ppdeploy.convert.heads): the best class and its probability per step, so the fast
+    model's softmax (tens of MB per batch of long lines) is read once, here, and never copied or patched; it is
+    borrowed from the fast runner where the backend allows (Runner.infer_borrowed). `last_guard_rows` and
     `last_guard_ms` tell what the last call re-read; `guarded_rows` counts them over the runner's life.
     """
 
     def __init__(self, fast: Any, guard: Any, margin: float = DEFAULT_MARGIN):
-        from ppdeploy.convert.heads import CTC_INDEX
+        from ppdeploy.backends.base import IOSpec, TensorSpec
+        from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
 
         if any(t.name == CTC_INDEX for r in (fast, guard) for t in getattr(r.io, "outputs", ())):
             raise ConfigError("the rec guard needs rec models that return their softmax, not the ctc_greedy head")
@@ -102,29 +118,34 @@ class GuardedRecRunner:
         self.last_guard_rows = 0
         self.last_guard_ms = 0.0
         self.guarded_rows = 0
+        steps = tuple(fast.io.outputs[0].shape[:2]) if fast.io.outputs else (None, None)
+        self.classes = fast.io.outputs[0].shape[-1] if fast.io.outputs else None  # for the dictionary check
+        self._io = IOSpec(fast.io.inputs, (TensorSpec(CTC_INDEX, "int64", steps), TensorSpec(CTC_PROB, "float32", steps)))
+        self._fast_infer = getattr(fast, "infer_borrowed", fast.infer)
 
     @property
     def io(self):
-        return self.fast.io
+        return self._io
 
     @property
     def last_timings(self):
         return self.fast.last_timings
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.fast.infer(feeds)
-        name, probs = next(iter(out.items()))
-        rows = uncertain_rows(probs, self.margin)
+        from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+
+        probs = _as_probabilities(next(iter(self._fast_infer(feeds).values())))
+        best, best_p = path = best_path(probs)
+        rows = uncertain_rows(probs, self.margin, path)
+        del probs  # possibly the fast runner's own buffer: not to be read after its next call
         self.last_guard_rows, self.last_guard_ms = len(rows), 0.0
         if rows:
             start = time.perf_counter()
             again = self.guard.infer({k: np.ascontiguousarray(v[rows]) for k, v in feeds.items()})
-            probs = np.array(probs, copy=True)
-            probs[rows] = again[name]
-            out = {**out, name: probs}
+            best[rows], best_p[rows] = best_path(_as_probabilities(next(iter(again.values()))))
             self.last_guard_ms = (time.perf_counter() - start) * 1e3
             self.guarded_rows += len(rows)
-        return out
+        return {CTC_INDEX: best, CTC_PROB: best_p}
 
     def close(self) -> None:
         """The wrapped runners belong to whoever made them; nothing to release here."""

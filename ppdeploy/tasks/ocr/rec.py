@@ -108,7 +108,9 @@ class TextRecognizer:
         self.input_name = runner.io.inputs[0].name
         self.characters = characters or load_characters(self.options.dictionary, self.options.use_space_char)
         self.greedy_head = has_greedy_head(runner)
-        classes = runner.io.outputs[0].shape[-1] if runner.io.outputs and not self.greedy_head else None
+        classes = getattr(runner, "classes", None)  # a GuardedRecRunner's softmax, behind its ctc_greedy outputs
+        if classes is None and runner.io.outputs and not self.greedy_head:
+            classes = runner.io.outputs[0].shape[-1]
         if classes is not None and classes != len(self.characters):
             raise ConfigError(
                 f"the recognition model predicts {classes} classes but the dictionary gives {len(self.characters)}"
@@ -127,7 +129,7 @@ class TextRecognizer:
             out = self.runner.infer({self.input_name: batch})
             guard_ms = getattr(self.runner, "last_guard_ms", 0.0)
             t2 = time.perf_counter()
-            if self.greedy_head:
+            if CTC_INDEX in out:  # by name, per call: a runner swapped in place (bench.optimize) may change outputs
                 decoded = ctc_best_path_decode(out[CTC_INDEX], out[CTC_PROB], self.characters)
             else:
                 decoded = ctc_greedy_decode(next(iter(out.values())), self.characters)
