@@ -66,6 +66,38 @@ def test_textline_batch_keeps_aspect_and_pads_with_zeros():
     assert batch.shape == (2, 3, 48, 320) and batch.dtype == np.float32
     assert np.allclose(batch[0, :, :, :96], 1.0) and np.all(batch[0, :, :, 96:] == 0)
     assert np.allclose(batch[1], -1.0)  # wider than 320: squeezed to the full width
+    padded = fill_batch(crops, 48, 320, rows=6)
+    assert padded.shape == (6, 3, 48, 320) and np.array_equal(padded[:2], batch) and not padded[2:].any()
+
+
+class ShapeRecorder:
+    def __init__(self, runner):
+        self.runner, self.io, self.shapes = runner, runner.io, []
+
+    def infer(self, feeds):
+        self.shapes.append(next(iter(feeds.values())).shape)
+        return self.runner.infer(feeds)
+
+
+def test_direction_classifier_sends_one_shape_and_answers_as_unpadded():
+    from ppdeploy.deploy import load_model
+    from ppdeploy.tasks.ocr.cls import ClsOptions, TextDirectionClassifier
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (32, int(w), 3), dtype=np.uint8) for w in rng.integers(40, 400, 14)]
+    crops[3] = np.ascontiguousarray(np.rot90(crops[3], 2))
+    dep = load_model("ppocr-cls", backend="onnxruntime")
+    try:
+        recorder = ShapeRecorder(dep.runner)
+        flipped, labels = TextDirectionClassifier(recorder, ClsOptions(thresh=0.0))(crops)
+        assert recorder.shapes == [(6, 3, 48, 192)] * 3  # 14 crops: 6 + 6 + 2 padded to 6
+        one_by_one = [TextDirectionClassifier(dep.runner, ClsOptions(batch_size=1, thresh=0.0))([c])[1][0]
+                      for c in crops]
+    finally:
+        dep.close()
+    assert [lab for lab, _ in labels] == [lab for lab, _ in one_by_one]
+    np.testing.assert_allclose([s for _, s in labels], [s for _, s in one_by_one], rtol=1e-4)
+    assert len(flipped) == 14
 
 
 def test_ctc_greedy_decode_merges_repeats_and_drops_blanks():

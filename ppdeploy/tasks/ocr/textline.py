@@ -11,12 +11,13 @@ def resized_width(crop: np.ndarray, height: int, max_width: int) -> int:
     return min(max_width, int(math.ceil(height * (w / float(h)))))
 
 
-def fill_batch(crops: list[np.ndarray], height: int, width: int) -> np.ndarray:
+def fill_batch(crops: list[np.ndarray], height: int, width: int, rows: int = 0) -> np.ndarray:
     """N crops -> Nx3xHxW float32: aspect-preserving resize to `height` (width capped at `width`),
-    (x/255 - 0.5)/0.5, right side zero-padded. One allocation for the whole batch."""
+    (x/255 - 0.5)/0.5, right side zero-padded. One allocation for the whole batch, of at least `rows` rows (the
+    rows after the crops are zeros)."""
     import cv2
 
-    batch = np.zeros((len(crops), 3, height, width), dtype=np.float32)
+    batch = np.zeros((max(len(crops), rows), 3, height, width), dtype=np.float32)
     scale = np.float32(2.0 / 255.0)
     for i, crop in enumerate(crops):
         rw = max(1, resized_width(crop, height, width))
