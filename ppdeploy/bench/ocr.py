@@ -44,7 +44,7 @@ class OCRConfig:
 
     @classmethod
     def parse(cls, spec: str) -> "OCRConfig":
-        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.2]' (precision defaults to fp32;
+        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.4]' (precision defaults to fp32;
         a number as the guard is its margin)."""
         backend: dict[str, str] = {}
         precision: dict[str, str] = {}

@@ -18,7 +18,8 @@ _OPTION_FLAGS = [
     ("--cls-batch-size", int, "cls_batch_size", "direction classifier batch size (default 6)"),
     ("--rec-batch-size", int, "rec_batch_size", "recognizer batch size (default 6)"),
     ("--rec-guard-margin", float, "rec_guard_margin",
-     "re-read a reduced-precision rec line at FP32 when a text-changing choice is this close (default 0.3)"),
+     "re-read a reduced-precision rec line at FP32 when a text-changing class is within this log-ratio of a step's "
+     "best (default 0.5)"),
     ("--drop-score", float, "drop_score", "drop lines recognised with a lower score (default 0.5)"),
 ]
 

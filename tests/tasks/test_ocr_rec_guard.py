@@ -22,7 +22,8 @@ def test_a_close_call_that_changes_the_text_is_uncertain():
     probs = one_hot_path([0, 1, 0, 2, 0])
     probs[0, 3] = [0.0, 0.0, 0.55, 0.45, 0.0]  # 2 vs 3: the text would read "13" instead of "12"
     assert uncertain_rows(probs, 0.3) == [0]
-    assert uncertain_rows(probs, 0.05) == []  # a gap of 0.1 is outside a 0.05 margin
+    assert uncertain_rows(probs, 0.21) == [0]  # the margin is a log-ratio: log(0.55 / 0.45) = 0.20
+    assert uncertain_rows(probs, 0.19) == []  # (a margin on the difference, 0.1, would have flagged it at 0.19)
     assert uncertain_rows(probs, 0.0) == []
 
 
@@ -44,8 +45,9 @@ def test_flips_that_only_change_the_text_together_are_found():
 
 def test_a_third_class_within_the_margin_counts():
     probs = one_hot_path([0, 1, 0])
-    probs[0, 1] = [0.0, 0.4, 0.3, 0.3, 0.0]  # runner-up 2 and third 3 both within 0.15 of the best
-    assert uncertain_rows(probs, 0.15) == [0]
+    probs[0, 1] = [0.0, 0.4, 0.3, 0.3, 0.0]  # runner-up 2 and third 3 both within a log-ratio 0.29 of the best
+    assert uncertain_rows(probs, 0.3) == [0]
+    assert uncertain_rows(probs, 0.28) == []
 
 
 def test_logits_are_judged_as_their_softmax():
@@ -54,7 +56,8 @@ def test_logits_are_judged_as_their_softmax():
     logits = np.log(np.maximum(probs, 1e-6)) * 3 + 7  # a model without its final softmax (and shifted)
     softened = np.exp(logits - logits.max(axis=2, keepdims=True))
     softened /= softened.sum(axis=2, keepdims=True)
-    assert uncertain_rows(logits, 0.5) == uncertain_rows(softened, 0.5) == [0]
+    assert uncertain_rows(logits, 0.7) == uncertain_rows(softened, 0.7) == [0]  # cubed: log-ratio 3 * 0.2 = 0.6
+    assert uncertain_rows(logits, 0.5) == uncertain_rows(softened, 0.5) == []
 
 
 def test_only_the_unsure_rows_of_a_batch_are_returned():
@@ -96,11 +99,11 @@ def test_guard_restores_the_reference_text_that_a_noisy_rec_changed(ocr_ort, syn
     det, cls, rec = ocr_ort.detector.runner, ocr_ort.classifier.runner, ocr_ort.recognizer.runner
     reference, _ = page_lines(ocr_ort, pages)
     total = sum(sum(c.values()) for c in reference)
-    # eps = 0.5 moves a probability ratio by at most e: a flipped step had a gap below 1 - 1/e = 0.63 after the noise.
+    # eps = 0.5 moves the log-ratio of any two probabilities by at most 1: a flipped step is within 1 after the noise.
     noisy = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls)
     unguarded, _ = page_lines(noisy, pages)
     assert same_lines(reference, unguarded) < total  # the negative control: the noise does change some lines
-    guarded = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls, rec_guard=rec, rec_guard_margin=0.65)
+    guarded = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls, rec_guard=rec, rec_guard_margin=1.0)
     lines, reread = page_lines(guarded, pages)
     assert same_lines(reference, lines) == total
     assert 0 < reread < total  # it re-read some lines, not all of them
@@ -136,7 +139,7 @@ def test_cli_rec_guard_flags():
     with build_ocr(args) as ocr:
         assert ocr.guarded and ocr.recognizer.runner.margin == 0.1
     with pytest.raises(ConfigError, match="guard_margin"):
-        build_ocr(parser.parse_args(["--rec-guard-margin", "2"]))
+        build_ocr(parser.parse_args(["--rec-guard-margin", "-1"]))
 
 
 @pytest.mark.slow
@@ -149,7 +152,7 @@ def test_a_served_ocr_pipeline_takes_a_rec_guard_stage(ocr_ort, synth_pages):
     pages = read_labelled_folder(synth_pages)[:2]
     det, cls, rec = ocr_ort.detector.runner, ocr_ort.classifier.runner, ocr_ort.recognizer.runner
     cfg = ModelConfig(name="ocr", task="ocr", pipeline={"det": "d", "cls": "c", "rec": "r", "rec_guard": "g"},
-                      task_options={"rec_guard_margin": 0.65})
+                      task_options={"rec_guard_margin": 1.0})
     served = build_task(cfg, {"det": det, "cls": cls, "rec": LogitNoiseRunner(rec, 0.5), "rec_guard": rec})
     assert served.guarded
     assert page_lines(served, pages)[0] == page_lines(ocr_ort, pages)[0]
@@ -186,7 +189,7 @@ def test_the_guard_answers_each_rows_best_classes_from_the_model_that_read_it():
     guard_probs = np.concatenate([one_hot_path([4, 0, 4])] * 3)
     guard_probs[1, 2] = [0.0, 0.0, 0.3, 0.0, 0.7]  # the guard's own, different answer for row 1
     fast, guard = FixedRunner(fast_probs, borrowed=True), FixedRunner(guard_probs)
-    runner = GuardedRecRunner(fast, guard, margin=0.2)
+    runner = GuardedRecRunner(fast, guard, margin=0.3)
     assert [t.name for t in runner.io.outputs] == [CTC_INDEX, CTC_PROB] and runner.classes == 5
     out = runner.infer({"x": np.array([[0.0], [1.0], [2.0]], np.float32)})
     assert fast.calls == [("borrowed", [0, 1, 2])] and guard.calls == [("infer", [1])]  # row 1 alone, re-read

@@ -1,21 +1,31 @@
 """The rec guard: a reduced-precision recognizer whose unsure lines are read again at full precision.
 
 BF16 or INT8 rec is about twice as fast as FP32 on a CPU with avx512_bf16/VNNI, but changes the text of a few
-lines in a hundred (measured: 14 of 479 lines for BF16 on OpenVINO). Those lines are the ones where the model
-hesitates: at some step two classes are close, and taking the other one changes the text. `uncertain_rows` finds
-them in the fast model's own output; `GuardedRecRunner` re-runs just those rows through an FP32 copy of the model
-and keeps its answer. The rows are re-run exactly as the fast model saw them (same batch width, same padding):
-padding changes the model's output, and a hesitant line is precisely one it can tip over.
+lines in a hundred (measured: 17 of 747 and 24 of 749 synthetic lines for BF16 on OpenVINO). Those lines are the ones
+where the model hesitates: at some step two classes are close, and taking the other one changes the text.
+`uncertain_rows` finds them in the fast model's own output; `GuardedRecRunner` re-runs just those rows through an FP32
+copy of the model and keeps its answer. The rows are re-run exactly as the fast model saw them (same batch width, same
+padding): padding changes the model's output, and a hesitant line is precisely one it can tip over.
 
-Measured on 1271 synthetic lines (tuning pages, not the benchmark's): a margin of 0.3 re-reads ~15 % of the lines
-and left no line different from FP32; 0.2 re-reads ~12 % and missed 3 of 792; 0.1 ~6 % and missed 6 of 792. On 952
-more lines (seed 7000, BF16 changed 26): 0.3 re-read 18 % and left 1; 0.2 11 % and 5; 0.1 6 % and 8. A margin on the
-log-ratio of the two classes instead of their difference does no better (13 % re-read leaves 2, 25 % leaves 0).
+"Close" is a log-ratio: a class is an alternative at a step when its probability is at least exp(-margin) times the
+best's. Reduced precision perturbs logits, so it moves the ratio of two probabilities, not their difference. Measured
+on two tuning sets of synthetic pages (seeds 7000/7100 and 7200/7300, 1496 lines, BF16 changed 41), re-reading what
+each criterion flags:
+
+| criterion | lines re-read | their total width | lines left different from FP32 |
+|---|---:|---:|---:|
+| log-ratio 0.5 (default) | 192 (12.8 %) | 124 k px | 2 |
+| log-ratio 0.45 | 176 | 115 k | 3 |
+| log-ratio 0.35 | 140 | 93 k | 6 |
+| probability difference 0.3 (the criterion before) | 246 | 157 k | 2 |
+| probability difference 0.2 | 161 | 105 k | 5 |
+
+so the log-ratio re-reads 21 % less for the same lines, and the re-reads are most of the guard's cost.
 
 INT8 (NNCF on OpenVINO) is another matter: it changes 11-13 % of the lines, often confidently (a character dropped
-with a wide margin). On 792 lines, a 0.3 margin re-reads 18 % and leaves 2.7 % different; 0.5 re-reads 33 % and
-leaves 1 %; 0.7 re-reads 54 % and leaves 0.1 %. Guarding INT8 that closely costs most of what INT8 saves, so OCR
-guards BF16/FP16 rec by default and INT8 only when asked (rec_guard="fp32", with a wider rec_guard_margin).
+with a wide margin). Measured with the probability-difference criterion on 792 lines: re-reading 18 % of the lines
+left 2.7 % different, 33 % left 1 %, 54 % left 0.1 %. Guarding INT8 that closely costs most of what INT8 saves, so
+OCR guards BF16/FP16 rec by default and INT8 only when asked (rec_guard="fp32", with a wider rec_guard_margin).
 """
 from __future__ import annotations
 
@@ -27,7 +37,8 @@ import numpy as np
 
 from ppdeploy.errors import ConfigError
 
-DEFAULT_MARGIN = 0.3
+DEFAULT_MARGIN = 0.5
+MAX_MARGIN = 10.0  # a log-ratio: exp(-10) makes nearly every class an alternative
 
 
 def _collapse(path: np.ndarray) -> tuple[int, ...]:
@@ -59,26 +70,28 @@ def best_path(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def uncertain_rows(probs: np.ndarray, margin: float, path: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
-    """Rows whose greedy CTC text could change if the model's probabilities moved by up to `margin`.
+    """Rows whose greedy CTC text could change if the ratio of any two of the model's probabilities moved by up to a
+    factor exp(margin).
 
-    At each step, the classes within `margin` of the best are its plausible alternatives. A row is uncertain when
-    some choice of alternatives (several steps may flip together) gives a different collapsed text; flips that only
-    move a blank inside a run of the same character change nothing and do not count. Only steps whose best
-    probability is below (1 + margin) / 2 can have an alternative, since a softmax's runner-up is at most 1 - best;
-    that keeps the check cheap on 6625 classes. Rows with more than MAX_SWAP_COMBINATIONS choices count as uncertain.
-    `path`: best_path(probs), when the caller has it already.
+    At each step, the classes whose probability is at least exp(-margin) times the best's are its plausible
+    alternatives. A row is uncertain when some choice of alternatives (several steps may flip together) gives a
+    different collapsed text; flips that only move a blank inside a run of the same character change nothing and do
+    not count. Only steps whose best probability is below 1 / (1 + exp(-margin)) can have an alternative, since a
+    softmax's runner-up is at most 1 - best; that keeps the check cheap on 6625 classes. Rows with more than
+    MAX_SWAP_COMBINATIONS choices count as uncertain. `path`: best_path(probs), when the caller has it already.
     """
     if margin <= 0:
         return []
     if not _is_softmax(probs):
         probs, path = _as_probabilities(probs), None
     best, best_p = path if path is not None else best_path(probs)
+    ratio = float(np.exp(-margin))
     rows = []
     for row in range(probs.shape[0]):
-        steps = np.flatnonzero(best_p[row] < (1.0 + margin) / 2.0)
+        steps = np.flatnonzero(best_p[row] < 1.0 / (1.0 + ratio))
         if steps.size == 0:
             continue
-        near = probs[row, steps] > (best_p[row, steps] - margin)[:, None]
+        near = probs[row, steps] >= (best_p[row, steps] * ratio)[:, None]
         near[np.arange(steps.size), best[row, steps]] = False
         choices = [(int(t), np.flatnonzero(near[k]).tolist()) for k, t in enumerate(steps) if near[k].any()]
         if not choices:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
 from ppdeploy.errors import ConfigError
-from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN
+from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN, MAX_MARGIN
 from ppdeploy.tasks.ocr.textline import fill_batch
 
 
@@ -29,13 +29,15 @@ class RecOptions:
     """Character list, one per line; None: ppocr_keys_v1.txt of the bundled models."""
     guard_margin: float = DEFAULT_MARGIN
     """With a guard model (a reduced-precision rec checked by an FP32 one, see ppdeploy.tasks.ocr.guard), a line is
-    read again by the guard when a choice within this probability margin would change its text. 0 disables."""
+    read again by the guard when a class whose probability is at least exp(-guard_margin) times the best's would
+    change its text (a log-ratio margin). 0 disables."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"rec batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.guard_margin <= 1.0:
-            raise ConfigError(f"rec guard_margin must be within [0, 1], got {self.guard_margin}")
+        if not 0.0 <= self.guard_margin <= MAX_MARGIN:
+            raise ConfigError(f"rec guard_margin (a log-ratio) must be within [0, {MAX_MARGIN:g}], got "
+                              f"{self.guard_margin}")
         if self.image_height < 8 or self.image_width < 8:
             raise ConfigError(f"rec image size {self.image_height}x{self.image_width} is too small")
 
