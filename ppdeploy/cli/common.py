@@ -22,10 +22,9 @@ def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto",
                    help="shape profile per input, dims joined by x, e.g. x=1x3x48x32:1x3x48x320:8x3x48x1280")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 11; default per route: 14 legacy, 17 PIR)")
     if head:
-        p.add_argument("--head", default=None, choices=["ctc_greedy", "db_logits"],
-                       help="change the graph's output: ctc_greedy = a CTC recognizer returns its best class "
-                            "and probability per step instead of the whole softmax; db_logits = a DB detector's "
-                            "final sigmoid is left to the host (faster on OpenVINO)")
+        p.add_argument("--head", default=None, choices=["ctc_greedy"],
+                       help="append an output head to the graph: ctc_greedy = a CTC recognizer returns its best class "
+                            "and probability per step instead of the whole softmax")
     p.add_argument("--cache-dir", default=None, help="engine cache (default $PPDEPLOY_CACHE or ~/.cache/ppdeploy)")
     p.add_argument("--rebuild", action="store_true", help="ignore cached conversions/engines and rebuild them")
 

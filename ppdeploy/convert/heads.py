@@ -7,12 +7,6 @@ GPU, when there is one) and the device-to-host copy and a server's answer shrink
 batched rec on the H100 (bench/gpu/README.md: above batch 32 it outweighs the compute).
 
 Not for the rec guard (ppdeploy.tasks.ocr.guard), which needs the runner-up classes of every step.
-
-`db_logits`: a DB text detector's final Sigmoid is taken off, and the graph returns its input (`db_logits`), which
-the host turns into the probability map (ppdeploy.tasks.ocr.det: float32, ~0.4 ms for a 960 x 736 page). OpenVINO's
-CPU plugin runs the one-channel full-resolution tail (bias Add + Sigmoid) in a channel-blocked layout, 16 lanes for
-one channel: 5 ms of PP-OCRv4 det's 43 (FP32, 2 threads), and the page's det is 4.8 ms faster without it, with the
-probabilities within 1e-7 of the in-graph Sigmoid's. ONNX Runtime gains ~1 ms, about what the host sigmoid costs.
 """
 from __future__ import annotations
 
@@ -21,8 +15,7 @@ from pathlib import Path
 from ppdeploy.errors import ConversionError
 
 CTC_GREEDY = "ctc_greedy"
-DB_LOGITS = "db_logits"
-HEADS = (CTC_GREEDY, DB_LOGITS)
+HEADS = (CTC_GREEDY,)
 CTC_INDEX, CTC_PROB = "ctc_index", "ctc_prob"
 VERSION = 1  # part of the cache key: bump when a head's graph changes
 
@@ -33,16 +26,12 @@ def check_head(head: str | None) -> None:
 
 
 def add_head(src: Path, dst: Path, head: str) -> None:
-    """Write `src` with `head` applied (appended; for db_logits, the final Sigmoid taken off) to `dst`, checked with
-    onnx.checker."""
+    """Write `src` with `head` appended to `dst` (checked with onnx.checker)."""
     import onnx
 
     check_head(head)
     model = onnx.load(str(src))
-    if head == DB_LOGITS:
-        _strip_sigmoid(model, src.name)
-    else:
-        _add_ctc_greedy(model, src.name)
+    _add_ctc_greedy(model, src.name)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -86,31 +75,3 @@ def _add_ctc_greedy(model, what: str) -> None:
         for dim in dims[:2]:  # N and T as the model declares them
             value.type.tensor_type.shape.dim.add().CopyFrom(dim)
         graph.output.append(value)
-
-
-def _strip_sigmoid(model, what: str) -> None:
-    """The one output's producing Sigmoid removed; its input, renamed DB_LOGITS, becomes the output."""
-    graph = model.graph
-    outputs = list(graph.output)
-    if len(outputs) != 1:
-        raise ConversionError(f"the {DB_LOGITS} head needs a model with one output (the probability map); "
-                              f"{what} has {len(outputs)}: {', '.join(o.name for o in outputs)}")
-    sigmoid = next((n for n in graph.node if outputs[0].name in n.output), None)
-    if sigmoid is None or sigmoid.op_type != "Sigmoid":
-        raise ConversionError(f"the {DB_LOGITS} head takes off a final Sigmoid, and {what}'s output "
-                              f"'{outputs[0].name}' comes from {sigmoid.op_type if sigmoid else 'no node'}")
-    logits = sigmoid.input[0]
-    if logits in {i.name for i in graph.input} or sum(logits in n.input for n in graph.node) > 1:
-        raise ConversionError(f"the {DB_LOGITS} head needs the Sigmoid's input '{logits}' of {what} to feed it "
-                              "alone")
-    graph.node.remove(sigmoid)
-    for node in graph.node:
-        node.output[:] = [DB_LOGITS if o == logits else o for o in node.output]
-    for info in list(graph.value_info):
-        if info.name == logits:
-            graph.value_info.remove(info)
-    out = type(outputs[0])()
-    out.CopyFrom(outputs[0])  # same element type and dims: Sigmoid keeps both
-    out.name = DB_LOGITS
-    del graph.output[:]
-    graph.output.append(out)

@@ -7,13 +7,13 @@ Every metric is an *agreement* in [0, 1] (1 = identical to FP32), so the loss of
   for recognizers whose output is (batch, time, classes) probabilities with blank 0 (PP-OCR rec).
 - `top1`: top-1 agreement along the last axis, for classifiers (PP-OCR cls, image classifiers).
 - `mask_iou`: IoU of the maps thresholded at 0.3 (DB's binarization threshold), for segmentation-like
-  probability maps (PP-OCR det); `logit_mask_iou` the same for the map before its sigmoid (the db_logits head).
+  probability maps (PP-OCR det).
 - `prob_abs`: 1 - mean absolute difference, for probabilities that are not a distribution (the per-step
   probability of the ctc_greedy head, ppdeploy.convert.heads).
 - `rel_l2`: 1 - relative L2 error, for anything else.
 
-`auto` picks one from the reference outputs' shape and range, and from the names of the heads' outputs (the
-ctc_greedy head's best-class ids are judged with `ctc`, like the softmax they replace). Task metrics over whole pipelines
+`auto` picks one from the reference outputs' shape and range, and from the names of the ctc_greedy head's outputs
+(its best-class ids are judged with `ctc`, like the softmax they replace). Task metrics over whole pipelines
 (OCR page character accuracy) go through `ppdeploy.precision.gate.TaskGate` instead.
 """
 from __future__ import annotations
@@ -24,9 +24,8 @@ import numpy as np
 
 from ppdeploy.evaluation.metrics import edit_distance  # token sequences work as well as strings
 
-METRICS = ("auto", "ctc", "top1", "mask_iou", "logit_mask_iou", "prob_abs", "rel_l2")
+METRICS = ("auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2")
 MASK_THRESHOLD = 0.3
-LOGIT_MASK_THRESHOLD = float(np.log(MASK_THRESHOLD / (1.0 - MASK_THRESHOLD)))  # sigmoid(x) > 0.3 <=> x > this
 
 
 def _is_distribution(a: np.ndarray) -> bool:
@@ -39,14 +38,12 @@ def _is_distribution(a: np.ndarray) -> bool:
 
 def pick_metric(reference: np.ndarray, name: str | None = None) -> str:
     """The metric `auto` means for an output, judged from the FP32 reference values (and the output's name)."""
-    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB, DB_LOGITS
+    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
 
     if name == CTC_INDEX:
         return "ctc"
     if name == CTC_PROB:
         return "prob_abs"
-    if name == DB_LOGITS:
-        return "logit_mask_iou"
     a = np.asarray(reference)
     if _is_distribution(a):
         if a.ndim == 3 and a.shape[-1] >= 20:
@@ -88,9 +85,8 @@ def _count_agreement(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[fl
     if metric == "top1":
         r, c = ref.argmax(-1), cand.argmax(-1)
         return float((r == c).sum()), float(r.size)
-    if metric in ("mask_iou", "logit_mask_iou"):
-        threshold = MASK_THRESHOLD if metric == "mask_iou" else LOGIT_MASK_THRESHOLD
-        r, c = ref > threshold, cand > threshold
+    if metric == "mask_iou":
+        r, c = ref > MASK_THRESHOLD, cand > MASK_THRESHOLD
         union = float((r | c).sum())
         if union == 0:
             return 1.0, 1.0

@@ -31,8 +31,7 @@ A config.yaml::
     instance_count: 1
     engine_process: false          # run each instance's engine in its own process (ppdeploy.serve.engine_process)
     head: null                     # ctc_greedy: a CTC recognizer answers best class + probability per step, not the
-                                   # whole softmax (2.1 MB per PP-OCRv4 line; ppdeploy.convert.heads); db_logits: a
-                                   # DB detector answers the map before its sigmoid (the OCR task applies it)
+                                   # whole softmax (2.1 MB per PP-OCRv4 line; ppdeploy.convert.heads)
     task: none                     # none | ocr | classification
     autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
       {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
@@ -138,7 +137,7 @@ class ModelConfig(_Strict):
     # the HTTP process's GIL (ppdeploy.serve.engine_process). Linux only. With `ppdeploy serve --workers N` (N >= 2)
     # the workers share one such process per instance, which merges their batches (ppdeploy.serve.workers).
     engine_process: bool = False
-    head: Literal["ctc_greedy", "db_logits"] | None = None  # output head applied to the graph (ppdeploy.convert.heads)
+    head: Literal["ctc_greedy"] | None = None  # output head appended to the graph (ppdeploy.convert.heads)
     task: Task = "none"
     # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
     # rec_guard: an FP32 copy of rec that re-reads the lines a BF16 rec is unsure of, ppdeploy.tasks.ocr.guard)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.convert.heads import DB_LOGITS
 from ppdeploy.errors import ConfigError
 
 
@@ -248,18 +247,8 @@ def sort_reading_order(boxes: list[np.ndarray], scores: list[float]) -> tuple[li
     return [boxes[i] for i in order], [scores[i] for i in order]
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """float32 1 / (1 + exp(-x)), into one new array."""
-    prob = np.negative(logits, dtype=np.float32)
-    with np.errstate(over="ignore"):  # exp(-x) of a very negative logit is inf, and 1 / inf the exact 0 wanted
-        np.exp(prob, out=prob)
-    prob += np.float32(1.0)
-    return np.reciprocal(prob, out=prob)
-
-
 class TextDetector:
-    """One DB detector over any runner-like object (`.io`, `.infer(dict) -> dict`) that returns the probability map,
-    or, with the db_logits head (ppdeploy.convert.heads), the map before its sigmoid."""
+    """One DB detector over any runner-like object (`.io`, `.infer(dict) -> dict`)."""
 
     def __init__(self, runner: Any, options: DetOptions | None = None):
         self.runner = runner
@@ -272,9 +261,9 @@ class TextDetector:
         blob, src_shape = preprocess(image, self.options)
         t1 = time.perf_counter()
         outputs = self.runner.infer({self.input_name: blob})
+        pred = next(iter(outputs.values()))
         t2 = time.perf_counter()
-        prob = sigmoid(outputs[DB_LOGITS][0, 0]) if DB_LOGITS in outputs else next(iter(outputs.values()))[0, 0]
-        boxes, scores = self.postprocess(prob, src_shape)
+        boxes, scores = self.postprocess(pred[0, 0], src_shape)
         boxes, scores = filter_boxes(boxes, scores, src_shape)
         boxes, scores = sort_reading_order(boxes, scores)
         t3 = time.perf_counter()

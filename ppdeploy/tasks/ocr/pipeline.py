@@ -163,10 +163,6 @@ class OCR:
     "ctc_greedy" asks for it anywhere, None keeps the softmax. Never with a guard (it needs the runner-up classes),
     nor on Paddle Inference; "auto" also leaves BF16/INT8 alone, whose in-engine argmax could break ties
     differently from the FP32 softmax the host would see.
-    det_head: "auto" (default) takes the det graph's final Sigmoid off when det runs on OpenVINO (the db_logits head,
-    ppdeploy.convert.heads) and applies it on the host: OpenVINO spends ~5 ms of a page's det on that one-channel
-    tail, numpy 0.4 ms, and the probability map agrees within 1e-7. "db_logits" asks for it on any ONNX backend,
-    None keeps the graph's Sigmoid.
     """
 
     def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
@@ -174,7 +170,7 @@ class OCR:
                  cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
                  load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
                  rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None,
-                 rec_head: str | None = "auto", det_head: str | None = "auto", **options: Any):
+                 rec_head: str | None = "auto", **options: Any):
         from ppdeploy.deploy import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
@@ -189,17 +185,16 @@ class OCR:
                 extra[stage]["extra"] = switches
         stages = [s for s in STAGES if s != "cls" or use_cls]
         guard_precision = rec_guard_precision(rec_guard, precisions["rec"] or "fp32")
-        heads = {"rec": rec_head_for(rec_head, backends["rec"] or "auto", precisions["rec"] or "fp32", guard_precision),
-                 "det": det_head_for(det_head, backends["det"] or "auto")}
+        head = rec_head_for(rec_head, backends["rec"] or "auto", precisions["rec"] or "fp32", guard_precision)
         refs = _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions, extra, threads) \
             if calib is not None else {}
         self.deployments: dict[str, Any] = {}
         try:
             for stage in stages:
-                head = {"head": heads[stage]} if heads.get(stage) else {}
+                heads = {"head": head} if stage == "rec" and head else {}
                 self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
                                                      precision=precisions[stage] or "fp32", threads=threads,
-                                                     **{**head, **extra[stage]})
+                                                     **{**heads, **extra[stage]})
             if guard_precision is not None:
                 # Same backend as the fast model, so the guard differs from it in precision only.
                 self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
@@ -357,20 +352,6 @@ def rec_head_for(rec_head: str | None, backend: str, precision: str, guard_preci
         raise ConfigError(f"rec_head={rec_head!r} leaves only the best class per step, and the rec guard needs the "
                           "runner-up classes", hint="pass rec_guard=None, or rec_head=None")
     return rec_head
-
-
-def det_head_for(det_head: str | None, backend: str) -> str | None:
-    """The head OCR(det_head=...) applies to the det graph (None: the graph's own Sigmoid)."""
-    from ppdeploy.convert.heads import DB_LOGITS
-    from ppdeploy.select import first_runnable
-
-    if det_head is None or det_head in ("off", "none", "sigmoid"):
-        return None
-    if det_head == "auto":
-        return DB_LOGITS if first_runnable(backend) == "openvino" else None
-    if det_head != DB_LOGITS:
-        raise ConfigError(f"unknown det_head {det_head!r}", hint=f"choose auto, {DB_LOGITS} or None")
-    return det_head
 
 
 def mean_timings(results: Iterable[OCRResult]) -> dict[str, float]:
