@@ -78,13 +78,15 @@ def uncertain_rows(probs: np.ndarray, margin: float, path: tuple[np.ndarray, np.
     different collapsed text; flips that only move a blank inside a run of the same character change nothing and do
     not count. Only steps whose best probability is below 1 / (1 + exp(-margin)) can have an alternative, since a
     softmax's runner-up is at most 1 - best; that keeps the check cheap on 6625 classes. Rows with more than
-    MAX_SWAP_COMBINATIONS choices count as uncertain. `path`: best_path(probs), when the caller has it already.
+    MAX_SWAP_COMBINATIONS choices count as uncertain. `path`: best_path(probs), when the caller has it already; `probs`
+    must then be probabilities (logits are judged as their softmax only when `path` is None).
     """
     if margin <= 0:
         return []
-    if not _is_softmax(probs):
-        probs, path = _as_probabilities(probs), None
-    best, best_p = path if path is not None else best_path(probs)
+    if path is None:
+        probs = _as_probabilities(probs)
+        path = best_path(probs)
+    best, best_p = path
     ratio = float(np.exp(-margin))
     rows = []
     for row in range(probs.shape[0]):

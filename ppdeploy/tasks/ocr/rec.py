@@ -10,7 +10,7 @@ import numpy as np
 
 from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
 from ppdeploy.errors import ConfigError
-from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN, MAX_MARGIN
+from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN, MAX_MARGIN, best_path
 from ppdeploy.tasks.ocr.textline import fill_batch
 
 
@@ -59,9 +59,7 @@ def load_characters(dictionary: str | Path | None, use_space_char: bool = True) 
 
 def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[str, float]]:
     """Best path from the N x T x classes probabilities: argmax per step, then `ctc_best_path_decode`."""
-    best = probs.argmax(axis=2)
-    best_prob = np.take_along_axis(probs, best[..., None], axis=2)[..., 0]
-    return ctc_best_path_decode(best, best_prob, characters)
+    return ctc_best_path_decode(*best_path(probs), characters)
 
 
 def ctc_best_path_decode(best: np.ndarray, best_prob: np.ndarray, characters: list[str]) -> list[tuple[str, float]]:
