@@ -12,11 +12,7 @@ applies it, at build time.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-
-log = logging.getLogger("ppdeploy.convert")
 
 VERSION = 1  # part of the OpenVINO engine key: bump when the rewrite changes
 
