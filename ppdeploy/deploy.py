@@ -191,10 +191,11 @@ class _Prepared:
         return options
 
     def for_precision(self, precision: str, backend: str):
-        """(model path, precision key parts, report, backend hint) for the graph `backend` should build from."""
+        """(model path, precision key parts, report, backend hint, regions kept FP32 by the backend) for the graph
+        `backend` should build from."""
         conv = self.onnx()
         if precision == "fp32":
-            return conv.onnx_path, {"precision": "fp32"}, None, None
+            return conv.onnx_path, {"precision": "fp32"}, None, None, []
         options = self.options_for(precision, backend)
         step = f"{precision}:{options.get('quantizer', 'default')}"
         if step not in self._precision:
@@ -206,7 +207,9 @@ class _Prepared:
             self.timings["precision"] = time.perf_counter() - start
             self._precision[step] = res
         res = self._precision[step]
-        return res.onnx_path, res.key_parts(), res.report, res.backend_hint
+        # BF16 is a backend setting, so its FP32 regions are too (an FP16 graph has its kept nodes built in).
+        kept = list(res.kept_fp32) if res.backend_hint == "bf16" else []
+        return res.onnx_path, res.key_parts(), res.report, res.backend_hint, kept
 
 
 def _options_for(options: BuildOptions, backend: str) -> BuildOptions:
@@ -242,12 +245,14 @@ def _deploy_on(be, prepared: _Prepared, options: BuildOptions) -> Deployment:
     if be.consumes == "paddle":
         model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
     else:
-        model_path, precision_parts, precision_report, hint = prepared.for_precision(options.precision, be.name)
+        model_path, precision_parts, precision_report, hint, kept = prepared.for_precision(options.precision, be.name)
         if hint in ("openvino", "openvino-bf16") and be.name != "openvino":
             raise BackendUnavailable(f"the {options.precision} model was quantized with NNCF into OpenVINO's own "
                                      "format, which only the openvino backend runs")
         if hint == "openvino-bf16":  # as its gate judged it: the ops NNCF left unquantized run at BF16
             options = replace(options, extra={**options.extra, "inference_precision": "bf16"})
+        if kept:  # as its gate judged it: these regions (ppdeploy.precision.regions) stay FP32
+            options = replace(options, extra={**options.extra, "keep_fp32": kept})
         onnx_path = model_path
         from ppdeploy.cache import sha256_file
 

@@ -8,13 +8,14 @@ moved PP-OCRv4 rec outputs by up to 0.1 here. BF16 is used only when asked for (
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
-from ppdeploy.errors import BuildError
+from ppdeploy.errors import BuildError, ConfigError, PPDeployError
 
 BLOB = "model.ovblob"
 
@@ -28,6 +29,14 @@ def compile_config(options: BuildOptions) -> dict:
         "PERFORMANCE_HINT": options.extra.get("performance_hint", "LATENCY"),
         "NUM_STREAMS": int(options.extra.get("num_streams", 1)),
     }
+
+
+def _keep_fp32(options: BuildOptions) -> list[str]:
+    """Regions kept in FP32 under BF16 (ppdeploy.precision.regions), set by deploy from the precision step."""
+    keep = list(options.extra.get("keep_fp32") or ())
+    if keep and compile_config(options)["INFERENCE_PRECISION_HINT"] != "bf16":
+        raise ConfigError(f"keep_fp32={keep} applies to precision bf16, not {options.precision}")
+    return keep
 
 
 def _rewrite_for_cpu(model_path: Path, out_dir: Path) -> Path | None:
@@ -104,11 +113,22 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         core = ov.Core()
+        keep = _keep_fp32(options)
         rewritten = _rewrite_for_cpu(model_path, out_dir)
         try:
-            model = core.read_model(str(rewritten or model_path))
-            compiled = core.compile_model(model, "CPU", compile_config(options))
-            blob = compiled.export_model()
+            with tempfile.TemporaryDirectory(prefix="ppdeploy-ov-") as work:
+                if keep:
+                    from ppdeploy.precision import openvino_mixed
+
+                    model, _ = openvino_mixed.marked_model(core, rewritten or model_path, keep, Path(work))
+                else:
+                    model = core.read_model(str(rewritten or model_path))
+                compiled = core.compile_model(model, "CPU", compile_config(options))
+                if keep:
+                    openvino_mixed.check_marks(compiled, model_path)
+                blob = compiled.export_model()
+        except PPDeployError:
+            raise
         except Exception as exc:
             raise BuildError(f"OpenVINO could not compile {model_path}: {str(exc).strip()[:800]}") from exc
         finally:
@@ -119,8 +139,12 @@ class OpenVINOBackend(Backend):
 
     def key_parts(self, options: BuildOptions | None = None) -> dict:
         from ppdeploy.convert import deconv
+        from ppdeploy.precision import openvino_mixed
 
-        return {**super().key_parts(options), "rewrites": {"deconv_as_depth_to_space": deconv.VERSION}}
+        parts = {**super().key_parts(options), "rewrites": {"deconv_as_depth_to_space": deconv.VERSION}}
+        if options is not None and _keep_fp32(options):
+            parts["keep_fp32_marks"] = openvino_mixed.VERSION
+        return parts
 
     def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
         import io

@@ -47,7 +47,9 @@ def register(sub) -> None:
     p.add_argument("--gate-data", default=None, metavar="DIR",
                    help="OCR zoo models: labelled pages (not the calibration pages) to gate on page character "
                         "accuracy of the whole pipeline")
-    p.add_argument("--keep-fp32", default="", metavar="NODE,..", help="FP16: nodes to keep in FP32")
+    p.add_argument("--keep-fp32", default="", metavar="NODE,..",
+                   help="what stays FP32: FP16 takes node names and/or 'encoder'; BF16 takes 'encoder' (everything "
+                        "before the model's first upsampling, e.g. the PP-OCR detector's backbone)")
     p.add_argument("--exclude", default="", metavar="NODE,..", help="INT8: nodes never to quantize")
     p.add_argument("--no-repair", action="store_true",
                    help="fail at once when the first candidate misses the gate (no FP32 keep / exclusion search)")

@@ -74,7 +74,8 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
           quantizer: str = "onnxruntime") -> PrecisionResult:
     """Produce the `precision` variant of `onnx_path`, gated against FP32 (see module doc).
 
-    keep_fp32: node names kept FP32 in FP16 graphs (added to the automatic repair's findings).
+    keep_fp32: what stays FP32. FP16: node names (added to the automatic repair's findings) and/or regions; BF16:
+        regions only. The one region is "encoder", everything before the first upsampling (precision/regions.py).
     exclude: node names never quantized in INT8 graphs (added to the automatic exclusions).
     metric: output agreement metric for the gate (auto|ctc|top1|mask_iou|rel_l2).
     task_metric: `runner -> score` over a whole task (e.g. OCR character accuracy with this model's runner
@@ -86,7 +87,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         "openvino-bf16": the same IR with what NNCF left unquantized run at BF16 (CPUs with avx512_bf16/AMX), judged
         by the gate that way.
     """
-    from ppdeploy.precision import graph
+    from ppdeploy.precision import graph, regions
 
     onnx_path = Path(onnx_path)
     if precision not in PRECISIONS:
@@ -98,6 +99,11 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     if precision == "int8" and quantizer == "openvino-bf16" and not cpu_supports_bf16():
         raise BackendUnavailable("quantizer openvino-bf16 runs the unquantized ops at BF16, which this CPU lacks "
                                  "(no avx512_bf16/AMX)", hint="use quantizer openvino")
+    if precision == "int8" and keep_fp32:
+        raise InputError("keep_fp32 is for FP16 and BF16; INT8 leaves ops in float with exclude=[...]")
+    if precision == "bf16" and regions.split_keep(keep_fp32)[1]:
+        raise InputError(f"keep_fp32 under BF16 takes a region ({', '.join(regions.REGIONS)}), not node names",
+                         hint="BF16 is OpenVINO's inference precision, set per op by region: keep_fp32=['encoder']")
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'", hint=f"choose from {', '.join(METHODS)}")
     if not onnx_path.is_file():
@@ -145,7 +151,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
                 record.update(_build_int8(onnx_path, calib_part, method, cache, make_gates, work, out,
                                           exclude, repair, quantizer))
             else:
-                record.update(_build_bf16(onnx_path, make_gates))
+                record.update(_build_bf16(onnx_path, make_gates, keep_fp32))
         record["data"] = {"gate": task_name if task_metric else gate_data.source,
                           "gate_samples": None if task_metric else len(gate_data),
                           "calibration": calib_part.source if calib_part else None,
@@ -176,11 +182,12 @@ def _save(model, path: Path) -> Path:
 
 
 def _build_fp16(model, onnx_path, make_gates, work, target, keep_fp32, repair) -> dict:
-    from ppdeploy.precision import fp16, graph
+    from ppdeploy.precision import fp16, graph, regions
 
     graph.name_nodes(model)  # keep lists need names; naming does not change the computation
+    keep_nodes = regions.expand_onnx(model, keep_fp32, str(onnx_path))
     gate, outputs = make_gates(onnx_path)
-    result = fp16.build(model, gate, _save, work, keep_nodes=keep_fp32, repair=repair)
+    result = fp16.build(model, gate, _save, work, keep_nodes=keep_nodes, repair=repair)
     _save(result.model, target)
     fp16.smoke_run(target, gate_sample(outputs))
     return {"graph": target.name, "gate": result.report.to_dict(), "kept_fp32": result.kept_fp32, "keep_ops": fp16.default_keep_ops(),
@@ -221,13 +228,14 @@ def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exc
             "search": {"evaluations": result.evaluations, "sensitivity": result.sensitivity}}
 
 
-def _build_bf16(onnx_path, make_gates) -> dict:
+def _build_bf16(onnx_path, make_gates, keep_fp32) -> dict:
+    keep = sorted(set(keep_fp32))
     gate, _ = make_gates(onnx_path)
-    report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16")
+    report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16", backend_extra={"keep_fp32": keep} if keep else None)
     if not report.passed:
         raise report.error("BF16 (OpenVINO inference precision) fails its accuracy gate",
-                           hint="use --precision fp32, or raise --max-loss")
-    return {"gate": report.to_dict(), "backend_hint": "bf16"}
+                           hint="use --precision fp32, keep_fp32=['encoder'], or raise --max-loss")
+    return {"gate": report.to_dict(), "backend_hint": "bf16", "kept_fp32": keep}
 
 
 def _versions(precision: str) -> dict[str, str]:

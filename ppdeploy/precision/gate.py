@@ -74,9 +74,11 @@ class Gate:
     def data(self) -> str:
         return "?"
 
-    def evaluate(self, candidate_onnx: Path, backend_hint: str | None = None) -> GateReport:
+    def evaluate(self, candidate_onnx: Path, backend_hint: str | None = None,
+                 backend_extra: dict | None = None) -> GateReport:
+        """backend_extra: build switches of the candidate's backend (e.g. OpenVINO's keep_fp32 regions)."""
         start = time.perf_counter()
-        runner = candidate_runner(Path(candidate_onnx), backend_hint)
+        runner = candidate_runner(Path(candidate_onnx), backend_hint, extra=backend_extra)
         try:
             cand, details = self.score(runner)
         finally:

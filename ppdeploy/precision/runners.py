@@ -28,7 +28,7 @@ def ort_runner(onnx_path: Path, threads: int | None = None) -> Runner:
     return OnnxRuntimeRunner(session, options)
 
 
-def openvino_runner(onnx_path: Path, precision: str, threads: int | None = None) -> Runner:
+def openvino_runner(onnx_path: Path, precision: str, threads: int | None = None, extra: dict | None = None) -> Runner:
     from ppdeploy.backends import get_backend
     from ppdeploy.device import cpu_supports_bf16
 
@@ -39,15 +39,19 @@ def openvino_runner(onnx_path: Path, precision: str, threads: int | None = None)
     reason = backend.unavailable_reason()
     if reason:
         raise BackendUnavailable(f"bf16 runs through OpenVINO, which is unavailable: {reason}")
-    options = BuildOptions(precision=precision, threads=threads)
+    options = BuildOptions(precision=precision, threads=threads, extra=dict(extra or {}))
     with tempfile.TemporaryDirectory(prefix="ppdeploy-gate-") as tmp:
         backend.build(Path(onnx_path), Path(tmp), options)
         return backend.load(Path(tmp), options)
 
 
-def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: int | None = None) -> Runner:
+def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: int | None = None,
+                     extra: dict | None = None) -> Runner:
+    """extra: switches for the backend the hint names (only OpenVINO takes any: keep_fp32)."""
+    if extra and backend_hint != "bf16":
+        raise ValueError(f"backend switches {sorted(extra)} given for a candidate run by {backend_hint or 'onnxruntime'}")
     if backend_hint == "bf16":
-        return openvino_runner(onnx_path, "bf16", threads)
+        return openvino_runner(onnx_path, "bf16", threads, extra)
     if backend_hint == "openvino":  # OpenVINO-only graphs (NNCF's INT8 IR), run at FP32 precision otherwise
         return openvino_runner(onnx_path, "fp32", threads)
     if backend_hint == "openvino-bf16":  # the same IR, its unquantized ops at BF16
