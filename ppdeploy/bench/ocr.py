@@ -41,18 +41,22 @@ class OCRConfig:
     name: str | None = None
     rec_guard: str | None = "auto"  # see OCR: an FP32 rec re-reads the lines a reduced-precision rec is unsure of
     rec_guard_margin: float | None = None  # None: OCR's default (tasks/ocr/guard.py DEFAULT_MARGIN)
+    keep_fp32: str | dict[str, list[str]] | None = "auto"  # see OCR: "auto" keeps a BF16 detector's encoder in FP32
 
     @classmethod
     def parse(cls, spec: str) -> "OCRConfig":
-        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.4]' (precision defaults to fp32;
-        a number as the guard is its margin)."""
+        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.4][,keep_fp32=off]' (precision
+        defaults to fp32; a number as the guard is its margin; keep_fp32=off runs a BF16 detector all in BF16)."""
         backend: dict[str, str] = {}
         precision: dict[str, str] = {}
         guard: str | None = "auto"
         margin: float | None = None
+        keep: str | None = "auto"
         for part in (p.strip() for p in spec.split(",") if p.strip()):
             key, sep, value = part.partition("=")
-            if key == "guard" and sep and _is_number(value):
+            if key == "keep_fp32" and value in ("off", "auto"):
+                keep = None if value == "off" else value
+            elif key == "guard" and sep and _is_number(value):
                 margin = float(value)
             elif key == "guard" and sep:
                 guard = None if value == "off" else value
@@ -62,7 +66,7 @@ class OCRConfig:
             else:
                 raise PPDeployError(f"bad OCR pipeline spec part {part!r} in {spec!r}",
                                     hint="e.g. det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16,guard=off")
-        return cls(backend, precision, rec_guard=guard, rec_guard_margin=margin)
+        return cls(backend, precision, rec_guard=guard, rec_guard_margin=margin, keep_fp32=keep)
 
     @property
     def label(self) -> str:
@@ -78,6 +82,10 @@ class OCRConfig:
         guard = rec_guard_precision(self.rec_guard, rec)
         margin = f" (margin {self.rec_guard_margin:g})" if guard and self.rec_guard_margin is not None else ""
         suffix = f" + {guard.upper()} rec guard{margin}" if guard else (" (no rec guard)" if rec != "fp32" else "")
+        from ppdeploy.tasks.ocr.pipeline import keep_fp32_for
+
+        kept = keep_fp32_for(self.keep_fp32, {s: self.stage_precision(s) for s in ("det", "cls", "rec")})
+        suffix += "".join(f" + FP32 {stage} {' '.join(regions)}" for stage, regions in kept.items())
         return f"ppdeploy {part(self.backend)} {part(self.precision)}{suffix}"
 
     def stage_backend(self, stage: str) -> str:
@@ -167,7 +175,7 @@ class _PpdeployContestant:
         t0 = time.perf_counter()
         calib = {s: {"calib": c} for s, c in (config.calib or {}).items() if config.stage_precision(s) != "fp32"}
         self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
-                       rec_guard=config.rec_guard, load_options=calib, **options,
+                       rec_guard=config.rec_guard, load_options=calib, keep_fp32=config.keep_fp32, **options,
                        **({"rec_guard_margin": config.rec_guard_margin} if config.rec_guard_margin is not None else {}))
         self.entry.load_s = round(time.perf_counter() - t0, 3)
         self.entry.stage_backends = dict(self.ocr.backends)

@@ -50,10 +50,12 @@ class Candidate:
     cache_hit: bool | None = None
     peak_rss_mib: float | None = None
     guard: bool = False  # OCR rec only: an FP32 copy re-reads the lines this one is unsure of (tasks/ocr/guard.py)
+    keep_fp32: tuple[str, ...] = ()  # regions kept in FP32 (ppdeploy.precision.regions), e.g. a BF16 det's encoder
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision}" + (" + fp32 guard" if self.guard else "")
+        return (f"{self.backend} {self.precision}" + "".join(f" + fp32 {r}" for r in self.keep_fp32)
+                + (" + fp32 guard" if self.guard else ""))
 
     @property
     def passed(self) -> bool:
@@ -429,6 +431,15 @@ class OCROptimizeResult:
             out[stage] = (w.backend, w.precision)
         return out
 
+    def chosen_keep_fp32(self) -> dict[str, list[str]]:
+        """Stage -> regions the chosen candidate keeps in FP32 (OCR's keep_fp32), for the stages that keep any."""
+        out = {}
+        for stage, cands in self.stages.items():
+            w = next((c for c in cands if c.status == "winner"), None)
+            if w is not None and w.keep_fp32:
+                out[stage] = list(w.keep_fp32)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"task": "ocr", "target": self.target, "reference": self.reference, "max_line_loss": self.max_line_loss,
                 "winners": self.winners, "combined": self.combined, "calibration": self.calibration,
@@ -447,7 +458,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     from ppdeploy.cache import default_root
     from ppdeploy.deploy import load_model
     from ppdeploy.precision.calibration import CalibrationSet
-    from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, GUARDED_PRECISIONS, OCR
+    from ppdeploy.tasks.ocr.pipeline import AUTO_KEEP_FP32, DEFAULT_MODELS, GUARDED_PRECISIONS, OCR
 
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}'", hint="latency or throughput")
@@ -497,6 +508,10 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
         cands = [Candidate(c.backend, c.precision) for c in todo]
         if stage == "rec":  # a reduced-precision rec may fail the line gate alone and pass with its FP32 guard
             cands += [Candidate(c.backend, c.precision, guard=True) for c in todo if c.precision in GUARDED_PRECISIONS]
+        for c in todo:  # a BF16 det moves boxes; with its encoder in FP32 it keeps them (ppdeploy.precision.regions)
+            auto = AUTO_KEEP_FP32.get(stage, {}).get(c.precision)
+            if auto:
+                cands.append(Candidate(c.backend, c.precision, keep_fp32=tuple(auto)))
         passing: list[tuple[Candidate, Any]] = []  # kept loaded, timed together below
         for cand in cands:
             start = time.perf_counter()
@@ -606,8 +621,9 @@ class _GuardedDeployment:
 def _load_stage(model: str, cand: Candidate, threads: int | None, calib, max_loss: float | None):
     from ppdeploy.deploy import load_model
 
+    keep = {"precision_options": {"keep_fp32": list(cand.keep_fp32)}} if cand.keep_fp32 else {}
     dep = load_model(model, backend=cand.backend, precision=cand.precision, threads=threads,
-                     calib=calib if cand.precision != "fp32" else None, max_loss=max_loss)
+                     calib=calib if cand.precision != "fp32" else None, max_loss=max_loss, **keep)
     if not cand.guard:
         return dep
     try:
@@ -672,7 +688,7 @@ def _write_ocr_outputs(result: OCROptimizeResult, out_dir: Path, threads: int | 
         for stage, model in DEFAULT_MODELS.items():
             w = next(c for c in result.stages[stage] if c.status == "winner")
             path = write_model_config(out_dir, model, stage, w.backend, w.precision, threads,
-                                      max_batch_size=8 if stage != "det" else 1)
+                                      max_batch_size=8 if stage != "det" else 1, keep_fp32=list(w.keep_fp32))
             result.files[f"config_{stage}"] = str(path)
         pipeline = {s: s for s in DEFAULT_MODELS}
         if result.rec_guarded:

@@ -162,10 +162,11 @@ class SuitePlan:
     ocr_settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=6, min_time_s=5.0, max_time_s=60.0)
     ocr_configs: tuple[tuple[Any, Any], ...] = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("paddle", "fp32"),
                                                 ("auto", "fp32"))
-    # Per-stage pipelines (OCRConfig.parse): BF16 rec with and without its FP32 guard.
-    ocr_pipelines: tuple[str, ...] = ("det=openvino,cls=openvino:bf16,rec=openvino:bf16,guard=off",
+    # Per-stage pipelines (OCRConfig.parse): BF16 everywhere (det with its FP32 encoder, rec with its FP32 guard),
+    # then FP32 det, and BF16 rec without its guard.
+    ocr_pipelines: tuple[str, ...] = ("det=openvino:bf16,cls=openvino:bf16,rec=openvino:bf16",
                                       "det=openvino,cls=openvino:bf16,rec=openvino:bf16",
-                                      "det=openvino,cls=onnxruntime,rec=openvino:bf16")
+                                      "det=openvino,cls=openvino:bf16,rec=openvino:bf16,guard=off")
     peers: tuple[str, ...] = ("rapidocr-paddle", "rapidocr-onnxruntime", "rapidocr-openvino")
     pages: int = 4
     models: bool = True
@@ -231,11 +232,12 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
         configs = [OCRConfig(b, p) for b, p in plan.ocr_configs] + [OCRConfig.parse(s) for s in plan.ocr_pipelines]
         if optimized is not None and optimized.chosen():
             chosen = optimized.chosen()
-            guard = " + fp32 guard" if optimized.rec_guarded else ""
             configs.append(OCRConfig({s: b for s, (b, _) in chosen.items()}, {s: p for s, (_, p) in chosen.items()},
-                                     calib=optimized.stage_calibration, rec_guard="fp32" if guard else None,
-                                     name="ppdeploy optimized (" + ", ".join(f"{s} {b} {p}" for s, (b, p) in chosen.items())
-                                          + guard + ")"))
+                                     calib=optimized.stage_calibration,
+                                     rec_guard="fp32" if optimized.rec_guarded else None,
+                                     keep_fp32=optimized.chosen_keep_fp32() or None,
+                                     name="ppdeploy optimized (" + ", ".join(f"{s} {label}" for s, label in
+                                                                              optimized.winners.items()) + ")"))
         tick = progress("OCR pipelines", len(configs) + len(plan.peers)) if progress else None
         result = bench_ocr(pages.images, configs, labels=pages.labels, peers=plan.peers, threads=plan.threads,
                            settings=plan.ocr_settings, on_entry=(lambda e: tick()) if tick else None)

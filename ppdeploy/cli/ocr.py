@@ -40,6 +40,9 @@ def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rec-guard", default="auto", choices=("auto", "off", "fp32"),
                    help="auto (default): a bf16/fp16 rec model gets an FP32 copy that re-reads the lines it is "
                         "unsure of; off: no guard")
+    p.add_argument("--det-keep-fp32", default="auto", choices=("auto", "encoder", "off"),
+                   help="auto (default): a bf16 detector keeps its encoder (all before its first upsampling) in FP32, "
+                        "which keeps its boxes where FP32 puts them; encoder: also for fp16; off: all in the precision")
     p.add_argument("--calib", default=None, metavar="DIR",
                    help="page images to calibrate the int8 (or other reduced-precision) stages on, through the "
                         "pipeline's own preprocessing")
@@ -60,6 +63,7 @@ def build_ocr(args: argparse.Namespace):
     return OCR(backend=backend, precision=precision, det_model=args.det_model, rec_model=args.rec_model,
                cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads,
                rec_guard=None if args.rec_guard == "off" else args.rec_guard, calib=args.calib,
+               keep_fp32={"auto": "auto", "off": None}.get(args.det_keep_fp32, {"det": [args.det_keep_fp32]}),
                gate_data=args.gate_data, **options)
 
 

@@ -17,6 +17,7 @@ A config.yaml::
     source: ppocrv4-rec            # zoo name | Paddle model dir | .onnx file (relative paths: from this folder)
     backends: [openvino, onnxruntime]   # tried in order; "auto" = ppdeploy's own order
     precision: fp32                # fp32 | fp16 | bf16 | int8
+    keep_fp32: []                  # bf16/fp16: what stays FP32; [encoder] = all before the first upsampling (DB det)
     threads: null                  # CPU threads per instance (null: all cores this process may use)
     backend_options: {}            # backend-specific build options (ppdeploy.backends.base.BuildOptions.extra)
     inputs:                        # shape profile per input (batch dim included)
@@ -127,6 +128,8 @@ class ModelConfig(_Strict):
     source: str | None = None  # zoo name, Paddle model dir or .onnx file; None only for task: ocr
     backends: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
     precision: Precision = "fp32"
+    # fp16/bf16: what stays FP32 (ppdeploy.precision.regions; "encoder", and for fp16 also node names)
+    keep_fp32: list[str] = Field(default_factory=list)
     threads: int | None = Field(None, ge=1)
     backend_options: dict[str, Any] = Field(default_factory=dict)  # BuildOptions.extra (workspace, cuda graphs...)
     inputs: dict[str, InputShape] = Field(default_factory=dict)

@@ -62,7 +62,8 @@ def load_model_kwargs(cfg: ModelConfig, cache_dir: str | Path | None = None) -> 
     """What `ppdeploy.deploy.load_model` takes besides the source and the backend chain, from a model's config
     (also what the --workers supervisor hands to a shared engine process)."""
     return dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
-                cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head)
+                cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head,
+                **({"precision_options": {"keep_fp32": list(cfg.keep_fp32)}} if cfg.keep_fp32 else {}))
 
 
 def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,

@@ -124,7 +124,11 @@ def test_optimize_ocr_tries_reduced_precision_rec_with_its_fp32_guard(tmp_path):
     assert set(rec) == {("fp32", False), ("bf16", False), ("bf16", True)}
     assert rec[("bf16", True)]["status"] in ("winner", "passed") and rec[("bf16", True)]["latency_ms"]["p50"] > 0
     assert not any(c["guard"] for s in ("det", "cls") for c in data["stages"][s])  # only rec has a guard
+    det = {(c["precision"], tuple(c["keep_fp32"])): c for c in data["stages"]["det"] if c["status"] != "skipped"}
+    assert set(det) == {("fp32", ()), ("bf16", ()), ("bf16", ("encoder",))}  # a BF16 det also with its FP32 encoder
     configs = {c.name: c for c in load_repository(out, check_source=False)}
+    det_winner = next(c for c in data["stages"]["det"] if c["status"] == "winner")
+    assert configs["det"].keep_fp32 == list(det_winner["keep_fp32"])  # the repository builds what was judged
     if rec[("bf16", True)]["status"] == "winner":
         assert data["winners"]["rec"] == "openvino bf16 + fp32 guard"
         assert configs["ocr"].pipeline["rec_guard"] == "rec_guard"

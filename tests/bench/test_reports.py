@@ -168,6 +168,10 @@ def test_ocr_pipeline_spec_parsing():
     narrow = OCRConfig.parse("det=openvino,rec=openvino:bf16,guard=0.2")
     assert narrow.rec_guard == "auto" and narrow.rec_guard_margin == 0.2
     assert narrow.label.endswith("+ FP32 rec guard (margin 0.2)")
-    for bad in ("foo", "det=", "rec=openvino:bf16,speed=max"):
+    bf16_det = OCRConfig.parse("det=openvino:bf16,cls=openvino:bf16,rec=openvino:bf16")
+    assert bf16_det.keep_fp32 == "auto" and bf16_det.label.endswith("+ FP32 rec guard + FP32 det encoder")
+    all_bf16 = OCRConfig.parse("det=openvino:bf16,rec=openvino:bf16,keep_fp32=off")
+    assert all_bf16.keep_fp32 is None and "encoder" not in all_bf16.label
+    for bad in ("foo", "det=", "rec=openvino:bf16,speed=max", "det=openvino:bf16,keep_fp32=maybe"):
         with pytest.raises(PPDeployError, match="bad OCR pipeline spec"):
             OCRConfig.parse(bad)

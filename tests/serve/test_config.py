@@ -82,3 +82,13 @@ def test_for_source_defaults():
     assert cfg.name == "ch_rec" and cfg.max_batch_size == 4 and cfg.backends == ["auto"] and cfg.task == "none"
     with pytest.raises(ConfigError, match="max_batch_size"):
         ModelConfig.for_source("ppocr-cls", max_batch_size=0)
+
+
+def test_keep_fp32_reaches_the_precision_step(tmp_path):
+    from ppdeploy.serve.models import load_model_kwargs
+
+    repo = write_repo(tmp_path, {"det": "source: ppocrv4-det\nprecision: bf16\nkeep_fp32: [encoder]\n",
+                                 "rec": "source: ppocrv4-rec\nprecision: bf16\n"})
+    det, rec = sorted(load_repository(repo), key=lambda c: c.name)
+    assert load_model_kwargs(det)["precision_options"] == {"keep_fp32": ["encoder"]}
+    assert "precision_options" not in load_model_kwargs(rec)
