@@ -9,7 +9,7 @@ import pytest
 from ppdeploy.device import cpu_supports_bf16
 from ppdeploy.evaluation.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.pipeline import OCR
-from ppdeploy.tasks.ocr.guard import uncertain_rows
+from ppdeploy.tasks.ocr.guard import CHAR_SWAP_FACTOR, uncertain_rows
 
 
 def one_hot_path(path: list[int], classes: int = 5) -> np.ndarray:
@@ -20,11 +20,19 @@ def one_hot_path(path: list[int], classes: int = 5) -> np.ndarray:
 
 def test_a_close_call_that_changes_the_text_is_uncertain():
     probs = one_hot_path([0, 1, 0, 2, 0])
-    probs[0, 3] = [0.0, 0.0, 0.55, 0.45, 0.0]  # 2 vs 3: the text would read "13" instead of "12"
+    probs[0, 3] = [0.45, 0.0, 0.55, 0.0, 0.0]  # 2 vs blank: the text would read "1" instead of "12"
     assert uncertain_rows(probs, 0.3) == [0]
     assert uncertain_rows(probs, 0.21) == [0]  # the margin is a log-ratio: log(0.55 / 0.45) = 0.20
     assert uncertain_rows(probs, 0.19) == []  # (a margin on the difference, 0.1, would have flagged it at 0.19)
     assert uncertain_rows(probs, 0.0) == []
+
+
+def test_one_character_for_another_is_held_to_a_narrower_margin():
+    probs = one_hot_path([0, 1, 0, 2, 0])
+    probs[0, 3] = [0.0, 0.0, 0.55, 0.45, 0.0]  # 2 vs 3: "13" instead of "12"; log-ratio 0.2007
+    assert CHAR_SWAP_FACTOR == 0.7
+    assert uncertain_rows(probs, 0.29) == [0]  # 0.7 * 0.29 = 0.203 reaches it
+    assert uncertain_rows(probs, 0.28) == []  # 0.196 does not; a blank at the same ratio would count (test above)
 
 
 def test_a_close_call_at_the_edge_of_a_run_is_not():
@@ -46,8 +54,8 @@ def test_flips_that_only_change_the_text_together_are_found():
 def test_a_third_class_within_the_margin_counts():
     probs = one_hot_path([0, 1, 0])
     probs[0, 1] = [0.0, 0.4, 0.3, 0.3, 0.0]  # runner-up 2 and third 3 both within a log-ratio 0.29 of the best
-    assert uncertain_rows(probs, 0.3) == [0]
-    assert uncertain_rows(probs, 0.28) == []
+    assert uncertain_rows(probs, 0.42) == [0]  # characters against a character: 0.7 * 0.42 = 0.294
+    assert uncertain_rows(probs, 0.40) == []
 
 
 def test_logits_are_judged_as_their_softmax():
@@ -56,8 +64,9 @@ def test_logits_are_judged_as_their_softmax():
     logits = np.log(np.maximum(probs, 1e-6)) * 3 + 7  # a model without its final softmax (and shifted)
     softened = np.exp(logits - logits.max(axis=2, keepdims=True))
     softened /= softened.sum(axis=2, keepdims=True)
-    assert uncertain_rows(logits, 0.7) == uncertain_rows(softened, 0.7) == [0]  # cubed: log-ratio 3 * 0.2 = 0.6
-    assert uncertain_rows(logits, 0.5) == uncertain_rows(softened, 0.5) == []
+    # cubed: log-ratio 3 * 0.2 = 0.6 between two characters, so a margin of 0.6 / 0.7 = 0.86 reaches it
+    assert uncertain_rows(logits, 0.9) == uncertain_rows(softened, 0.9) == [0]
+    assert uncertain_rows(logits, 0.8) == uncertain_rows(softened, 0.8) == []
 
 
 def test_only_the_unsure_rows_of_a_batch_are_returned():
@@ -99,11 +108,14 @@ def test_guard_restores_the_reference_text_that_a_noisy_rec_changed(ocr_ort, syn
     det, cls, rec = ocr_ort.detector.runner, ocr_ort.classifier.runner, ocr_ort.recognizer.runner
     reference, _ = page_lines(ocr_ort, pages)
     total = sum(sum(c.values()) for c in reference)
-    # eps = 0.5 moves the log-ratio of any two probabilities by at most 1: a flipped step is within 1 after the noise.
+    # eps = 0.5 moves the log-ratio of any two probabilities by at most 1: a flipped step is within 1 after the noise,
+    # which a margin of 1 / CHAR_SWAP_FACTOR covers for every pair (this noise, unlike BF16's, is as wide for two
+    # characters as for a character and the blank).
     noisy = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls)
     unguarded, _ = page_lines(noisy, pages)
     assert same_lines(reference, unguarded) < total  # the negative control: the noise does change some lines
-    guarded = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls, rec_guard=rec, rec_guard_margin=1.0)
+    guarded = OCR.from_runners(det, LogitNoiseRunner(rec, 0.5), cls, rec_guard=rec,
+                               rec_guard_margin=1.0 / CHAR_SWAP_FACTOR)
     lines, reread = page_lines(guarded, pages)
     assert same_lines(reference, lines) == total
     assert 0 < reread < total  # it re-read some lines, not all of them
