@@ -129,6 +129,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         "onnx": sha256_file(onnx_path), "precision": precision, "method": method if precision == "int8" else None,
         "quantizer": quantizer if precision == "int8" else None,
         "keep_fp32": sorted(keep_fp32), "exclude": sorted(exclude), "calib": calib.hash if calib else None,
+        "regions": regions.VERSION if regions.split_keep(keep_fp32)[0] else None,
         "gate": {"max_loss": budget, "metric": metric, "task": task_name if task_metric else None,
                  "task_data": getattr(task_metric, "data_hash", None), "data": gate_data.hash, "repair": repair},
         "versions": _versions(precision),
@@ -231,7 +232,8 @@ def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exc
 def _build_bf16(onnx_path, make_gates, keep_fp32) -> dict:
     keep = sorted(set(keep_fp32))
     gate, _ = make_gates(onnx_path)
-    report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16", backend_extra={"keep_fp32": keep} if keep else None)
+    report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16",
+                                       backend_extra={"keep_fp32": keep} if keep else None)
     if not report.passed:
         raise report.error("BF16 (OpenVINO inference precision) fails its accuracy gate",
                            hint="use --precision fp32, keep_fp32=['encoder'], or raise --max-loss")

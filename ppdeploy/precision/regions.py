@@ -19,6 +19,7 @@ from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
 from ppdeploy.errors import InputError
 
+VERSION = 1  # of the region rules; part of the precision cache key when a region is kept
 ENCODER = "encoder"
 REGIONS = (ENCODER,)
 ONNX_UPSAMPLING = frozenset({"Resize", "Upsample", "ConvTranspose", "DepthToSpace"})

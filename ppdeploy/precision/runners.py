@@ -49,7 +49,8 @@ def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: 
                      extra: dict | None = None) -> Runner:
     """extra: switches for the backend the hint names (only OpenVINO takes any: keep_fp32)."""
     if extra and backend_hint != "bf16":
-        raise ValueError(f"backend switches {sorted(extra)} given for a candidate run by {backend_hint or 'onnxruntime'}")
+        raise ValueError(f"backend switches {sorted(extra)} given for a candidate run by "
+                         f"{backend_hint or 'onnxruntime'}")
     if backend_hint == "bf16":
         return openvino_runner(onnx_path, "bf16", threads, extra)
     if backend_hint == "openvino":  # OpenVINO-only graphs (NNCF's INT8 IR), run at FP32 precision otherwise

@@ -334,7 +334,8 @@ def _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions
     return refs
 
 
-def keep_fp32_for(keep_fp32: str | Mapping[str, Any] | None, precisions: Mapping[str, str | None]) -> dict[str, list[str]]:
+def keep_fp32_for(keep_fp32: str | Mapping[str, Any] | None,
+                  precisions: Mapping[str, str | None]) -> dict[str, list[str]]:
     """Stage -> regions kept FP32, for OCR(keep_fp32=...) with these stage precisions."""
     if keep_fp32 is None or keep_fp32 in ("off", "none"):
         return {}
