@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--max-time", type=float, default=None, help="stop a case after this many seconds (default 30/60)")
     p.add_argument("--pipeline", action="append", default=[], metavar="SPEC",
                    help="OCR: also a per-stage pipeline, e.g. det=openvino,cls=onnxruntime,rec=openvino:bf16 "
-                        "(stage=backend[:precision]; guard=off drops the FP32 rec guard, guard=0.4 sets its margin); "
+                        "(stage=backend[:precision]; guard=off drops the FP32 rec guard, guard=0.4 sets its margin, "
+                        "keep_fp32=off runs a BF16 det without its FP32 encoder); "
                         "repeatable")
     p.add_argument("--data", default=None, help="OCR: folder of page images, labelled or not (default: synthetic labelled pages)")
     p.add_argument("--pages", type=int, default=4, help="OCR: synthetic labelled pages to generate when --data is not given")
