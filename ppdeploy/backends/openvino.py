@@ -120,12 +120,12 @@ class OpenVINOBackend(Backend):
                 if keep:
                     from ppdeploy.precision import openvino_mixed
 
-                    model, _ = openvino_mixed.marked_model(core, rewritten or model_path, keep, Path(work))
+                    model, marks = openvino_mixed.marked_model(core, rewritten or model_path, keep, Path(work))
                 else:
                     model = core.read_model(str(rewritten or model_path))
                 compiled = core.compile_model(model, "CPU", compile_config(options))
                 if keep:
-                    openvino_mixed.check_marks(compiled, model_path)
+                    openvino_mixed.check_marks(compiled, model_path, marks)
                 blob = compiled.export_model()
         except PPDeployError:
             raise

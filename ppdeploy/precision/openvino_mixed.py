@@ -15,13 +15,14 @@ them would otherwise give a plain BF16 model under a name that promises an FP32 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from ppdeploy.errors import BuildError
 from ppdeploy.precision import regions
 
-VERSION = 1  # of the marking; part of the OpenVINO engine key
+VERSION = 2  # of the marking and its check; part of the OpenVINO engine key
 OV_UPSAMPLING = frozenset({"Interpolate", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "DepthToSpace"})
 _NOT_MARKED = frozenset({"Parameter", "Result", "Constant"})
 _CONV_TYPES = ("Convolution", "GroupConvolution")
@@ -36,9 +37,17 @@ def encoder_ops(model: Any) -> list[Any]:
         lambda op: op.get_instance_id())
 
 
-def marked_model(core: Any, source: Path, keep: Iterable[str], work_dir: Path) -> tuple[Any, int]:
-    """`source` (ONNX or IR) read, transformed and with the ops of the `keep` regions marked FP32 -> (ov.Model, number
-    of ops marked). The IR written on the way lives in `work_dir`."""
+@dataclass(frozen=True)
+class Marks:
+    """What marked_model marked: op names, and those of them that are convolutions (what check_marks checks)."""
+
+    ops: frozenset[str]
+    convolutions: frozenset[str]
+
+
+def marked_model(core: Any, source: Path, keep: Iterable[str], work_dir: Path) -> tuple[Any, Marks]:
+    """`source` (ONNX or IR) read, transformed and with the ops of the `keep` regions marked FP32 -> (ov.Model, what was
+    marked). The IR written on the way lives in `work_dir`."""
     import openvino as ov
     from openvino._offline_transformations import apply_moc_transformations
 
@@ -49,21 +58,22 @@ def marked_model(core: Any, source: Path, keep: Iterable[str], work_dir: Path) -
                          hint="node names are for FP16 graphs; for BF16 use keep_fp32=['encoder']")
     model = core.read_model(str(source))
     apply_moc_transformations(model, cf=False)
-    names: set[str] = set()
+    ops: list[Any] = []
     for region in region_names:
-        ops = [op for op in encoder_ops(model) if op.get_type_name() not in _NOT_MARKED]
-        if not ops:
+        found = [op for op in encoder_ops(model) if op.get_type_name() not in _NOT_MARKED]
+        if not found:
             raise regions.no_region_error(region, str(source))
-        names.update(op.get_friendly_name() for op in ops)
+        ops += found
+    marks = Marks(frozenset(op.get_friendly_name() for op in ops),
+                  frozenset(op.get_friendly_name() for op in ops if op.get_type_name() in _CONV_TYPES))
     xml_path = work_dir / "keep-fp32.xml"
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
-    marked = _mark_xml(xml_path, names)
-    return core.read_model(str(xml_path)), marked
+    _mark_xml(xml_path, marks.ops)
+    return core.read_model(str(xml_path)), marks
 
 
-def _mark_xml(xml_path: Path, names: set[str]) -> int:
+def _mark_xml(xml_path: Path, names: frozenset[str]) -> None:
     tree = ET.parse(xml_path)
-    marked = 0
     for layer in tree.getroot().iter("layer"):
         if layer.get("name") not in names or layer.get("type") in ("Parameter", "Result", "Const"):
             continue
@@ -72,29 +82,33 @@ def _mark_xml(xml_path: Path, names: set[str]) -> int:
             rt_info = ET.Element("rt_info")
             layer.insert(0, rt_info)
         ET.SubElement(rt_info, "attribute", {"name": "precise", "version": "0"})
-        marked += 1
     tree.write(xml_path, encoding="utf-8", xml_declaration=True)
-    return marked
 
 
-def conv_precisions(compiled: Any) -> dict[str, int]:
-    """Runtime precision -> number of convolutions of a compiled model that run in it."""
+def conv_precisions(compiled: Any, names: frozenset[str] | None = None) -> dict[str, int]:
+    """Runtime precision -> number of the compiled model's convolutions that run in it; with `names`, only those
+    made from (fused with) an op of that name."""
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        if "layerType" in info and str(info["layerType"].astype(str)) in _CONV_TYPES and "runtimePrecision" in info:
-            precision = str(info["runtimePrecision"].astype(str))
-            counts[precision] = counts.get(precision, 0) + 1
+        if "layerType" not in info or str(info["layerType"].astype(str)) not in _CONV_TYPES:
+            continue
+        if names is not None:
+            original = str(info["originalLayersNames"].astype(str)) if "originalLayersNames" in info else ""
+            if not names.intersection(original.split(",")):
+                continue
+        precision = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else "?"
+        counts[precision] = counts.get(precision, 0) + 1
     return counts
 
 
-def check_marks(compiled: Any, source: Path) -> dict[str, int]:
-    """Raise BuildError unless the compiled model runs some convolutions in FP32 and some in BF16."""
-    counts = conv_precisions(compiled)
-    if not counts.get("f32") or not counts.get("bf16"):
+def check_marks(compiled: Any, source: Path, marks: Marks) -> dict[str, int]:
+    """Raise BuildError unless every convolution the marks cover runs in FP32 in the compiled model."""
+    counts = conv_precisions(compiled, marks.convolutions)
+    if marks.convolutions and (not counts.get("f32") or set(counts) != {"f32"}):
         import openvino
 
         raise BuildError(f"OpenVINO {openvino.__version__} did not keep the marked region of {source} in FP32 "
-                         f"(convolutions by runtime precision: {counts})",
+                         f"(its convolutions by runtime precision: {counts})",
                          hint="use precision bf16 without keep_fp32, or fp32")
     return counts

@@ -117,15 +117,31 @@ def test_bf16_with_the_encoder_kept_runs_the_encoder_in_fp32(fpn_onnx, tmp_path)
 
 
 @needs_bf16
-def test_the_compiled_model_is_checked_for_the_marks(fpn_onnx):
+def test_the_compiled_model_is_checked_for_the_marks(fpn_onnx, tmp_path):
     import openvino as ov
 
     from ppdeploy.precision import openvino_mixed
 
     core = ov.Core()
-    plain = core.compile_model(str(fpn_onnx), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    bf16 = {"INFERENCE_PRECISION_HINT": "bf16"}
+    model, marks = openvino_mixed.marked_model(core, fpn_onnx, ["encoder"], tmp_path)
+    assert marks.convolutions == {"stem", "down1", "down2"}
+    assert openvino_mixed.check_marks(core.compile_model(model, "CPU", bf16), fpn_onnx, marks) == {"f32": 3}
+    plain = core.compile_model(str(fpn_onnx), "CPU", bf16)  # what an OpenVINO that ignored the marks would build
     with pytest.raises(BuildError, match="did not keep"):
-        openvino_mixed.check_marks(plain, fpn_onnx)
+        openvino_mixed.check_marks(plain, fpn_onnx, marks)
+
+
+@needs_bf16
+def test_a_model_that_is_all_encoder_builds(tmp_path):
+    model = fpn_model()
+    del model.graph.node[6:]  # stem, down1, down2, encoder_out, lateral, up1: nothing after the upsampling
+    model.graph.output.pop(0)
+    model.graph.output.insert(0, helper.make_tensor_value_info("u1", TensorProto.FLOAT, None))
+    path = tmp_path / "enc.onnx"
+    onnx.save(model, str(path))
+    out = build_and_run(path, tmp_path / "b", "bf16", ["encoder"])
+    assert set(out) == {"u1", "e"}
 
 
 def test_keep_fp32_is_refused_where_it_cannot_apply(fpn_onnx, tmp_path):
