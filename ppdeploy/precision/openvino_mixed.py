@@ -6,8 +6,9 @@ fails the plugin's type check), but an IR can carry it: so the model is serializ
 the IR's XML for the ops of the region, and the IR is read back.
 
 The marks go on the graph *after* OpenVINO's common transformations (MOC), because those fuse ops into new ones
-that would not inherit an attribute set on the originals (measured: with marks on the ONNX-imported graph, 28
-convolutions of PP-OCRv4 det still ran in BF16). The CPU plugin's own fusions later keep the marks.
+that would not inherit an attribute set on the originals (measured: with every op of the ONNX-imported PP-OCRv4 det
+marked, 28 still ran in BF16, mostly convolutions that MOC had fused with a following Multiply; marked after MOC,
+only its Resizes did). The CPU plugin's own fusions later keep the marks.
 
 Whether the plugin honoured the marks is checked on the compiled model (`check_marks`): an OpenVINO that ignored
 them would otherwise give a plain BF16 model under a name that promises an FP32 encoder.
