@@ -49,3 +49,20 @@ def test_bf16_det_with_its_encoder_in_fp32_finds_fp32s_boxes(synth_pages):
     # FP32 encoder 3-6 %.
     assert same["kept"] >= 0.85 * total
     assert same["plain"] < same["kept"]
+
+
+def test_cli_det_keep_fp32_flag_maps_to_the_ocr_option(monkeypatch):
+    import argparse
+
+    from ppdeploy.cli import ocr as cli_ocr
+    from ppdeploy.tasks.ocr import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "OCR", lambda **kw: seen.append(kw["keep_fp32"]))
+    parser = argparse.ArgumentParser()
+    cli_ocr.add_ocr_model_args(parser)
+    for flag, expected in (("auto", "auto"), ("off", None), ("encoder", {"det": ["encoder"]})):
+        cli_ocr.build_ocr(parser.parse_args(["--det-keep-fp32", flag]))
+        assert seen[-1] == expected
+    cli_ocr.build_ocr(parser.parse_args([]))
+    assert seen[-1] == "auto"  # the default
