@@ -458,7 +458,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
     from ppdeploy.cache import default_root
     from ppdeploy.deploy import load_model
     from ppdeploy.precision.calibration import CalibrationSet
-    from ppdeploy.tasks.ocr.pipeline import AUTO_KEEP_FP32, DEFAULT_MODELS, GUARDED_PRECISIONS, OCR
+    from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, GUARDED_PRECISIONS, OCR, keep_fp32_for
 
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}'", hint="latency or throughput")
@@ -509,7 +509,7 @@ def optimize_ocr(out_dir: Path, *, calib: str | Path | None = None, data: str | 
         if stage == "rec":  # a reduced-precision rec may fail the line gate alone and pass with its FP32 guard
             cands += [Candidate(c.backend, c.precision, guard=True) for c in todo if c.precision in GUARDED_PRECISIONS]
         for c in todo:  # a BF16 det moves boxes; with its encoder in FP32 it keeps them (ppdeploy.precision.regions)
-            auto = AUTO_KEEP_FP32.get(stage, {}).get(c.precision)
+            auto = keep_fp32_for("auto", {stage: c.precision}).get(stage)
             if auto:
                 cands.append(Candidate(c.backend, c.precision, keep_fp32=tuple(auto)))
         passing: list[tuple[Candidate, Any]] = []  # kept loaded, timed together below
