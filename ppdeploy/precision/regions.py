@@ -58,9 +58,9 @@ def onnx_encoder_nodes(model) -> list[str]:
 
 
 def split_keep(keep: Iterable[str]) -> tuple[list[str], list[str]]:
-    """keep_fp32 entries -> (region names, node names)."""
+    """keep_fp32 entries -> (region names, each once, so no region is computed twice; node names)."""
     keep = list(keep)
-    return [k for k in keep if k in REGIONS], [k for k in keep if k not in REGIONS]
+    return list(dict.fromkeys(k for k in keep if k in REGIONS)), [k for k in keep if k not in REGIONS]
 
 
 def expand_onnx(model, keep: Iterable[str], what: str = "the model") -> list[str]:

@@ -83,9 +83,9 @@ def uncertain_rows(probs: np.ndarray, margin: float, path: tuple[np.ndarray, np.
     to a factor exp(margin), or that of two characters by up to exp(CHAR_SWAP_FACTOR * margin).
 
     At each step, the classes whose probability is at least exp(-margin) (between characters: exp(-0.7 margin)) times
-    the best's are its plausible alternatives. A row is uncertain when some choice of alternatives (several steps may flip together) gives a
-    different collapsed text; flips that only move a blank inside a run of the same character change nothing and do
-    not count. Only steps whose best probability is below 1 / (1 + exp(-margin)) can have an alternative, since a
+    the best's are its plausible alternatives. A row is uncertain when some choice of alternatives (several steps may
+    flip together) gives a different collapsed text; flips that only move a blank inside a run of the same character
+    change nothing and do not count. Only steps whose best probability is below 1 / (1 + exp(-margin)) can have an alternative, since a
     softmax's runner-up is at most 1 - best; that keeps the check cheap on 6625 classes. Rows with more than
     MAX_SWAP_COMBINATIONS choices count as uncertain. `path`: best_path(probs), when the caller has it already; `probs`
     must then be probabilities (logits are judged as their softmax only when `path` is None).
