@@ -7,11 +7,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ("ppdeploy.deploy", "load_model"),
-    "Deployment": ("ppdeploy.deploy", "Deployment"),
+    "load_model": ("ppdeploy.deploy.load", "load_model"),
+    "Deployment": ("ppdeploy.deploy.load", "Deployment"),
     "OCR": ("ppdeploy.tasks.ocr.pipeline", "OCR"),
-    "Classifier": ("ppdeploy.tasks.classification", "Classifier"),
-    "EngineCache": ("ppdeploy.cache", "EngineCache"),
+    "Classifier": ("ppdeploy.tasks.classification.task", "Classifier"),
+    "EngineCache": ("ppdeploy.core.cache", "EngineCache"),
 }
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ppdeploy.cache import SIDECAR, EngineCache, key_of
+from ppdeploy.core.cache import SIDECAR, EngineCache, key_of
 
 
 def _builder(calls, payload=b"engine-bytes"):

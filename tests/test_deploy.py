@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from ppdeploy import convert, select
-from ppdeploy.deploy import load_model
-from ppdeploy.errors import BackendUnavailable, BuildError, PPDeployError
+from ppdeploy.convert import pipeline as convert
+from ppdeploy.deploy import select
+from ppdeploy.deploy.load import load_model
+from ppdeploy.core.errors import BackendUnavailable, BuildError, PPDeployError
 
 
 def test_second_load_skips_conversion_and_build(tmp_path):

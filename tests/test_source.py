@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
-from ppdeploy import zoo
-from ppdeploy.errors import SourceError
-from ppdeploy.source import ONNX, PDMODEL, PIR, detect
+from ppdeploy.source import zoo
+from ppdeploy.core.errors import SourceError
+from ppdeploy.source.model import ONNX, PDMODEL, PIR, detect
 
 
 def test_zoo_models_are_legacy_pdmodel():
@@ -75,7 +75,7 @@ def test_missing_path_and_unknown_file(tmp_path):
 def test_layer_in_train_mode_is_exported_in_eval_mode(tmp_path):
     import paddle
 
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     paddle.seed(0)
     net = paddle.nn.Sequential(paddle.nn.Linear(8, 16), paddle.nn.BatchNorm1D(16), paddle.nn.Dropout(0.5),
@@ -96,7 +96,7 @@ def test_layer_in_train_mode_is_exported_in_eval_mode(tmp_path):
 def test_layer_exports_land_in_the_cache_by_content(tmp_path):
     import paddle
 
-    from ppdeploy.source import from_layer
+    from ppdeploy.source.model import from_layer
 
     paddle.seed(1)
     net = paddle.nn.Linear(8, 3)
@@ -124,7 +124,7 @@ def test_loading_a_paddle_model_leaves_the_root_logger_alone(demo_classifier_dir
     import sys
 
     # A fresh interpreter: paddle's import-time logging setup happens once per process.
-    code = ("import logging; from ppdeploy.deploy import load_model; "
+    code = ("import logging; from ppdeploy.deploy.load import load_model; "
             f"d = load_model({str(demo_classifier_dir)!r}, backend='paddle'); "
             "root = logging.getLogger(); print(len(root.handlers), root.level)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from ppdeploy.verify import Tolerance, compare_arrays, generate_inputs
+from ppdeploy.deploy.verify import Tolerance, compare_arrays, generate_inputs
 
 
 def test_metrics_on_known_arrays():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 
 from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec
-from ppdeploy.errors import BackendUnavailable
+from ppdeploy.core.errors import BackendUnavailable
 
 # name -> "module:Class". Order here is the default fallback chain for --backend auto.
 REGISTRY: dict[str, str] = {
-    "tensorrt": "ppdeploy.backends.tensorrt:TensorRTBackend",
-    "tensorrt-rtx": "ppdeploy.backends.tensorrt:TensorRTRTXBackend",
+    "tensorrt": "ppdeploy.backends.tensorrt.backend:TensorRTBackend",
+    "tensorrt-rtx": "ppdeploy.backends.tensorrt.backend:TensorRTRTXBackend",
     "onnxruntime-cuda": "ppdeploy.backends.onnxruntime_cuda:OnnxRuntimeCUDABackend",
-    "openvino": "ppdeploy.backends.openvino:OpenVINOBackend",
+    "openvino": "ppdeploy.backends.openvino.backend:OpenVINOBackend",
     "onnxruntime": "ppdeploy.backends.onnxruntime:OnnxRuntimeBackend",
     "paddle": "ppdeploy.backends.paddle:PaddleBackend",
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
-from ppdeploy.errors import BuildError
+from ppdeploy.core.errors import BuildError
 
 ARTIFACT = "model.ort.onnx"
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
-from ppdeploy.errors import BuildError, InputError
+from ppdeploy.core.errors import BuildError, InputError
 
 ARTIFACT = "model.onnx"
 PROVIDER = "CUDAExecutionProvider"
@@ -392,7 +392,7 @@ class OnnxRuntimeCUDABackend(Backend):
         if not _cuda_available(ort):
             return (f"library missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider (it is the CPU "
                     "build; pip uninstall onnxruntime && pip install onnxruntime-gpu)")
-        from ppdeploy.device import gpu_info
+        from ppdeploy.core.device import gpu_info
 
         gpus = gpu_info()
         if not gpus:

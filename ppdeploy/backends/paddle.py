@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
-from ppdeploy.errors import BuildError
+from ppdeploy.core.errors import BuildError
 
 
 def import_paddle():

@@ -9,7 +9,7 @@ import socket
 from importlib import metadata
 from typing import Any
 
-from ppdeploy.device import cpu_info, gpu_info
+from ppdeploy.core.device import cpu_info, gpu_info
 
 # Distribution names whose versions decide benchmark numbers.
 PACKAGES = (

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ppdeploy.bench.stats import summarize
-from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.core.errors import InputError, PPDeployError
 
 DISTRIBUTIONS = ("poisson", "constant")
 KINDS = ("v2", "ocr", "classify")

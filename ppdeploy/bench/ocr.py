@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from ppdeploy.bench.offline import MeasureSettings
 from ppdeploy.bench.peers import PEERS, OCRSettings, PeerProcess
 from ppdeploy.bench.stats import stage_means, summarize
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 log = logging.getLogger("ppdeploy.bench.ocr")
 
@@ -245,7 +245,7 @@ def _run_interleaved(contestants: list[Any], n_images: int, settings: MeasureSet
 def _peer_precision(backend: str) -> str:
     if backend != "OpenVINO":
         return "fp32"
-    from ppdeploy.device import cpu_supports_bf16
+    from ppdeploy.core.device import cpu_supports_bf16
 
     # OpenVINO's CPU plugin lowers to bf16 by itself where the CPU has it, unless told otherwise (RapidOCR does not).
     return "runtime default (bf16 on this CPU)" if cpu_supports_bf16() else "runtime default (fp32 on this CPU)"
@@ -265,8 +265,8 @@ def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]],
 
 
 def label_accuracy(entry: OCREntry, labels: Sequence[Any]) -> dict[str, Any]:
-    """Character accuracy, exact lines and detection P/R against labelled pages (ppdeploy.evaluation.metrics)."""
-    from ppdeploy.evaluation.metrics import score_dataset
+    """Character accuracy, exact lines and detection P/R against labelled pages (ppdeploy.tasks.ocr.metrics)."""
+    from ppdeploy.tasks.ocr.metrics import score_dataset
 
     preds = [list(zip(t, b)) for t, b in zip(entry.texts, entry.boxes)]
     gts = [[(line.text, line.box) for line in item.lines] for item in labels]
@@ -285,7 +285,7 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
               cache_root: Path | None = None, ocr_options: dict[str, Any] | None = None,
               on_entry: Callable[[OCREntry], None] | None = None) -> dict[str, Any]:
     """Run ppdeploy configs and peers over the same images; return a JSON-ready dict with agreement filled in."""
-    from ppdeploy.cache import default_root
+    from ppdeploy.core.cache import default_root
     from ppdeploy.tasks.ocr.pipeline import OCROptions
 
     from ppdeploy.backends.base import default_threads

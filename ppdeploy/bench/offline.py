@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy import zoo
+from ppdeploy.source import zoo
 from ppdeploy.bench.stats import stage_means, summarize
-from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.core.errors import InputError, PPDeployError
 
 log = logging.getLogger("ppdeploy.bench")
 
@@ -244,8 +244,8 @@ class LoadedModel:
 
 
 def load_runner(model: str, backend: str, precision: str, threads: int | None) -> LoadedModel:
-    """Load through `ppdeploy.deploy.load_model` (engine cache, fallback chain); build time is not measured."""
-    from ppdeploy.deploy import load_model
+    """Load through `ppdeploy.deploy.load.load_model` (engine cache, fallback chain); build time is not measured."""
+    from ppdeploy.deploy.load import load_model
 
     dep = load_model(model, backend=backend, precision=precision, threads=threads)
     return LoadedModel(dep.runner, dep.backend, dep.close)

@@ -1,4 +1,4 @@
-"""Page images for OCR benchmarks: a user folder, or labelled synthetic pages from `ppdeploy.evaluation.synth`
+"""Page images for OCR benchmarks: a user folder, or labelled synthetic pages from `ppdeploy.tasks.ocr.synth`
 (generated once per seed under the cache), so every run measures the same pixels and, when labels exist,
 reports character accuracy next to speed."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 
 @dataclass
@@ -18,8 +18,8 @@ class PageSet:
 
 def load_pages(folder: Path) -> PageSet:
     """Images of a folder; with labels (labels.json / Label.txt) they come in the labels' order."""
-    from ppdeploy.evaluation.dataset import read_labelled_folder
-    from ppdeploy.evaluation.ocr_eval import list_images
+    from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+    from ppdeploy.tasks.ocr.evaluate import list_images
 
     folder = Path(folder)
     try:
@@ -31,7 +31,7 @@ def load_pages(folder: Path) -> PageSet:
 
 def synthetic_pages(root: Path, count: int, seed: int = 0) -> PageSet:
     """`count` labelled synthetic document pages for `seed`, generated on first use."""
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     if count < 1:
         raise InputError(f"need at least one page, got {count}")
@@ -39,5 +39,5 @@ def synthetic_pages(root: Path, count: int, seed: int = 0) -> PageSet:
     if not (folder / "labels.json").is_file():
         generate(folder, SynthOptions(pages=count, seed=seed))
     pages = load_pages(folder)
-    pages.source = f"{count} synthetic labelled pages (ppdeploy.evaluation.synth, seed {seed})"
+    pages.source = f"{count} synthetic labelled pages (ppdeploy.tasks.ocr.synth, seed {seed})"
     return pages

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 log = logging.getLogger("ppdeploy.bench.peers")
 

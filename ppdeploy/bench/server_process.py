@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 PERCENTILES = (50.0, 90.0, 99.0)
 

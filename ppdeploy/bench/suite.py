@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from ppdeploy.bench import environment, report
 from ppdeploy.bench.offline import CaseResult, MeasureSettings, ModelCase, expand_cases, run_cases
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 log = logging.getLogger("ppdeploy.bench")
 
@@ -108,7 +108,7 @@ def ocr_section(result: dict[str, Any], out_dir: Path, cdf: Path | None, bars: P
         "is pinned to the same limit, so all detect at the same resolution. Peers run as subprocesses in their own "
         "virtual environments (rapidocr-openvino needs openvino 2024.0). `lines = ref` is the share of the "
         "reference's lines read identically (multiset per page); `char acc.` is 1 - normalized edit distance "
-        "against the labels (ppdeploy.evaluation.metrics), when the pages are labelled.",
+        "against the labels (ppdeploy.tasks.ocr.metrics), when the pages are labelled.",
         "",
         ocr_markdown(result),
         "",
@@ -257,7 +257,7 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
 def _run_precision(plan: SuitePlan, out_dir: Path, md_dir: Path, blocks: dict[str, str], files: dict[str, Path],
                    progress) -> Any:
     """`optimize ocr` over the plan's backends x precisions; fills the precision block, returns the result."""
-    from ppdeploy.bench.optimize import ocr_optimize_section, optimize_ocr
+    from ppdeploy.optimize.search import ocr_optimize_section, optimize_ocr
 
     tick = progress("OCR precision search", 1) if progress else None
     opt_dir = out_dir / "optimize-ocr"
@@ -330,7 +330,7 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _pages_dir() -> Path:
-    from ppdeploy.cache import default_root
+    from ppdeploy.core.cache import default_root
 
     return default_root() / "bench-pages"
 

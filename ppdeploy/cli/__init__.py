@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 # One module per command group; each defines register(subparsers) adding one or more sub-commands.
 COMMAND_MODULES = [

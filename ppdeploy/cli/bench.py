@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 
 def register(sub) -> None:

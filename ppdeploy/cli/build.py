@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdeploy.cli.common import add_model_args, load_from_args, print_json
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 OCR_ROLE = {"ppocrv4-det": "det", "ppocrv4-rec": "rec", "ppocr-cls": "cls"}
 
@@ -62,7 +62,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _fp32_ort_runner(model: str, args) -> Any:
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     return load_model(model, backend="onnxruntime", precision="fp32", threads=args.threads,
                       cache_dir=args.cache_dir).runner
@@ -78,7 +78,7 @@ def calibration_from_args(args) -> Any:
         args.calib = synthetic_pages(args)
     if not args.calib:
         return None
-    from ppdeploy.precision import tasks
+    from ppdeploy.tasks.ocr import calibrate as tasks
 
     if role is not None:
         det = None if role == "det" or args.crops else _fp32_ort_runner("ppocrv4-det", args)
@@ -98,9 +98,9 @@ def synthetic_pages(args) -> str | None:
     """OCR zoo models without --calib: calibrate/gate on generated pages (printed, never silent)."""
     import sys
 
-    from ppdeploy.cache import EngineCache
-    from ppdeploy.errors import PPDeployError
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.core.cache import EngineCache
+    from ppdeploy.core.errors import PPDeployError
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     folder = EngineCache(args.cache_dir).root / "calibration-pages" / f"synth-{SYNTHETIC_SEED}-{SYNTHETIC_PAGES}"
     try:
@@ -126,7 +126,7 @@ def task_gate_from_args(args) -> dict[str, Any]:
         raise InputError("--gate-data is for the OCR zoo models (ppocrv4-det, ppocrv4-rec, ppocr-cls)")
     if args.calib and Path(args.calib).resolve() == Path(args.gate_data).resolve():
         raise InputError("--gate-data must not be the calibration folder: the gate would judge on calibration data")
-    from ppdeploy.precision.tasks import ocr_char_accuracy
+    from ppdeploy.tasks.ocr.calibrate import ocr_char_accuracy
 
     runners = {name: _fp32_ort_runner(zoo, args) for zoo, name in OCR_ROLE.items()}
     return {"task_metric": ocr_char_accuracy(args.gate_data, role, runners),
@@ -136,7 +136,7 @@ def task_gate_from_args(args) -> dict[str, Any]:
 def quantizer_for(args) -> str:
     if args.quantizer != "auto":
         return args.quantizer
-    from ppdeploy.precision import int8_openvino
+    from ppdeploy.backends.openvino import quantize as int8_openvino
 
     wants_openvino = args.backend.strip().lower() in ("openvino", "ov")
     return "openvino" if wants_openvino and int8_openvino.available() is None else "onnxruntime"

@@ -11,7 +11,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ppdeploy.cache import EngineCache
+    from ppdeploy.core.cache import EngineCache
 
     cache = EngineCache(args.cache_dir)
     if args.action == "path":

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppdeploy.tasks.classification import Classifier
+    from ppdeploy.tasks.classification.task import Classifier
 
     clf = Classifier(args.model, backend=args.backend, precision=args.precision, topk=args.topk,
                      labels=args.labels, preprocess=args.preprocess, threads=args.threads)

@@ -5,8 +5,8 @@ import argparse
 import json
 from typing import Any
 
-from ppdeploy.errors import PPDeployError
-from ppdeploy.shapes import InputRange, ShapeProfile
+from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.shapes import InputRange, ShapeProfile
 
 
 def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto", precision: bool = True,
@@ -65,7 +65,7 @@ def parse_shapes(text: str | None) -> ShapeProfile | None:
 
 
 def load_from_args(args: argparse.Namespace, **overrides: Any):
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     kwargs = dict(backend=args.backend, precision=getattr(args, "precision", "fp32"), threads=args.threads,
                   shapes=parse_shapes(args.shapes), opset=args.opset, cache_dir=args.cache_dir,

@@ -19,9 +19,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from ppdeploy.cache import EngineCache
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.core.cache import EngineCache
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     console = Console(stderr=True)
     source = detect(args.model)

@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ppdeploy.doctor import report
+    from ppdeploy.deploy.doctor import report
 
     if args.install_routes:
         from ppdeploy.convert.routes import ensure_legacy_installed

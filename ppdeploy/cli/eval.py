@@ -1,7 +1,7 @@
 """`ppdeploy eval ocr --data DIR`: OCR accuracy on a labelled folder (line exact match, char accuracy,
 detection P/R at IoU >= 0.5). `ppdeploy eval synth OUT`: write a synthetic labelled set.
 
-Label formats (see ppdeploy.evaluation.dataset):
+Label formats (see ppdeploy.tasks.ocr.dataset):
   DIR/labels.json  {"version": 1, "images": [{"file": "a.png", "lines": [{"text": "...", "box": [[x,y] x4]}]}]}
   DIR/Label.txt    PaddleOCR/PPOCRLabel format: "a.png<TAB>[{"transcription": "...", "points": [[x,y],...]}]"
 """
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run_ocr(args: argparse.Namespace) -> int:
     from ppdeploy.cli.ocr import build_ocr
-    from ppdeploy.evaluation.ocr_eval import evaluate_ocr
+    from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
 
     ocr = build_ocr(args)
     try:
@@ -57,7 +57,7 @@ def run_ocr(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     images = generate(args.out, SynthOptions(pages=args.pages, seed=args.seed))
     print(f"wrote {len(images)} images, {sum(len(i.lines) for i in images)} lines, labels.json to {args.out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 
 def register(sub) -> None:
@@ -41,8 +41,15 @@ def run(args) -> int:
     import numpy as np
 
     from ppdeploy.bench import environment, report
-    from ppdeploy.bench.load import (LoadSettings, ensure_loopback, fetch_v2_inputs, image_request, load_image_bytes,
-                                     run_load, v2_request)
+    from ppdeploy.bench.load import (
+        LoadSettings,
+        ensure_loopback,
+        fetch_v2_inputs,
+        image_request,
+        load_image_bytes,
+        run_load,
+        v2_request,
+    )
     from ppdeploy.bench.suite import write_load_run
     from ppdeploy.cli.common import parse_named_dims
 

@@ -81,7 +81,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppdeploy.evaluation.ocr_eval import list_images
+    from ppdeploy.tasks.ocr.evaluate import list_images
     from ppdeploy.tasks.image_io import load_image
 
     args.images = [str(p) for item in args.images

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ppdeploy.bench.offline import MeasureSettings
-    from ppdeploy.bench.optimize import optimize_model, optimize_ocr
+    from ppdeploy.optimize.search import optimize_model, optimize_ocr
     from ppdeploy.cli.bench import _csv, progress_bars
 
     precisions = _csv(args.precisions) or None

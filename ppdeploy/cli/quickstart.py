@@ -14,7 +14,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ppdeploy import quickstart
+    from ppdeploy.demo import quickstart
 
     console = Console(width=max(Console().width, 100))  # never wrap the table in narrow/non-tty output
     with console.status("starting…") as status:
@@ -29,7 +29,7 @@ def run(args) -> int:
     console.print("engine: 'built' = converted and compiled now, 'hit' = loaded from the engine cache "
                   "(run `ppdeploy quickstart` again to see it). `ppdeploy doctor` lists what else can run here.")
     if not args.no_ocr:
-        from ppdeploy.errors import PPDeployError
+        from ppdeploy.core.errors import PPDeployError
 
         try:
             with console.status("OCR end to end on 2 rendered, labelled pages…"):

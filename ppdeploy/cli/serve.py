@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ppdeploy.errors import ConfigError, PPDeployError
+from ppdeploy.core.errors import ConfigError, PPDeployError
 
 OCR_BUNDLE = "ocr"
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
     g.add_argument("--instances", type=int, default=1, help="model instances (runners) per model")
     g.add_argument("--head", choices=["ctc_greedy"], default=None,
                    help="output head for a CTC recognizer (with 'ocr': its rec): best class + probability per step "
-                        "instead of the whole softmax, ~2200x less to copy back and send (ppdeploy.convert.heads)")
+                        "instead of the whole softmax, ~2200x less to copy back and send (ppdeploy.graph.heads)")
     g.add_argument("--task", choices=["none", "classification"], default=None,
                    help="also serve the model as a task route (default: classification when the folder has "
                         "preprocess.yaml or labels.txt)")
@@ -79,7 +79,7 @@ def configs_from_args(args) -> list:
 
 
 def _configs_from_args(args) -> list:
-    from ppdeploy.serve.config import ModelConfig, check_references, load_repository
+    from ppdeploy.repository.config import ModelConfig, check_references, load_repository
 
     if args.repo and args.model:
         raise ConfigError("give either MODEL or --repo, not both")
@@ -101,7 +101,7 @@ def _configs_from_args(args) -> list:
         if errors:
             raise ConfigError("\n".join(errors))
         return configs
-    from ppdeploy import zoo
+    from ppdeploy.source import zoo
 
     if args.model not in zoo.MODELS and not Path(args.model).exists():
         raise ConfigError(f"'{args.model}' is neither a bundled model ({', '.join(zoo.MODELS)}, {OCR_BUNDLE}) nor an "

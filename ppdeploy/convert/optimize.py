@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ppdeploy.errors import ConversionError
+from ppdeploy.core.errors import ConversionError
 
-log = logging.getLogger("ppdeploy.convert")
+log = logging.getLogger("ppdeploy.convert.pipeline")
 
 
 def optimize_and_check(path: Path, *, simplify: bool = True) -> dict:

@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppdeploy.cache import default_root
-from ppdeploy.errors import ConversionError
-from ppdeploy.source import PDMODEL, PIR
+from ppdeploy.core.cache import default_root
+from ppdeploy.core.errors import ConversionError
+from ppdeploy.source.model import PDMODEL, PIR
 
 LEGACY_VERSION = "1.3.1"
 

@@ -116,7 +116,7 @@ def export(out_dir: str | Path, steps: int = 300, seed: int = 0) -> Path:
     if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION and (out / "inference.pdiparams").exists():
         return out
     from ppdeploy.backends.paddle import import_paddle
-    from ppdeploy.source import from_layer
+    from ppdeploy.source.model import from_layer
 
     paddle = import_paddle()
 
@@ -141,6 +141,6 @@ def export(out_dir: str | Path, steps: int = 300, seed: int = 0) -> Path:
 
 
 def default_dir() -> Path:
-    from ppdeploy.cache import default_root
+    from ppdeploy.core.cache import default_root
 
     return default_root() / "demo" / f"shapes-classifier-v{VERSION}"

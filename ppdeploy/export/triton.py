@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppdeploy.backends.base import IOSpec, TensorSpec
-from ppdeploy.errors import ConfigError, InputError, SourceError
+from ppdeploy.core.errors import ConfigError, InputError, SourceError
 from ppdeploy.export import triton_schema as schema
 
 log = logging.getLogger("ppdeploy.export.triton")
@@ -121,8 +121,8 @@ def model_name(model: str | os.PathLike) -> str:
 
 def onnx_for(model: str | os.PathLike) -> Path:
     """The checked ONNX file for `model` (converted and cached by ppdeploy when it is a Paddle model)."""
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     return to_onnx(detect(model)).onnx_path
 
@@ -374,7 +374,7 @@ def write_ocr_model(repo: Path, name: str, stages: Mapping[str, ExportedModel], 
     shutil.copyfile(OCR_MODEL_FILE, version_dir / DEFAULT_MODEL_FILES["python"])
     dictionary = options.get("rec_dictionary")
     if dictionary is None:
-        from ppdeploy.zoo import ocr_dictionary
+        from ppdeploy.source.zoo import ocr_dictionary
 
         dictionary = ocr_dictionary()
     dictionary = Path(dictionary)
@@ -442,7 +442,7 @@ def export_config_repository(source_repo: str | os.PathLike, repo: str | os.Path
                              **overrides: Any) -> list[ExportedModel]:
     """Every model of a ppdeploy model repository (`<dir>/<model>/config.yaml`); `task: ocr` entries become
     Python-backend models over the tensor models their `pipeline` names."""
-    from ppdeploy.serve.config import load_repository
+    from ppdeploy.repository.config import load_repository
 
     configs = load_repository(source_repo)
     repo = Path(repo)
@@ -486,7 +486,7 @@ def export(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | Non
             raise ConfigError("--name applies to a single model, not to a model repository")
         return export_config_repository(path, repo, **overrides)
     if path.name == "config.yaml":
-        from ppdeploy.serve.config import load_config
+        from ppdeploy.repository.config import load_config
 
         cfg = load_config(path)
         if cfg.task == "ocr":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ppdeploy.errors import ConfigError, PPDeployError
+from ppdeploy.core.errors import ConfigError, PPDeployError
 
 INSTALL_HINT = "pip install 'tritonclient[http]'  (its wheel ships Triton's model_config.proto compiled for protobuf)"
 

@@ -9,7 +9,7 @@ Every metric is an *agreement* in [0, 1] (1 = identical to FP32), so the loss of
 - `mask_iou`: IoU of the maps thresholded at 0.3 (DB's binarization threshold), for segmentation-like
   probability maps (PP-OCR det).
 - `prob_abs`: 1 - mean absolute difference, for probabilities that are not a distribution (the per-step
-  probability of the ctc_greedy head, ppdeploy.convert.heads).
+  probability of the ctc_greedy head, ppdeploy.graph.heads).
 - `rel_l2`: 1 - relative L2 error, for anything else.
 
 `auto` picks one from the reference outputs' shape and range, and from the names of the ctc_greedy head's outputs
@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.evaluation.metrics import edit_distance  # token sequences work as well as strings
+from ppdeploy.tasks.ocr.metrics import edit_distance  # token sequences work as well as strings
 
 METRICS = ("auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2")
 MASK_THRESHOLD = 0.3
@@ -38,7 +38,7 @@ def _is_distribution(a: np.ndarray) -> bool:
 
 def pick_metric(reference: np.ndarray, name: str | None = None) -> str:
     """The metric `auto` means for an output, judged from the FP32 reference values (and the output's name)."""
-    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+    from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
     if name == CTC_INDEX:
         return "ctc"

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ppdeploy.errors import AccuracyError, ConversionError
+from ppdeploy.core.errors import AccuracyError, ConversionError
 from ppdeploy.precision.gate import Gate, GateReport
 
-log = logging.getLogger("ppdeploy.precision")
+log = logging.getLogger("ppdeploy.precision.build")
 
 # Ops whose FP16 results go wrong first: normalizations (variance of large activations overflows),
 # softmax/exp/log/pow (range), reductions (long sums lose bits), plus the converter's own defaults

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ppdeploy.backends.base import Runner
-from ppdeploy.errors import AccuracyError
+from ppdeploy.core.errors import AccuracyError
 from ppdeploy.precision import compare
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.runners import candidate_runner, ort_runner
 
-log = logging.getLogger("ppdeploy.precision")
+log = logging.getLogger("ppdeploy.precision.build")
 
 TaskMetric = Callable[[Runner], float]
 

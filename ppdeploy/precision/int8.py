@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ppdeploy.cache import EngineCache, sha256_file
-from ppdeploy.errors import ConversionError, InputError
-from ppdeploy.precision import graph
+from ppdeploy.core.cache import EngineCache, sha256_file
+from ppdeploy.core.errors import ConversionError, InputError
+from ppdeploy.graph import model as graph
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.gate import Gate, GateReport
 
-log = logging.getLogger("ppdeploy.precision")
+log = logging.getLogger("ppdeploy.precision.build")
 
 METHODS = ("minmax", "entropy", "percentile")
 # The compute-heavy ops: where INT8 pays. Element-wise ops stay FP32 between them, which costs a little

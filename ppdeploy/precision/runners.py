@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ppdeploy.backends.base import BuildOptions, Runner
-from ppdeploy.errors import BackendUnavailable, BuildError
+from ppdeploy.core.errors import BackendUnavailable, BuildError
 
 
 def ort_runner(onnx_path: Path, threads: int | None = None) -> Runner:
@@ -30,7 +30,7 @@ def ort_runner(onnx_path: Path, threads: int | None = None) -> Runner:
 
 def openvino_runner(onnx_path: Path, precision: str, threads: int | None = None, extra: dict | None = None) -> Runner:
     from ppdeploy.backends import get_backend
-    from ppdeploy.device import cpu_supports_bf16
+    from ppdeploy.core.device import cpu_supports_bf16
 
     if precision == "bf16" and not cpu_supports_bf16():
         raise BackendUnavailable("bf16 needs a CPU with avx512_bf16 or AMX; this one has neither",

@@ -40,10 +40,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ppdeploy import __version__
-from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.serve import kserve
 from ppdeploy.serve.batcher import ClientGone, InferenceFailed, QueueFull, RequestTimeout, ServingError
-from ppdeploy.serve.config import ModelConfig
+from ppdeploy.repository.config import ModelConfig
 from ppdeploy.serve.metrics import ServerMetrics
 from ppdeploy.serve.models import READY, HostOptions, ModelHost, ModelNotFound, ModelNotReady, ServedModel
 

@@ -30,8 +30,8 @@ from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ppdeploy.backends.base import IOSpec, Runner, validate_inputs
-from ppdeploy.errors import InputError, PPDeployError
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.errors import InputError, PPDeployError
+from ppdeploy.core.shapes import ShapeProfile
 
 log = logging.getLogger("ppdeploy.serve.batcher")
 
@@ -85,7 +85,7 @@ class BatcherSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "BatcherSettings":
-        """From a `ppdeploy.serve.config.ModelConfig`."""
+        """From a `ppdeploy.repository.config.ModelConfig`."""
         db = cfg.dynamic_batching
         return cls(cfg.max_batch_size, db.max_queue_delay_ms, tuple(db.preferred_batch_sizes), db.max_queue_size,
                    db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()}, db.inline_max_ms)

@@ -3,7 +3,7 @@
 Two ways to get one, one protocol:
 
 - `load_model_in_process(source, backend=..., **load_model_kwargs)` starts a private child process (a fresh
-  interpreter: never a fork after paddle / openvino / CUDA are loaded) that runs `ppdeploy.deploy.load_model`
+  interpreter: never a fork after paddle / openvino / CUDA are loaded) that runs `ppdeploy.deploy.load.load_model`
   exactly as the server would in-process (same backend chain, same engine cache), and talks to it over a
   socketpair. The caller owns the child: it restarts it when it dies.
 - `SharedEngine.start(source, label=..., max_batch_size=..., ...)` starts one such child that listens on a unix
@@ -93,9 +93,9 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.backends.base import IOSpec, Runner
-from ppdeploy.errors import ConfigError, PPDeployError
+from ppdeploy.core.errors import ConfigError, PPDeployError
 from ppdeploy.serve.batcher import ServingError
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.shapes import ShapeProfile
 
 log = logging.getLogger("ppdeploy.serve.engine_process")
 
@@ -119,7 +119,7 @@ class EngineProcessUnreachable(EngineProcessDied):
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What the child passes to `ppdeploy.deploy.load_model` (picklable: it crosses to the child)."""
+    """What the child passes to `ppdeploy.deploy.load.load_model` (picklable: it crosses to the child)."""
 
     source: Any  # zoo name or path
     backend: Any  # str or list of backend names
@@ -138,7 +138,7 @@ class _Arena:
 
 @dataclass
 class EngineProcessDeployment:
-    """The part of `ppdeploy.deploy.Deployment` the server uses, for an engine that runs in another process."""
+    """The part of `ppdeploy.deploy.load.Deployment` the server uses, for an engine that runs in another process."""
 
     runner: EngineProcessRunner
     backend: str
@@ -151,7 +151,7 @@ class EngineProcessDeployment:
 
 def load_model_in_process(source: Any, *, backend: Any = "auto", label: str | None = None,
                           on_restart: Callable[[], None] | None = None, **kwargs: Any) -> EngineProcessDeployment:
-    """`ppdeploy.deploy.load_model(source, backend=..., **kwargs)`, run in a private child process. Restarts reuse
+    """`ppdeploy.deploy.load.load_model(source, backend=..., **kwargs)`, run in a private child process. Restarts reuse
     the backend the first start settled on (no silent switch to another backend of the chain)."""
     _require_memfd()
     request = LoadRequest(source, backend, dict(kwargs), label or str(source))
@@ -896,7 +896,7 @@ def _child_main(control_fd: int, listen_fd: int = -1) -> None:
     except _PeerGone:
         return
     try:
-        from ppdeploy.deploy import load_model
+        from ppdeploy.deploy.load import load_model
 
         dep = load_model(request.source, backend=request.backend, **request.kwargs)
     except BaseException as exc:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppdeploy.backends.base import IOSpec
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 # KServe datatype name -> numpy dtype (little-endian, as the protocol's binary data is).
 DATATYPES: dict[str, np.dtype] = {

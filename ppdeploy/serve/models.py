@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppdeploy.backends.base import IOSpec, Runner
-from ppdeploy.errors import ConfigError, PPDeployError
+from ppdeploy.core.errors import ConfigError, PPDeployError
 from ppdeploy.serve.batcher import BatchedRunner, BatcherSettings, DynamicBatcher
-from ppdeploy.serve.config import ModelConfig
+from ppdeploy.repository.config import ModelConfig
 from ppdeploy.serve.metrics import ModelMetrics, ServerMetrics
 
 log = logging.getLogger("ppdeploy.serve")
@@ -33,7 +33,7 @@ LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"  # Triton's mode
 class LoadedEngine:
     runners: list[Runner]  # one per instance
     backend: str
-    attempts: list[Any]  # ppdeploy.select.Attempt records of every backend tried
+    attempts: list[Any]  # ppdeploy.deploy.select.Attempt records of every backend tried
     seconds: float
     cache_hit: bool | None
     source_dir: Path | None  # folder of the source model (labels.txt / preprocess.yaml live there)
@@ -48,7 +48,7 @@ def backend_chain(cfg: ModelConfig) -> str | list[str]:
     """The config's preference list as load_model takes it ("auto" inside a list expands to the default order)."""
     if cfg.backends == ["auto"]:
         return "auto"
-    from ppdeploy.select import DEFAULT_CHAIN
+    from ppdeploy.deploy.select import DEFAULT_CHAIN
 
     out: list[str] = []
     for name in cfg.backends:
@@ -59,7 +59,7 @@ def backend_chain(cfg: ModelConfig) -> str | list[str]:
 
 
 def load_model_kwargs(cfg: ModelConfig, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """What `ppdeploy.deploy.load_model` takes besides the source and the backend chain, from a model's config
+    """What `ppdeploy.deploy.load.load_model` takes besides the source and the backend chain, from a model's config
     (also what the --workers supervisor hands to a shared engine process)."""
     return dict(precision=cfg.precision, shapes=cfg.shape_profile() or None, threads=cfg.threads,
                 cache_dir=cache_dir, extra=cfg.backend_options or None, head=cfg.head,
@@ -74,7 +74,7 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
     shared engine process the supervisor started ({"address", "backend", "attempts", "cache_hit", "seconds"}, or
     {"error"} when it could not start); the runners
     connect to those instead of loading anything (ppdeploy.serve.engine_process.connect_engine)."""
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     if cfg.task == "ocr":
         raise ConfigError(f"'{cfg.name}' is an OCR pipeline, not a model with an engine")
@@ -105,7 +105,7 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
 
 def _source_dir(source: str | Path) -> Path:
     if isinstance(source, str):  # a zoo name
-        from ppdeploy import zoo
+        from ppdeploy.source import zoo
 
         return zoo.model_dir(source)
     return source if source.is_dir() else source.parent
@@ -143,7 +143,7 @@ def build_task(cfg: ModelConfig, runners: Mapping[str, Any], *, source_dir: Path
         return OCR.from_runners(det=runners["det"], rec=runners["rec"], cls=runners.get("cls"),
                                 use_cls=runners.get("cls") is not None, rec_guard=runners.get("rec_guard"), **options)
     if cfg.task == "classification":
-        from ppdeploy.tasks.classification import LABELS_FILE, PREPROCESS_FILE, Classifier
+        from ppdeploy.tasks.classification.task import LABELS_FILE, PREPROCESS_FILE, Classifier
 
         if source_dir is not None:
             if "labels" not in options and (source_dir / LABELS_FILE).is_file():

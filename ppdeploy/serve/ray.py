@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ppdeploy.backends.base import IOSpec, Runner, TensorSpec, validate_inputs
-from ppdeploy.errors import ConfigError, InputError, PPDeployError
+from ppdeploy.core.errors import ConfigError, InputError, PPDeployError
 
 log = logging.getLogger("ppdeploy.serve.ray")
 

@@ -14,7 +14,7 @@ import sys
 from typing import Awaitable, Callable
 
 from ppdeploy.serve.app import ServerSettings, build_app
-from ppdeploy.serve.config import ModelConfig
+from ppdeploy.repository.config import ModelConfig
 
 log = logging.getLogger("ppdeploy.serve")
 
@@ -24,7 +24,7 @@ def _event_loop() -> str:
     socket calls release the GIL, which can matter when inference threads compete with multi-MB responses)."""
     wanted = os.environ.get("PPDEPLOY_EVENT_LOOP", "auto")
     if wanted not in ("auto", "uvloop", "asyncio"):
-        from ppdeploy.errors import ConfigError
+        from ppdeploy.core.errors import ConfigError
 
         raise ConfigError(f"PPDEPLOY_EVENT_LOOP must be auto, uvloop or asyncio, got '{wanted}'")
     if wanted == "asyncio":
@@ -35,7 +35,7 @@ def _event_loop() -> str:
         return "uvloop"
     except ImportError:
         if wanted == "uvloop":
-            from ppdeploy.errors import ConfigError
+            from ppdeploy.core.errors import ConfigError
 
             raise ConfigError("PPDEPLOY_EVENT_LOOP=uvloop, but uvloop is not installed") from None
         return "asyncio"
@@ -66,7 +66,7 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        from ppdeploy.errors import PPDeployError
+        from ppdeploy.core.errors import PPDeployError
 
         raise PPDeployError(f"cannot listen on {host}:{port}: {exc.strerror}",
                             hint="pick another --port, or stop the process using it") from None
@@ -86,11 +86,11 @@ def gil_switch_interval_s() -> float | None:
     try:
         ms = float(raw)
     except ValueError:
-        from ppdeploy.errors import ConfigError
+        from ppdeploy.core.errors import ConfigError
 
         raise ConfigError(f"PPDEPLOY_GIL_SWITCH_MS must be a number of milliseconds, got '{raw}'") from None
     if not 0.01 <= ms <= 100:
-        from ppdeploy.errors import ConfigError
+        from ppdeploy.core.errors import ConfigError
 
         raise ConfigError(f"PPDEPLOY_GIL_SWITCH_MS must be between 0.01 and 100, got {ms:g}")
     return ms / 1e3

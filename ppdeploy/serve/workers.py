@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.serve.engine_process import child_env, exit_text
 
 log = logging.getLogger("ppdeploy.serve")

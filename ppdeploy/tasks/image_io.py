@@ -26,7 +26,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ppdeploy.errors import ImageError
+from ppdeploy.core.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 

@@ -20,8 +20,8 @@ import numpy as np
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
 from ppdeploy.backends.onnxruntime_cuda import CudaSettings, OnnxRuntimeCUDABackend
-from ppdeploy.device import gpu_info
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.device import gpu_info
+from ppdeploy.core.shapes import ShapeProfile
 
 ONNX_DIR = Path(os.environ["PPDEPLOY_TEST_ONNX_DIR"])
 OUT = Path(os.environ.get("OUT", "."))

@@ -20,7 +20,7 @@ import numpy as np
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
 from ppdeploy.backends.onnxruntime_cuda import OnnxRuntimeCUDABackend
-from ppdeploy.device import gpu_info
+from ppdeploy.core.device import gpu_info
 
 ONNX = Path(os.environ["PPDEPLOY_TEST_ONNX_DIR"])
 PAGES = next(Path(os.environ.get("PPDEPLOY_TEST_PAGES", ".gpu-carry/pages")).glob("synth-*"))
@@ -42,7 +42,7 @@ def save() -> None:
 # ------------------------------------------------------------------------------------------------ OCR pages/s
 
 def _passes(label: str, ocr) -> list[dict]:
-    from ppdeploy.evaluation.ocr_eval import evaluate_ocr
+    from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
 
     passes = []
     for i in range(3):  # pass 0 meets every shape first (sessions, cuDNN search); later passes are warm
@@ -79,7 +79,7 @@ def ocr_pages() -> None:
     if os.environ.get("E2E_CPU"):
         variants.insert(0, ("cpu fp32 onnxruntime 16 threads", OnnxRuntimeBackend(), "", {}, {}))
     # OCR(backend=...) as a user writes it: the task's own default GPU shape buckets (GPU_SHAPE_BUCKETS).
-    # Since run 11 the defaults include the ctc_greedy rec head on a GPU (ppdeploy.convert.heads); the second
+    # Since run 11 the defaults include the ctc_greedy rec head on a GPU (ppdeploy.graph.heads); the second
     # variant is the same pipeline with the whole softmax copied back, as before.
     default_label = f"OCR(backend='{SERVER_BACKEND}') defaults"
     variants[:0] = [(default_label, None, "", {}, {}),

@@ -1,4 +1,4 @@
-"""Device run for the ctc_greedy rec head (ppdeploy.convert.heads) against issue 7's serving goals.
+"""Device run for the ctc_greedy rec head (ppdeploy.graph.heads) against issue 7's serving goals.
 
 1. The raw rec runner on onnxruntime-cuda, softmax model vs the same model with the head, at each batch size,
    interleaved (lines/s; the softmax copies 2.1 MB per line back to the host, the head 960 bytes).
@@ -6,7 +6,7 @@
    (goal (a): batched >= 3x batch-1 at equal p99; goal (b): server within 10 % of the raw runner).
 
 Needs `.gpu-carry/onnx/ppocrv4-rec-greedy.onnx` (the carried rec with the head added, made here with
-`ppdeploy.convert.heads.add_head`) and its conversion entry in `.gpu-carry/cache`. Writes $OUT/head_goals.json and
+`ppdeploy.graph.heads.add_head`) and its conversion entry in `.gpu-carry/cache`. Writes $OUT/head_goals.json and
 $OUT/serving_goals.json.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ BATCHES = [1, 2, 4, 8, 16, 32, 64]
 
 def raw_sweep(seconds: float) -> dict:
     """Both models loaded first, then each batch size timed on one and the other in alternation."""
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
     from ppdeploy.serve.models import load_engine
 
     x1 = np.random.default_rng(0).uniform(-1, 1, (1, *SHAPE)).astype(np.float32)
@@ -59,7 +59,7 @@ def raw_sweep(seconds: float) -> dict:
 
 def main() -> int:
     from ppdeploy.bench.load import default_workers
-    from ppdeploy.device import gpu_info
+    from ppdeploy.core.device import gpu_info
 
     out = Path(os.environ.get("OUT", "."))
     results = {"gpu": gpu_info(), "raw": raw_sweep(float(os.environ.get("RAW_SECONDS", 1.0)))}

@@ -69,8 +69,8 @@ def _ort_load_problem(path: Path) -> str | None:
 
 
 def models() -> dict:
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     out = CARRY / "onnx"
     out.mkdir(parents=True, exist_ok=True)

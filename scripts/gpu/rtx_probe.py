@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.backends import get_backend
-from ppdeploy.backends import tensorrt as trtmod
+from ppdeploy.backends.tensorrt import backend as trtmod
 from ppdeploy.backends.base import BuildOptions
-from ppdeploy.device import gpu_info
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.device import gpu_info
+from ppdeploy.core.shapes import ShapeProfile
 
 OUT = Path(os.environ.get("OUT", "."))
 onnx_path = Path(os.environ["PPDEPLOY_TEST_ONNX_DIR"]) / "ppocr-cls.onnx"

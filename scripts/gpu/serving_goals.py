@@ -103,7 +103,7 @@ def engine_executions(url: str, name: str) -> float | None:
 
 def raw_runner(cfg: dict, batches: list[int], x1: np.ndarray, seconds: float) -> list[dict]:
     """The server's own engine, alone: items/s at each batch size (the batch is x1 repeated)."""
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
     from ppdeploy.serve.models import load_engine
 
     engine = load_engine(ModelConfig.model_validate(cfg))
@@ -174,7 +174,7 @@ def best_within(points: list[dict], budget_ms: float) -> dict | None:
 def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float, rates: list[float],
               duration: float, workers: int) -> None:
     from ppdeploy.bench.server_process import ServerProcess
-    from ppdeploy.serve.loadtest import binary_request_template
+    from ppdeploy.bench.serving import binary_request_template
 
     import yaml
 
@@ -263,7 +263,7 @@ def gil_probe(calls: int = 300) -> None:
     spinning without pause; in-process and through the engine process."""
     import threading
 
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
     from ppdeploy.serve.models import load_engine
 
     def spin(stop: threading.Event, burst_s: float | None) -> None:
@@ -331,7 +331,7 @@ def ipc_probe(calls: int = 2000) -> None:
     import multiprocessing
     import socket
 
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
     from ppdeploy.serve.models import load_engine
 
     entry = RESULTS.setdefault("ipc_probe", {})
@@ -426,7 +426,7 @@ def ocr_server(rates: list[float], duration: float, workers: int, http_workers: 
 
 def main() -> int:
     from ppdeploy.bench.load import default_workers
-    from ppdeploy.device import gpu_info
+    from ppdeploy.core.device import gpu_info
 
     RESULTS["gpu"] = gpu_info()
     workers = int(os.environ.get("LOAD_WORKERS", default_workers()))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.backends.onnxruntime_cuda import OnnxRuntimeCUDABackend
-from ppdeploy.device import gpu_info
+from ppdeploy.core.device import gpu_info
 
 ONNX = Path(os.environ["PPDEPLOY_TEST_ONNX_DIR"])
 OUT = Path(os.environ.get("OUT", "."))

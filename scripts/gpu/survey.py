@@ -21,7 +21,7 @@ try:
     out["ort_file"] = ort.__file__
 except Exception:
     pass
-from ppdeploy.device import gpu_info
+from ppdeploy.core.device import gpu_info
 
 out["gpu_info"] = gpu_info()
 try:

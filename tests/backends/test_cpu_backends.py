@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from ppdeploy.deploy import load_model
-from ppdeploy.errors import InputError
-from ppdeploy.verify import generate_inputs
+from ppdeploy.deploy.load import load_model
+from ppdeploy.core.errors import InputError
+from ppdeploy.deploy.verify import generate_inputs
 
 BACKENDS = ["onnxruntime", "openvino"]
 
@@ -80,7 +80,7 @@ def test_profile_range_is_enforced():
 
 
 def test_threads_setting_reaches_backends():
-    from ppdeploy.backends.openvino import compile_config
+    from ppdeploy.backends.openvino.backend import compile_config
     from ppdeploy.backends.base import BuildOptions, default_threads
 
     assert compile_config(BuildOptions(threads=1))["INFERENCE_NUM_THREADS"] == 1

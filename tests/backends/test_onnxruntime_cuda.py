@@ -11,8 +11,8 @@ import pytest
 from ppdeploy.backends import get_backend
 from ppdeploy.backends import onnxruntime_cuda as ortcuda
 from ppdeploy.backends.base import BuildOptions, IOSpec, TensorSpec
-from ppdeploy.errors import BuildError, InputError
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.errors import BuildError, InputError
+from ppdeploy.core.shapes import ShapeProfile
 
 SHAPES = {"ppocrv4-det": (1, 3, 640, 640), "ppocrv4-rec": (4, 3, 48, 320), "ppocr-cls": (6, 3, 48, 192)}
 
@@ -21,8 +21,8 @@ def ocr_onnx(name: str) -> Path:
     carried = os.environ.get("PPDEPLOY_TEST_ONNX_DIR")
     if carried:
         return Path(carried) / f"{name}.onnx"
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     return to_onnx(detect(name)).onnx_path
 
@@ -76,7 +76,7 @@ def test_unavailable_reason_is_precise_here():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert reason.startswith("library missing: onnxruntime") and "onnxruntime-gpu" in reason
     else:
-        from ppdeploy.device import gpu_info
+        from ppdeploy.core.device import gpu_info
 
         assert (reason is None) == bool(gpu_info())
 

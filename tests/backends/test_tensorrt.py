@@ -17,11 +17,11 @@ import pytest
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed (pip install 'ppdeploy[tensorrt-rtx]')")
 
 from ppdeploy.backends import get_backend  # noqa: E402
-from ppdeploy.backends import tensorrt as trtmod  # noqa: E402
+from ppdeploy.backends.tensorrt import backend as trtmod  # noqa: E402
 from ppdeploy.backends.base import BuildOptions, TensorSpec  # noqa: E402
-from ppdeploy.cache import EngineCache, key_of, sha256_file  # noqa: E402
-from ppdeploy.errors import BuildError, InputError  # noqa: E402
-from ppdeploy.shapes import InputRange, ShapeProfile  # noqa: E402
+from ppdeploy.core.cache import EngineCache, key_of, sha256_file  # noqa: E402
+from ppdeploy.core.errors import BuildError, InputError  # noqa: E402
+from ppdeploy.core.shapes import InputRange, ShapeProfile  # noqa: E402
 
 OCR_PROFILES = {
     "ppocrv4-det": {"x": {"min": [1, 3, 32, 32], "opt": [1, 3, 640, 640], "max": [4, 3, 1280, 1280]}},
@@ -35,8 +35,8 @@ def ocr_onnx(name: str) -> Path:
     carried = os.environ.get("PPDEPLOY_TEST_ONNX_DIR")
     if carried:
         return Path(carried) / f"{name}.onnx"
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     return to_onnx(detect(name)).onnx_path
 
@@ -96,9 +96,9 @@ def test_cls_engine_metadata_and_io(cls_engine):
 
 @pytest.mark.slow
 def test_exported_paddle3_classifier_builds(rtx, tmp_path):
-    from ppdeploy.convert import to_onnx
+    from ppdeploy.convert.pipeline import to_onnx
     from ppdeploy.demo import shapes_classifier
-    from ppdeploy.source import detect
+    from ppdeploy.source.model import detect
 
     model_dir = shapes_classifier.export(shapes_classifier.default_dir())
     onnx_path = to_onnx(detect(str(model_dir))).onnx_path
@@ -165,7 +165,7 @@ def test_bad_builder_options_are_build_errors():
 # ------------------------------------------------------------------------------------------------ cache keys
 
 def _full_key(backend, model: Path, options: BuildOptions, gpu: dict | None) -> str:
-    """The engine key as ppdeploy.deploy composes it, with the GPU identity given explicitly."""
+    """The engine key as ppdeploy.deploy.load composes it, with the GPU identity given explicitly."""
     return key_of({"model": {"onnx": sha256_file(model), "precision": {"precision": options.precision}},
                    "backend": backend.key_parts(options), "options": options.key_parts(), "device": {"gpu": gpu}})
 
@@ -264,7 +264,7 @@ def test_unavailable_reasons_are_precise():
     if not _trt_full_importable():
         assert trt_reason.startswith(("library missing: TensorRT is not installed", "library broken:"))
     rtx_reason = get_backend("tensorrt-rtx").unavailable_reason()
-    from ppdeploy.device import gpu_info
+    from ppdeploy.core.device import gpu_info
 
     if not gpu_info():
         assert rtx_reason.startswith("no GPU: TensorRT-RTX 1.")
@@ -281,7 +281,7 @@ def test_rtx_traits_know_hopper_is_unsupported():
 
 
 def test_load_without_gpu_is_a_clear_error(cls_engine, rtx):
-    from ppdeploy.device import gpu_info
+    from ppdeploy.core.device import gpu_info
 
     if gpu_info():
         pytest.skip("a GPU is present; the device tests cover loading")
@@ -297,7 +297,7 @@ def test_aux_caches_live_beside_the_entry(tmp_path):
 
 
 def test_gpu_identity_follows_cuda_visible_devices():
-    from ppdeploy.device import visible_rows
+    from ppdeploy.core.device import visible_rows
 
     rows = [["0", "GPU-5779c555", "NVIDIA H100 80GB HBM3", "9.0", "580.159.04", "81559"],
             ["1", "GPU-0b1e2f00", "NVIDIA L4", "8.9", "580.159.04", "23034"]]

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.backends import tensorrt as trtmod
+from ppdeploy.backends.tensorrt import backend as trtmod
 from ppdeploy.backends.base import BuildOptions
-from ppdeploy.errors import PPDeployError
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.shapes import ShapeProfile
 
 pytestmark = pytest.mark.gpu
 
@@ -61,8 +61,8 @@ def test_tensorrt_rtx_runtime_runs_or_refuses_clearly(tmp_path):
     if carried:
         onnx_path = Path(carried) / "ppocr-cls.onnx"
     else:
-        from ppdeploy.convert import to_onnx
-        from ppdeploy.source import detect
+        from ppdeploy.convert.pipeline import to_onnx
+        from ppdeploy.source.model import detect
 
         onnx_path = to_onnx(detect("ppocr-cls")).onnx_path
     be = get_backend("tensorrt-rtx")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.bench.load import LoadSettings, fetch_v2_inputs, run_load, v2_request
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 SERVICE_S = 0.04
 
@@ -286,7 +286,7 @@ def test_worker_records_merge_in_schedule_order():
 def test_near_free_model_of_the_ceiling_benchmark(tmp_path):
     import onnxruntime as ort
 
-    from ppdeploy.serve.loadtest import near_free_model
+    from ppdeploy.bench.serving import near_free_model
 
     path = near_free_model(tmp_path / "m.onnx", (3, 8, 8), output_elems=5)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)

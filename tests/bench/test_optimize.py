@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ppdeploy.bench.optimize import Candidate, candidate_matrix, pick_winner
+from ppdeploy.optimize.search import Candidate, candidate_matrix, pick_winner
 from ppdeploy.cli import main
 
 
@@ -32,7 +32,7 @@ def test_pick_winner_follows_the_target():
 
 @pytest.mark.slow
 def test_optimize_model_writes_a_servable_repository(tmp_path, capsys):
-    from ppdeploy.serve.config import load_repository
+    from ppdeploy.repository.config import load_repository
 
     out = tmp_path / "repo"
     code = main(["optimize", "ppocr-cls", "--backends", "onnxruntime,openvino", "--precisions", "fp32,int8",
@@ -80,7 +80,7 @@ def _small_page(path, lines):
 
 @pytest.mark.slow
 def test_optimize_ocr_gates_stages_on_the_pipeline(tmp_path):
-    from ppdeploy.serve.config import load_repository
+    from ppdeploy.repository.config import load_repository
 
     _small_page(tmp_path / "calib" / "a.png", ["Order 4711 shipped", "Due 2025-03-01"])
     _small_page(tmp_path / "eval" / "b.png", ["Invoice total $88.20", "Thank you"])
@@ -108,8 +108,8 @@ def test_optimize_ocr_gates_stages_on_the_pipeline(tmp_path):
 
 @pytest.mark.slow
 def test_optimize_ocr_tries_reduced_precision_rec_with_its_fp32_guard(tmp_path):
-    from ppdeploy.device import cpu_supports_bf16
-    from ppdeploy.serve.config import load_repository
+    from ppdeploy.core.device import cpu_supports_bf16
+    from ppdeploy.repository.config import load_repository
 
     if not cpu_supports_bf16():
         pytest.skip("CPU has no avx512_bf16/AMX")

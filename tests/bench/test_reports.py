@@ -102,7 +102,7 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     from ppdeploy.tasks.ocr.fonts import latin_fonts
 
     font = str(latin_fonts()[0])
-    from ppdeploy.evaluation.dataset import LabelledImage, LabelledLine, write_labels_json
+    from ppdeploy.tasks.ocr.dataset import LabelledImage, LabelledLine, write_labels_json
 
     img = Image.new("RGB", (480, 200), "white")
     d = ImageDraw.Draw(img)
@@ -117,7 +117,7 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     img.save(data / "p.png")
     write_labels_json(data, [LabelledImage(data / "p.png", truth)])
     out = tmp_path / "o"
-    from ppdeploy.device import cpu_supports_bf16
+    from ppdeploy.core.device import cpu_supports_bf16
 
     guarded = ["--pipeline", "det=onnxruntime,cls=onnxruntime,rec=openvino:bf16"] if cpu_supports_bf16() else []
     code = main(["bench", "ocr", "--data", str(data), "--backends", "onnxruntime", "--peers", "rapidocr-paddle",
@@ -138,7 +138,7 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     assert mine["agreement"]["reference_lines"] == len(peer["texts"][0]) >= 3
     assert mine["agreement"]["line_agreement"] >= 2 / 3
     assert res["labelled"]
-    for e in (peer, mine):  # scored against the labels with ppdeploy.evaluation.metrics
+    for e in (peer, mine):  # scored against the labels with ppdeploy.tasks.ocr.metrics
         assert e["accuracy"]["gt_lines"] == 3 and e["accuracy"]["char_accuracy"] > 0.8
         assert e["accuracy"]["det_recall"] == 1.0
     assert mine["stage_backends"] == {"det": "onnxruntime", "rec": "onnxruntime", "cls": "onnxruntime"}
@@ -155,7 +155,7 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
 
 def test_ocr_pipeline_spec_parsing():
     from ppdeploy.bench.ocr import OCRConfig
-    from ppdeploy.errors import PPDeployError
+    from ppdeploy.core.errors import PPDeployError
 
     c = OCRConfig.parse("det=openvino, cls=onnxruntime ,rec=openvino:bf16")
     assert c.backend == {"det": "openvino", "cls": "onnxruntime", "rec": "openvino"}

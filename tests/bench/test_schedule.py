@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.bench.load import arrival_schedule, ensure_loopback
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 
 def ks_statistic_exponential(gaps: np.ndarray, rate: float) -> float:

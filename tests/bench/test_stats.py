@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.bench.stats import ecdf, percentile, stage_means, summarize
-from ppdeploy.errors import InputError
+from ppdeploy.core.errors import InputError
 
 
 def test_percentiles_on_known_samples():

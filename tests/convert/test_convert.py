@@ -2,9 +2,9 @@
 import onnx
 import pytest
 
-from ppdeploy import convert
-from ppdeploy.errors import ConversionError
-from ppdeploy.source import detect
+from ppdeploy.convert import pipeline as convert
+from ppdeploy.core.errors import ConversionError
+from ppdeploy.source.model import detect
 
 
 @pytest.mark.parametrize("name", ["ppocrv4-det", "ppocrv4-rec", "ppocr-cls"])
@@ -42,7 +42,7 @@ def test_opset_is_user_settable_and_validated(tmp_path):
 def test_unsupported_op_is_named(tmp_path):
     import paddle
 
-    from ppdeploy.source import from_layer
+    from ppdeploy.source.model import from_layer
 
     class Det(paddle.nn.Layer):
         def __init__(self):

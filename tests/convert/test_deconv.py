@@ -1,11 +1,11 @@
-"""ConvTranspose (kernel == stride) as a 1x1 Conv + DepthToSpace (ppdeploy.convert.deconv): the same numbers in
+"""ConvTranspose (kernel == stride) as a 1x1 Conv + DepthToSpace (ppdeploy.graph.deconv): the same numbers in
 ONNX Runtime on small graphs and on the real PP-OCRv4 det, and the cases it must leave alone, left alone."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ppdeploy.convert.deconv import deconv_as_depth_to_space
+from ppdeploy.graph.deconv import deconv_as_depth_to_space
 
 
 def deconv_model(*, kernel=2, stride=2, cin=3, cout=2, bias=True, opset=13, **attrs):
@@ -68,8 +68,8 @@ def test_rewrite_leaves_other_deconvolutions_alone(attrs):
 def test_rewrite_on_the_real_det_model_is_exact():
     import onnx
 
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     model = onnx.load(str(to_onnx(detect("ppocrv4-det")).onnx_path))
     x = np.random.default_rng(2).uniform(-2, 2, (1, 3, 224, 320)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The ctc_greedy output head (ppdeploy.convert.heads): exact against the softmax it replaces, on the real PP-OCRv4
+"""The ctc_greedy output head (ppdeploy.graph.heads): exact against the softmax it replaces, on the real PP-OCRv4
 rec model in ONNX Runtime and OpenVINO, through load_model, the OCR task and the TensorRT-RTX builder."""
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB, add_head
-from ppdeploy.errors import BackendUnavailable, ConfigError, ConversionError
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB, add_head
+from ppdeploy.core.errors import BackendUnavailable, ConfigError, ConversionError
 
 
 @pytest.fixture(scope="module")
 def rec_onnx() -> Path:
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     return to_onnx(detect("ppocrv4-rec")).onnx_path
 
@@ -96,7 +96,7 @@ def test_head_refuses_models_it_cannot_read(tmp_path):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_load_model_with_head_matches_the_softmax_model(backend):
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     plain = load_model("ppocrv4-rec", backend=backend)
     headed = load_model("ppocrv4-rec", backend=backend, head="ctc_greedy")
@@ -118,7 +118,7 @@ def test_load_model_with_head_matches_the_softmax_model(backend):
 
 
 def test_paddle_inference_is_skipped_with_the_reason():
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     with pytest.raises(BackendUnavailable, match="original program"):
         load_model("ppocrv4-rec", backend="paddle", head="ctc_greedy")
@@ -155,9 +155,9 @@ def test_rec_head_choice():
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None, reason="TensorRT-RTX not installed")
 def test_tensorrt_rtx_builds_the_headed_rec(rec_onnx, tmp_path):
     from ppdeploy.backends import get_backend
-    from ppdeploy.backends import tensorrt as trtmod
+    from ppdeploy.backends.tensorrt import backend as trtmod
     from ppdeploy.backends.base import BuildOptions
-    from ppdeploy.shapes import ShapeProfile
+    from ppdeploy.core.shapes import ShapeProfile
 
     headed = tmp_path / "rec_greedy.onnx"
     add_head(rec_onnx, headed, "ctc_greedy")
@@ -173,7 +173,7 @@ def test_tensorrt_rtx_builds_the_headed_rec(rec_onnx, tmp_path):
 def test_fp16_rec_with_the_head_passes_its_gate_and_keeps_the_text(tmp_path):
     """OCR(rec_head="auto") puts the head on FP16 rec on a GPU: the FP16 converter and the gate must take it, and the
     gate judges the ids as text (like the softmax's) and the probabilities by their absolute difference."""
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     fp32 = load_model("ppocrv4-rec", backend="onnxruntime")
     fp16 = load_model("ppocrv4-rec", backend="onnxruntime", precision="fp16", head="ctc_greedy", cache_dir=tmp_path)

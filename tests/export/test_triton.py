@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("tritonclient")
 from google.protobuf import text_format  # noqa: E402
 
-from ppdeploy.errors import ConfigError  # noqa: E402
+from ppdeploy.core.errors import ConfigError  # noqa: E402
 from ppdeploy.export import triton, triton_schema  # noqa: E402
 
 
@@ -187,7 +187,7 @@ def test_validation_catches_what_triton_would_reject(tmp_path: Path):
 
 
 def test_config_yaml_settings_become_triton_settings(tmp_path: Path):
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
 
     source = tmp_path / "src"
     source.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.cache import EngineCache
+from ppdeploy.core.cache import EngineCache
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +19,8 @@ def precision_cache(tmp_path_factory) -> EngineCache:
 
 
 def _onnx_of(model) -> Path:
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.source import detect
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.source.model import detect
 
     return to_onnx(detect(model, None, export_dir=None), cache=EngineCache()).onnx_path
 
@@ -44,7 +44,7 @@ def render_lines(count: int, seed: int) -> list[np.ndarray]:
     """Text-line crops (BGR uint8) of the synthetic OCR set's text generator, in its CJK and Latin fonts."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ppdeploy.evaluation.synth import make_line
+    from ppdeploy.tasks.ocr.synth import make_line
     from ppdeploy.tasks.ocr.fonts import cjk_fonts, latin_fonts
 
     rng = random.Random(seed)
@@ -84,7 +84,7 @@ def line_crops() -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def rec_calib(line_crops):
-    from ppdeploy.precision import CalibrationSet
+    from ppdeploy.precision.build import CalibrationSet
 
     return CalibrationSet.from_arrays([_rec_feeds(c) for c in line_crops], "rendered lines (rec)")
 
@@ -94,7 +94,7 @@ def cls_calib(line_crops):
     """Upright and upside-down lines, so the 0/180 classifier sees both classes."""
     import cv2
 
-    from ppdeploy.precision import CalibrationSet
+    from ppdeploy.precision.build import CalibrationSet
 
     feeds = [_cls_feeds(c if i % 2 == 0 else cv2.rotate(c, cv2.ROTATE_180)) for i, c in enumerate(line_crops)]
     return CalibrationSet.from_arrays(feeds, "rendered lines (cls)")
@@ -104,7 +104,7 @@ def cls_calib(line_crops):
 def classifier_data():
     """(CalibrationSet, labels): the demo classifier's own renderer, seeds disjoint from its training."""
     from ppdeploy.demo import shapes_classifier
-    from ppdeploy.precision import CalibrationSet
+    from ppdeploy.precision.build import CalibrationSet
 
     images, labels = shapes_classifier.dataset(48, seed=777)
     x = shapes_classifier.to_tensor(images)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 from ppdeploy.precision.compare import agreement, pick_metric
 
 

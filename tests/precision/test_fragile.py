@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ppdeploy.errors import AccuracyError, InputError
-from ppdeploy.precision import CalibrationSet, apply, int8
+from ppdeploy.core.errors import AccuracyError, InputError
+from ppdeploy.precision.build import CalibrationSet, apply
+from ppdeploy.precision import int8
 
 
 def fragile_layernorm(path, hidden: int = 64):

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from ppdeploy.precision import apply
+from ppdeploy.precision.build import apply
 
 
 @pytest.fixture(scope="session")
 def ocr_pages(tmp_path_factory):
     """Two labelled synthetic pages for calibration and two others (another seed) for the gate."""
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
     from ppdeploy.tasks.ocr.fonts import cjk_fonts
 
     if not cjk_fonts():
@@ -26,11 +26,11 @@ def ocr_pages(tmp_path_factory):
 
 @pytest.mark.slow
 def test_int8_rec_gated_on_page_char_accuracy(rec_onnx, cls_onnx, ocr_pages, precision_cache):
-    from ppdeploy.convert import to_onnx
-    from ppdeploy.cache import EngineCache
+    from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.core.cache import EngineCache
     from ppdeploy.precision.runners import ort_runner
-    from ppdeploy.precision.tasks import ocr_calibration, ocr_char_accuracy
-    from ppdeploy.source import detect
+    from ppdeploy.tasks.ocr.calibrate import ocr_calibration, ocr_char_accuracy
+    from ppdeploy.source.model import detect
 
     calib_dir, eval_dir = ocr_pages
     det_onnx = to_onnx(detect("ppocrv4-det", None, export_dir=None), cache=EngineCache()).onnx_path
@@ -63,9 +63,9 @@ def test_int8_for_openvino_through_nncf(cls_onnx, cls_calib, precision_cache):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed (pip install 'ppdeploy[nncf]')")
 def test_int8_for_openvino_with_bf16_for_the_rest(cls_calib, tmp_path):
-    from ppdeploy.deploy import load_model
-    from ppdeploy.device import cpu_supports_bf16
-    from ppdeploy.errors import PPDeployError
+    from ppdeploy.deploy.load import load_model
+    from ppdeploy.core.device import cpu_supports_bf16
+    from ppdeploy.core.errors import PPDeployError
 
     kwargs = dict(backend="openvino", precision="int8", calib=cls_calib, cache_dir=tmp_path / "cache")
     default = load_model("ppocr-cls", **kwargs)  # INT8 forced onto OpenVINO: NNCF's IR, not a QDQ graph
@@ -125,7 +125,7 @@ def test_build_cli_reports_gate_and_cache(tmp_path, capsys, monkeypatch):
 
 
 def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_cache, tmp_path):
-    from ppdeploy.precision.tasks import folder_digest
+    from ppdeploy.tasks.ocr.calibrate import folder_digest
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "labels.json").write_text("{}")
@@ -149,7 +149,7 @@ def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_c
 def test_ocr_int8_from_a_folder_of_pages(ocr_pages, tmp_path, monkeypatch):
     """OCR(precision=..., calib=pages): calibrated on the crops the pipeline sees, gated on the labelled pages,
     NNCF on OpenVINO; INT8 rec is not guarded by default (its errors are too large for the guard), on request it is."""
-    from ppdeploy.evaluation.dataset import read_labelled_folder
+    from ppdeploy.tasks.ocr.dataset import read_labelled_folder
     from ppdeploy.tasks.ocr.pipeline import OCR
 
     monkeypatch.setenv("PPDEPLOY_CACHE", str(tmp_path / "cache"))
@@ -171,7 +171,7 @@ def test_ocr_int8_from_a_folder_of_pages(ocr_pages, tmp_path, monkeypatch):
              rec_guard_margin=0.7) as guarded:
         assert guarded.guarded and guarded.deployments["rec"].cache_hit  # the same INT8 build, from the cache
         assert guarded.deployments["rec_guard"].precision == "fp32"
-    from ppdeploy.select import first_runnable
+    from ppdeploy.deploy.select import first_runnable
 
     if first_runnable("auto") == "openvino":  # backend="auto" on a CPU machine: calibrated for OpenVINO too
         with OCR(precision={"rec": "int8"}, calib=calib_dir, gate_data=eval_dir) as auto:

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from ppdeploy.device import cpu_supports_bf16
-from ppdeploy.precision import apply
-from ppdeploy.precision.tasks import classification_accuracy
+from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.precision.build import apply
+from ppdeploy.tasks.ocr.calibrate import classification_accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_int8_cls_and_classifier_pass(cls_onnx, cls_calib, classifier_onnx, clas
 
 
 def test_load_model_builds_int8_once_and_reuses_it(classifier_onnx, classifier_data, tmp_path):
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
     from ppdeploy.precision import int8
 
     data, _ = classifier_data

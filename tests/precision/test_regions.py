@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ppdeploy.backends.base import BuildOptions
-from ppdeploy.device import cpu_supports_bf16
-from ppdeploy.errors import BuildError, ConfigError, InputError
-from ppdeploy.precision import regions
+from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.core.errors import BuildError, ConfigError, InputError
+from ppdeploy.graph import regions
 
 needs_bf16 = pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU has no avx512_bf16/AMX")
 
@@ -92,7 +92,7 @@ def fpn_onnx(tmp_path_factory) -> Path:
 
 
 def build_and_run(path: Path, out: Path, precision: str, keep: list[str] | None = None) -> dict[str, np.ndarray]:
-    from ppdeploy.backends.openvino import OpenVINOBackend
+    from ppdeploy.backends.openvino.backend import OpenVINOBackend
 
     options = BuildOptions(precision=precision, threads=1, extra={"keep_fp32": keep} if keep else {})
     out.mkdir()
@@ -120,7 +120,7 @@ def test_bf16_with_the_encoder_kept_runs_the_encoder_in_fp32(fpn_onnx, tmp_path)
 def test_the_compiled_model_is_checked_for_the_marks(fpn_onnx, tmp_path):
     import openvino as ov
 
-    from ppdeploy.precision import openvino_mixed
+    from ppdeploy.backends.openvino import mixed as openvino_mixed
 
     core = ov.Core()
     bf16 = {"INFERENCE_PRECISION_HINT": "bf16"}
@@ -153,7 +153,7 @@ def test_keep_fp32_is_refused_where_it_cannot_apply(fpn_onnx, tmp_path):
 
 
 def test_the_kept_region_is_part_of_the_engine_key():
-    from ppdeploy.backends.openvino import OpenVINOBackend
+    from ppdeploy.backends.openvino.backend import OpenVINOBackend
 
     plain, kept = BuildOptions(precision="bf16"), BuildOptions(precision="bf16", extra={"keep_fp32": ["encoder"]})
     backend = OpenVINOBackend()
@@ -165,7 +165,7 @@ def test_the_kept_region_is_part_of_the_engine_key():
 
 @needs_bf16
 def test_load_model_gates_and_builds_bf16_with_its_encoder_in_fp32(fpn_onnx, tmp_path):
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     kept = load_model(str(fpn_onnx), backend="openvino", precision="bf16", cache_dir=tmp_path, max_loss=0.5,
                       precision_options={"keep_fp32": ["encoder"]})
@@ -180,8 +180,8 @@ def test_load_model_gates_and_builds_bf16_with_its_encoder_in_fp32(fpn_onnx, tmp
 
 
 def test_precision_step_refuses_node_names_for_bf16_and_any_keep_for_int8(fpn_onnx, tmp_path):
-    from ppdeploy import precision
-    from ppdeploy.cache import EngineCache
+    from ppdeploy.precision import build as precision
+    from ppdeploy.core.cache import EngineCache
 
     with pytest.raises(InputError, match="region"):
         precision.apply(fpn_onnx, "bf16", cache=EngineCache(tmp_path), keep_fp32=["stem"])
@@ -190,8 +190,8 @@ def test_precision_step_refuses_node_names_for_bf16_and_any_keep_for_int8(fpn_on
 
 
 def test_fp16_keeps_the_encoder_nodes_in_fp32(fpn_onnx, tmp_path):
-    from ppdeploy import precision
-    from ppdeploy.cache import EngineCache
+    from ppdeploy.precision import build as precision
+    from ppdeploy.core.cache import EngineCache
 
     result = precision.apply(fpn_onnx, "fp16", cache=EngineCache(tmp_path), keep_fp32=["encoder"], max_loss=0.5)
     graph = onnx.load(str(result.onnx_path)).graph

@@ -49,7 +49,7 @@ def page_png() -> bytes:
 
 
 def model_configs(threads: int, instances: int = 1) -> list:
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
 
     common = dict(backends=["onnxruntime"], threads=threads, max_batch_size=8, instance_count=instances,
                   dynamic_batching={"max_queue_delay_ms": 2, "max_queue_size": 512})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.backends.base import IOSpec, Runner, TensorSpec
-from ppdeploy.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):

@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 from ppdeploy.serve import ray as ppray  # noqa: E402
-from ppdeploy.serve.config import ModelConfig  # noqa: E402
+from ppdeploy.repository.config import ModelConfig  # noqa: E402
 
 APP = "ppdeploy-under-test"  # not ppray.APP_NAME: the gateway must find its models under the name it was given
 DRIVER_PREFIX = "ppdeploy-driver: "  # serve_driver.PREFIX
@@ -215,7 +215,7 @@ def test_options_map_to_ray_deployment_settings():
     assert scaled["max_ongoing_requests"] >= 16
     fixed = ppray.model_deployment_options(cfg, ppray.RayOptions(replicas=3))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
-    from ppdeploy.errors import ConfigError
+    from ppdeploy.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         ppray.RayOptions(replicas=0).check()

@@ -13,7 +13,7 @@ REC_OUT = "softmax_11.tmp_0"
 
 def _onnxruntime_runner(model: str):
     """The model on ONNX Runtime CPU: the direct reference the servers' answers are compared with."""
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     dep = load_model(model, backend="onnxruntime")
     yield dep.runner

@@ -10,9 +10,17 @@ import pytest
 
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
-from ppdeploy.errors import InputError
-from ppdeploy.serve.batcher import (BatchedRunner, BatcherClosed, BatcherSettings, ClientGone, DynamicBatcher,
-                                    InferenceFailed, QueueFull, RequestTimeout)
+from ppdeploy.core.errors import InputError
+from ppdeploy.serve.batcher import (
+    BatchedRunner,
+    BatcherClosed,
+    BatcherSettings,
+    ClientGone,
+    DynamicBatcher,
+    InferenceFailed,
+    QueueFull,
+    RequestTimeout,
+)
 from tests.serve.conftest import CLS_OUT
 
 

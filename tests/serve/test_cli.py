@@ -5,7 +5,7 @@ import pytest
 
 from ppdeploy.cli import build_parser
 from ppdeploy.cli.serve import configs_from_args
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from tests.serve.conftest import write_repo
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from ppdeploy.errors import ConfigError
-from ppdeploy.serve.config import ModelConfig, load_config, load_repository
-from ppdeploy.shapes import ShapeProfile
+from ppdeploy.core.errors import ConfigError
+from ppdeploy.repository.config import ModelConfig, load_config, load_repository
+from ppdeploy.core.shapes import ShapeProfile
 from tests.serve.conftest import write_repo
 
 GOOD = """\

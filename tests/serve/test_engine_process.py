@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.errors import InputError, PPDeployError
+from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.serve.engine_process import EngineProcessDied, _encode_error, _rebuild_error, load_model_in_process
 from tests.serve.conftest import CLS_OUT, REC_OUT, write_repo
 
@@ -192,12 +192,12 @@ def test_close_leaves_no_process_and_no_shared_memory(cls_runner):
 
 
 def test_load_errors_come_back_from_the_child(tmp_path):
-    from ppdeploy.errors import SourceError
+    from ppdeploy.core.errors import SourceError
 
     with pytest.raises(PPDeployError) as err:
         load_model_in_process(str(tmp_path / "missing.onnx"), backend="onnxruntime")
     with pytest.raises(PPDeployError) as in_process:
-        from ppdeploy.deploy import load_model
+        from ppdeploy.deploy.load import load_model
 
         load_model(str(tmp_path / "missing.onnx"), backend="onnxruntime")
     assert type(err.value) is type(in_process.value) and str(err.value) == str(in_process.value)
@@ -268,7 +268,7 @@ def test_the_cli_flag_turns_it_on_for_every_model_with_an_engine(tmp_path):
     import argparse
 
     from ppdeploy.cli import serve as serve_cli
-    from ppdeploy.serve.config import load_config
+    from ppdeploy.repository.config import load_config
 
     parser = argparse.ArgumentParser()
     serve_cli.register(parser.add_subparsers())

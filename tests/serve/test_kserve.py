@@ -137,7 +137,7 @@ def test_valid_json_request_parses():
 
 
 def test_benchmark_request_body_is_valid_binary_protocol():
-    from ppdeploy.serve.loadtest import binary_infer_body
+    from ppdeploy.bench.serving import binary_infer_body
 
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     body, header_len = binary_infer_body({"x": x})

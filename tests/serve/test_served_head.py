@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.bench.server_process import ServerProcess
-from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
 pytestmark = pytest.mark.slow
 

@@ -217,7 +217,7 @@ def test_overload_gives_429_and_no_lost_or_duplicated_response(server):
 
 
 def _binary_request(x: np.ndarray) -> tuple[bytes, dict]:
-    from ppdeploy.serve.loadtest import binary_infer_body
+    from ppdeploy.bench.serving import binary_infer_body
 
     body, header_len = binary_infer_body({"x": x})
     return body, {"Inference-Header-Content-Length": str(header_len), "Content-Type": "application/octet-stream"}
@@ -311,7 +311,7 @@ def test_server_survives_the_corpus(server, cls_runner):
 
 def test_task_routes_match_the_in_process_pipelines(server, det_runner, cls_runner, rec_runner, shapes_dir):
     from ppdeploy.demo.shapes_classifier import render
-    from ppdeploy.tasks.classification import Classifier
+    from ppdeploy.tasks.classification.task import Classifier
     from ppdeploy.tasks.ocr.pipeline import OCR
 
     page = _png(520, 90, "Serve 2026 ok")
@@ -328,7 +328,7 @@ def test_task_routes_match_the_in_process_pipelines(server, det_runner, cls_runn
 
     from PIL import Image
 
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
 
     classifier = Classifier.from_runner(load_model(str(shapes_dir), backend="onnxruntime").runner,
                                         preprocess=shapes_dir / "preprocess.yaml", labels=shapes_dir / "labels.txt")

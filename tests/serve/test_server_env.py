@@ -1,7 +1,7 @@
 """The server process's environment switches (ppdeploy.serve.server): event loop and GIL switch interval."""
 import pytest
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.serve import server
 
 

@@ -118,7 +118,7 @@ def test_bad_worker_counts_are_refused(capsys):
         assert words in capsys.readouterr().err
     os.environ["PPDEPLOY_WORKER_SOCKET"] = "fork"
     try:
-        from ppdeploy.errors import ConfigError
+        from ppdeploy.core.errors import ConfigError
         from ppdeploy.serve.workers import socket_mode
 
         with pytest.raises(ConfigError, match="reuseport or shared"):

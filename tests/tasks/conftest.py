@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="session")
 def synth_pages(tmp_path_factory) -> Path:
     """12 generated pages (~180 labelled lines), fixed seed: Chinese, English, dates, prices, digits."""
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     out = tmp_path_factory.mktemp("synth_ocr")
     generate(out, SynthOptions(pages=12, seed=2024))

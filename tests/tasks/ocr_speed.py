@@ -55,8 +55,8 @@ class Reference:
 def main() -> int:
     import cv2
 
-    from ppdeploy.evaluation.metrics import text_agreement
-    from ppdeploy.evaluation.synth import SynthOptions, generate
+    from ppdeploy.tasks.ocr.metrics import text_agreement
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--pages", type=int, default=8)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ppdeploy.errors import ConfigError
-from ppdeploy.tasks.classification import Classifier, PreprocessConfig, preprocess_image, to_probabilities
+from ppdeploy.core.errors import ConfigError
+from ppdeploy.tasks.classification.task import Classifier, PreprocessConfig, preprocess_image, to_probabilities
 
 
 @pytest.fixture(scope="module")

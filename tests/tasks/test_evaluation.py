@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from ppdeploy.errors import InputError
-from ppdeploy.evaluation.dataset import read_labelled_folder
-from ppdeploy.evaluation.metrics import edit_distance, match_boxes, polygon_iou, score_image, text_agreement
-from ppdeploy.evaluation.synth import SynthOptions, generate
+from ppdeploy.core.errors import InputError
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+from ppdeploy.tasks.ocr.metrics import edit_distance, match_boxes, polygon_iou, score_image, text_agreement
+from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
 
 def box(x, y, w=100, h=20):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppdeploy.errors import ImageError, InputError
+from ppdeploy.core.errors import ImageError, InputError
 from ppdeploy.tasks.image_io import array_to_bgr, load_image
 
 

@@ -17,8 +17,8 @@ import json
 
 import pytest
 
-from ppdeploy.evaluation.dataset import read_labelled_folder
-from ppdeploy.evaluation.metrics import score_dataset, text_agreement
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.tasks.ocr.crop import crop_quad
 from ppdeploy.tasks.ocr.det import DBPostProcess, DetOptions, filter_boxes, resize_for_det, sort_reading_order
 from ppdeploy.tasks.ocr.pipeline import OCROptions, option_names
@@ -80,7 +80,7 @@ class ShapeRecorder:
 
 
 def test_direction_classifier_sends_one_shape_and_answers_as_unpadded():
-    from ppdeploy.deploy import load_model
+    from ppdeploy.deploy.load import load_model
     from ppdeploy.tasks.ocr.cls import ClsOptions, TextDirectionClassifier
 
     rng = np.random.default_rng(0)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from ppdeploy.device import cpu_supports_bf16
-from ppdeploy.errors import ConfigError
-from ppdeploy.evaluation.dataset import read_labelled_folder
+from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.core.errors import ConfigError
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.image_io import load_image
 from ppdeploy.tasks.ocr.pipeline import OCR, keep_fp32_for
 

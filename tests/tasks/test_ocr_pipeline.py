@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppdeploy.evaluation.dataset import read_labelled_folder
-from ppdeploy.evaluation.metrics import score_image
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+from ppdeploy.tasks.ocr.metrics import score_image
 from ppdeploy.tasks.ocr.pipeline import OCR, TIMING_KEYS
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ppdeploy.device import cpu_supports_bf16
-from ppdeploy.evaluation.dataset import read_labelled_folder
+from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.pipeline import OCR
 from ppdeploy.tasks.ocr.guard import CHAR_SWAP_FACTOR, uncertain_rows
 
@@ -141,7 +141,7 @@ def test_cli_rec_guard_flags():
     import argparse
 
     from ppdeploy.cli.ocr import add_ocr_model_args, build_ocr
-    from ppdeploy.errors import ConfigError
+    from ppdeploy.core.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     add_ocr_model_args(parser)
@@ -158,7 +158,7 @@ def test_cli_rec_guard_flags():
 def test_a_served_ocr_pipeline_takes_a_rec_guard_stage(ocr_ort, synth_pages):
     from pydantic import ValidationError
 
-    from ppdeploy.serve.config import ModelConfig
+    from ppdeploy.repository.config import ModelConfig
     from ppdeploy.serve.models import build_task
 
     pages = read_labelled_folder(synth_pages)[:2]
@@ -193,7 +193,7 @@ class FixedRunner:
 
 
 def test_the_guard_answers_each_rows_best_classes_from_the_model_that_read_it():
-    from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+    from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
     from ppdeploy.tasks.ocr.guard import GuardedRecRunner
 
     fast_probs = np.concatenate([one_hot_path([1, 0, 2]), one_hot_path([1, 0, 2]), one_hot_path([3, 0, 4])])

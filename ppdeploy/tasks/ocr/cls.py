@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.tasks.ocr.textline import fill_batch
 
 

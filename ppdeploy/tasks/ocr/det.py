@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def draw_result(bgr: np.ndarray, lines: list[Any], font_path: str | Path | None 
 def save_drawing(path: str | Path, bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> bool:
     import cv2
 
-    from ppdeploy.errors import PPDeployError
+    from ppdeploy.core.errors import PPDeployError
 
     image, with_text = draw_result(bgr, lines, font_path)
     path = Path(path)

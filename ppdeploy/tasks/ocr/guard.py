@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 
 DEFAULT_MARGIN = 0.5
 MAX_MARGIN = 10.0  # a log-ratio: exp(-10) makes nearly every class an alternative
@@ -130,7 +130,7 @@ class GuardedRecRunner:
     """Runner-like: `fast` answers, and the rows it is unsure of (by `margin`) are answered by `guard` instead.
 
     Both must be the same rec model (same classes) returning its softmax; `guard` at full precision. It returns what
-    the ctc_greedy head would (ppdeploy.convert.heads): the best class and its probability per step, so the fast
+    the ctc_greedy head would (ppdeploy.graph.heads): the best class and its probability per step, so the fast
     model's softmax (tens of MB per batch of long lines) is read once, here, and never copied or patched; it is
     borrowed from the fast runner where the backend allows (Runner.infer_borrowed). `last_guard_rows` and
     `last_guard_ms` tell what the last call re-read; `guarded_rows` counts them over the runner's life.
@@ -138,7 +138,7 @@ class GuardedRecRunner:
 
     def __init__(self, fast: Any, guard: Any, margin: float = DEFAULT_MARGIN):
         from ppdeploy.backends.base import IOSpec, TensorSpec
-        from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+        from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
         if any(t.name == CTC_INDEX for r in (fast, guard) for t in getattr(r.io, "outputs", ())):
             raise ConfigError("the rec guard needs rec models that return their softmax, not the ctc_greedy head")
@@ -161,7 +161,7 @@ class GuardedRecRunner:
         return self.fast.last_timings
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
+        from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
         probs = _as_probabilities(next(iter(self._fast_infer(feeds).values())))
         best, best_p = path = best_path(probs)

@@ -1,7 +1,7 @@
 """PP-OCR end to end: decode -> detect (DB) -> crop -> direction classifier -> recognize (CTC).
 
 The pipeline only sees runner-like objects (`.io`, `.infer(dict) -> dict`); `OCR(...)` builds them with
-`ppdeploy.deploy.load_model` for the bundled PP-OCR models, `OCR.from_runners(...)` takes any you already have
+`ppdeploy.deploy.load.load_model` for the bundled PP-OCR models, `OCR.from_runners(...)` takes any you already have
 (the HTTP server passes runners whose `infer` goes through its dynamic batcher).
 
 Options (keyword arguments of `OCR` and `OCR.from_runners`; defaults are PaddleOCR's PP-OCRv4 ones):
@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ppdeploy.errors import ConfigError
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.tasks.image_io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from ppdeploy.tasks.ocr.cls import ClsOptions, TextDirectionClassifier
 from ppdeploy.tasks.ocr.crop import crop_all
@@ -34,7 +34,7 @@ STAGES = ("det", "cls", "rec")
 DEFAULT_MODELS = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
 TIMING_KEYS = ("decode", "det_pre", "det_infer", "det_post", "crop", "cls", "rec_pre", "rec_infer", "rec_post",
                "rec_guard", "total")
-# Stage precisions that keep a region in FP32 by default (OCR's keep_fp32="auto"; ppdeploy.precision.regions): BF16 det
+# Stage precisions that keep a region in FP32 by default (OCR's keep_fp32="auto"; ppdeploy.graph.regions): BF16 det
 # moved boxes enough to change 3 % of lines, BF16 det with its encoder in FP32 0.3 % (measured in regions.py).
 AUTO_KEEP_FP32 = {"det": {"bf16": ("encoder",)}}
 # Rec precisions that get the FP32 guard by default: their errors are small enough for the guard to find the lines
@@ -159,11 +159,11 @@ class OCR:
     reduced precision whose errors it can catch (bf16, fp16) and re-reads with it the lines the fast model is unsure of
     (ppdeploy.tasks.ocr.guard; threshold rec_guard_margin); a precision name ("fp32") forces that guard, None
     turns it off.
-    keep_fp32: what stays FP32 in a reduced-precision stage (ppdeploy.precision.regions). "auto" (default): the
+    keep_fp32: what stays FP32 in a reduced-precision stage (ppdeploy.graph.regions). "auto" (default): the
     detector's encoder when det runs BF16, which keeps its boxes where FP32 puts them (3 % of lines changed by pure
     BF16 det, 0.3 % with the encoder in FP32, for 27.5 -> 20.5 ms of det per page instead of 16.2). A dict per stage
     ({"det": ["encoder"]}, also for FP16) sets it; None turns it off.
-    rec_head: "auto" (default) appends the ctc_greedy head (ppdeploy.convert.heads) to an unguarded FP32/FP16 rec
+    rec_head: "auto" (default) appends the ctc_greedy head (ppdeploy.graph.heads) to an unguarded FP32/FP16 rec
     graph on a GPU backend: the engine returns the best class and its probability per step instead of the whole
     softmax (2.1 MB per line to copy back), the same text and scores. On the CPU it does not pay: OpenVINO's
     in-graph argmax over 6625 classes costs more than numpy's (+14 % rec time measured), ONNX Runtime's the same.
@@ -178,7 +178,7 @@ class OCR:
                  load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
                  rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None,
                  rec_head: str | None = "auto", keep_fp32: str | Mapping[str, Any] | None = "auto", **options: Any):
-        from ppdeploy.deploy import load_model
+        from ppdeploy.deploy.load import load_model
 
         opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
         backends = _per_stage(backend, "backend")
@@ -307,10 +307,10 @@ class OCR:
 def _calibrate_from_pages(stages, calib, gate_data, models, backends, precisions, extra, threads) -> dict[str, Any]:
     """Put calibration (and the task gate) built from page images into `extra` for every reduced-precision stage.
     Returns the FP32 reference deployments the gates use; the caller closes them once the stages are loaded."""
-    from ppdeploy.deploy import load_model
-    from ppdeploy.precision import int8_openvino
-    from ppdeploy.precision.tasks import ocr_load_kwargs
-    from ppdeploy.select import first_runnable
+    from ppdeploy.deploy.load import load_model
+    from ppdeploy.backends.openvino import quantize as int8_openvino
+    from ppdeploy.tasks.ocr.calibrate import ocr_load_kwargs
+    from ppdeploy.deploy.select import first_runnable
 
     lowered = [s for s in stages if (precisions[s] or "fp32") != "fp32"]
     if not lowered:
@@ -372,7 +372,7 @@ def rec_guard_precision(rec_guard: str | None, rec_precision: str) -> str | None
 
 def rec_head_for(rec_head: str | None, backend: str, precision: str, guard_precision: str | None) -> str | None:
     """The output head OCR(rec_head=...) appends to the rec graph (None: the model's own softmax)."""
-    from ppdeploy.convert.heads import CTC_GREEDY, check_head
+    from ppdeploy.graph.heads import CTC_GREEDY, check_head
 
     if rec_head is None or rec_head in ("off", "none", "softmax"):
         return None
@@ -380,7 +380,7 @@ def rec_head_for(rec_head: str | None, backend: str, precision: str, guard_preci
         if guard_precision is not None or precision not in ("fp32", "fp16"):
             return None
         from ppdeploy.backends import get_backend
-        from ppdeploy.select import first_runnable
+        from ppdeploy.deploy.select import first_runnable
 
         first = first_runnable(backend)
         return CTC_GREEDY if first is not None and get_backend(first).device == "gpu" else None

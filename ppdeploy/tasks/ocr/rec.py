@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.convert.heads import CTC_INDEX, CTC_PROB
-from ppdeploy.errors import ConfigError
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
+from ppdeploy.core.errors import ConfigError
 from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN, MAX_MARGIN, best_path
 from ppdeploy.tasks.ocr.textline import fill_batch
 
@@ -45,7 +45,7 @@ class RecOptions:
 def load_characters(dictionary: str | Path | None, use_space_char: bool = True) -> list[str]:
     """CTC classes: index 0 is the blank, then the dictionary lines, then (optionally) a space."""
     if dictionary is None:
-        from ppdeploy.zoo import ocr_dictionary
+        from ppdeploy.source.zoo import ocr_dictionary
 
         dictionary = ocr_dictionary()
     path = Path(dictionary)
@@ -64,7 +64,7 @@ def ctc_greedy_decode(probs: np.ndarray, characters: list[str]) -> list[tuple[st
 
 def ctc_best_path_decode(best: np.ndarray, best_prob: np.ndarray, characters: list[str]) -> list[tuple[str, float]]:
     """N x T best classes and their probabilities -> (text, score) per row: repeats merged, blanks dropped, score =
-    mean probability of the kept steps. This is all a model with the ctc_greedy head (ppdeploy.convert.heads) returns."""
+    mean probability of the kept steps. This is all a model with the ctc_greedy head (ppdeploy.graph.heads) returns."""
     if best.size and int(best.max()) >= len(characters):
         raise ConfigError(f"the recognition model predicted class {int(best.max())} but the dictionary has "
                           f"{len(characters)} classes (blank + characters + space)",
@@ -99,7 +99,7 @@ class RecTimings:
 
 class TextRecognizer:
     """Crops -> (text, score) per crop. `runner` returns either the N x T x classes probabilities or, with the
-    ctc_greedy head (ppdeploy.convert.heads), the best class and its probability per step. It may be a
+    ctc_greedy head (ppdeploy.graph.heads), the best class and its probability per step. It may be a
     GuardedRecRunner (see ppdeploy.tasks.ocr.guard); its re-reads are then reported apart (rec_guard, guard_lines)."""
 
     def __init__(self, runner: Any, options: RecOptions | None = None, characters: list[str] | None = None):

@@ -1,0 +1,10 @@
+from ppdeploy.source.model import (  # noqa: F401
+    PDMODEL,
+    PIR,
+    ONNX,
+    ModelSource,
+    detect,
+    from_layer,
+)
+
+__all__ = ['PDMODEL', 'PIR', 'ONNX', 'ModelSource', 'detect', 'from_layer']
