@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("ppdeploy.deploy.load", "load_model"),
     "Deployment": ("ppdeploy.deploy.load", "Deployment"),
-    "OCR": ("ppdeploy.tasks.ocr.pipeline", "OCR"),
+    "OCR": ("ppdeploy.tasks.ocr.builder", "OCR"),
     "Classifier": ("ppdeploy.tasks.classification.task", "Classifier"),
     "EngineCache": ("ppdeploy.core.cache", "EngineCache"),
 }

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from ppdeploy.convert import pipeline as convert
+from ppdeploy.core.errors import BackendUnavailable, BuildError, PPDeployError
 from ppdeploy.deploy import select
 from ppdeploy.deploy.load import load_model
-from ppdeploy.core.errors import BackendUnavailable, BuildError, PPDeployError
 
 
 def test_second_load_skips_conversion_and_build(tmp_path):
@@ -85,3 +85,49 @@ def test_backend_specific_extras_reach_only_their_backend(tmp_path):
     assert with_gpu_switches.cache_hit and with_gpu_switches.engine_dir == plain.engine_dir
     shared = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path, extra={"some_switch": 1})
     assert shared.engine_dir != plain.engine_dir  # a shared switch is part of every backend's key
+
+
+def _echo_backend_class():
+    """A backend registered from the test itself: runs ONNX through ONNX Runtime under its own name."""
+    from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
+
+    class EchoBackend(OnnxRuntimeBackend):
+        name = "echo"
+        precisions = frozenset({"fp32"})
+        int8_quantizer = None
+
+    return EchoBackend
+
+
+def test_a_backend_registered_at_run_time_joins_the_chain_and_doctor(tmp_path):
+    from ppdeploy.backends.registry import BACKENDS
+    from ppdeploy.deploy.doctor import backend_rows
+
+    BACKENDS.register("echo", _echo_backend_class())
+    try:
+        assert "echo" in select.default_chain() and select.chain_for("auto")[0][-1] == "echo"
+        row = backend_rows()["echo"]
+        assert row["available"] and row["precisions"] == ["fp32"] and row["device"] == "cpu"
+        dep = load_model("ppocr-cls", backend="echo", cache_dir=tmp_path)
+        assert dep.backend == "echo"
+        with pytest.raises(BackendUnavailable, match="fp16 is not offered by echo"):
+            load_model("ppocr-cls", backend="echo", precision="fp16", cache_dir=tmp_path)
+    finally:
+        BACKENDS.unregister("echo")
+    assert "echo" not in select.default_chain()
+
+
+def test_int8_quantizer_choice_asks_the_backend_class():
+    from ppdeploy.backends.openvino import quantize as nncf_int8
+    from ppdeploy.backends.registry import BACKENDS
+    from ppdeploy.deploy import quantizer_for
+
+    for name in ("onnxruntime", "tensorrt", "onnxruntime-cuda", "paddle"):
+        assert quantizer_for(BACKENDS.get(name), {"quantizer": "auto"}) == "onnxruntime"
+        assert quantizer_for(BACKENDS.get(name), {}) == "onnxruntime"
+    native = "openvino" if nncf_int8.available() is None else "onnxruntime"
+    assert quantizer_for(BACKENDS.get("openvino"), {"quantizer": "auto"}) == native
+    assert quantizer_for(BACKENDS.get("openvino"), None) == native
+    assert quantizer_for(BACKENDS.get("openvino"), {"quantizer": "onnxruntime"}) == "onnxruntime"
+    with pytest.raises(PPDeployError, match="unknown quantizer"):
+        quantizer_for(BACKENDS.get("onnxruntime"), {"quantizer": "nonsense"})

@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ppdeploy.source import zoo
 from ppdeploy.core.errors import SourceError
+from ppdeploy.source import zoo
 from ppdeploy.source.model import ONNX, PDMODEL, PIR, detect
 
 

@@ -25,7 +25,7 @@ def test_shape_mismatch_fails():
 
 
 def test_generated_inputs_are_seeded():
-    from ppdeploy.backends.base import IOSpec, TensorSpec
+    from ppdeploy.core.tensors import IOSpec, TensorSpec
 
     io = IOSpec((TensorSpec("x", "float32", (None, 3, None, None)), TensorSpec("n", "int64", (None,))), ())
     a, b = generate_inputs(io, seed=3), generate_inputs(io, seed=3)

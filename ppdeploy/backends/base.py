@@ -11,12 +11,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from ppdeploy.core.errors import InputError
 from ppdeploy.core.shapes import ShapeProfile
-from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype, validate_inputs  # noqa: F401  (re-exported: backends describe I/O with them)
+from ppdeploy.core.tensors import IOSpec, validate_inputs
 
 
 def default_threads() -> int:
@@ -113,8 +114,28 @@ class Backend(abc.ABC):
     """Builds artifacts and loads runners for one backend. Subclasses import their library lazily."""
 
     name: ClassVar[str]
-    consumes: ClassVar[str] = "onnx"  # "onnx" or "paddle" (a Paddle inference model directory)
+    # The model it is fed: "onnx" (converted and precision-adjusted by ppdeploy) or "paddle" (the original Paddle
+    # program, run as it is: no conversion, no output head, no reduced precision).
+    consumes: ClassVar[str] = "onnx"
+    # Every artifact format it builds from: "onnx", "paddle", "openvino-ir" (an OpenVINO IR, as NNCF's INT8 writes it).
+    formats: ClassVar[frozenset[str]] = frozenset({"onnx"})
+    # Precisions it runs (names in ppdeploy.precision.registry.PRECISIONS).
+    precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    # The INT8 quantizer native to it (a name in ppdeploy.precision.quantizers.QUANTIZERS), None when it runs no INT8.
+    int8_quantizer: ClassVar[str | None] = None
     device: ClassVar[str] = "cpu"  # "cpu" or "gpu": decides which device identity enters the cache key
+    # The platform string Triton's model metadata uses for this kind of engine (KServe v2 "platform").
+    triton_platform: ClassVar[str] = "ensemble"
+    # True when its engine re-plans (and allocates) on every new input shape, so callers should bucket shapes
+    # (pad to multiples) to keep the number of plans small; see tasks/ocr/builder.py GPU_SHAPE_BUCKETS.
+    replans_per_shape: ClassVar[bool] = False
+
+    def precision_unavailable(self, precision: str) -> str | None:
+        """None when it can run `precision` here; otherwise why not. The class-level `precisions` says what it runs
+        at all; this adds run-time conditions (e.g. an instruction set of this CPU)."""
+        if precision not in self.precisions:
+            return f"{self.name} does not run {precision} (it runs {', '.join(sorted(self.precisions))})"
+        return None
 
     @abc.abstractmethod
     def unavailable_reason(self) -> str | None:

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
+from ppdeploy.backends.base import Backend, BuildOptions, Runner
 from ppdeploy.core.errors import BuildError
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype
+
+ort = lazy_import("onnxruntime", install="onnxruntime")
 
 ARTIFACT = "model.ort.onnx"
 
 
 def session_options(options: BuildOptions, optimized_out: Path | None = None):
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.resolved_threads()
     so.inter_op_num_threads = 1
@@ -25,8 +27,8 @@ def session_options(options: BuildOptions, optimized_out: Path | None = None):
     so.log_severity_level = 3
     if not options.extra.get("spin", False):
         # ORT's idle workers spin after each run by default, taking the CPU from whatever runs next on the same cores
-        # (the task's own Python, another runtime, the server's event loop): measured on the OCR pipeline on 2 cores,
-        # all-ORT 335 -> 289 ms/page and ORT cls before OpenVINO rec 161 -> 148 ms/page with spinning off.
+        # (the task's own Python, another runtime, the server's event loop); the OCR pipeline ran faster with
+        # spinning off (BENCHMARKS.md).
         # `spin: true` restores it (back-to-back calls of one model may gain a little).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_out is not None:
@@ -64,6 +66,9 @@ class OnnxRuntimeRunner(Runner):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    precisions = frozenset({"fp32", "fp16", "int8"})
+    int8_quantizer = "onnxruntime"
+    triton_platform = "onnxruntime_onnx"
     providers = ["CPUExecutionProvider"]
 
     def unavailable_reason(self) -> str | None:
@@ -72,13 +77,9 @@ class OnnxRuntimeBackend(Backend):
         return None
 
     def version(self) -> str:
-        import onnxruntime as ort
-
         return ort.__version__
 
     def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
-        import onnxruntime as ort
-
         target = out_dir / ARTIFACT
         try:
             ort.InferenceSession(str(model_path), session_options(options, target), providers=self.providers)
@@ -88,8 +89,6 @@ class OnnxRuntimeBackend(Backend):
             shutil.copyfile(model_path, target)
 
     def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
-        import onnxruntime as ort
-
         so = session_options(options)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

@@ -10,24 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
+from ppdeploy.backends.base import Backend, BuildOptions, Runner
 from ppdeploy.core.errors import BuildError
-
-
-def import_paddle():
-    """`import paddle`, undoing what its import does to logging: it adds a StreamHandler to the root logger and sets
-    it to INFO, which doubles every log line of an application that merely loads a model through ppdeploy."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    import paddle
-
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    return paddle
+from ppdeploy.core.lazy import import_paddle
+from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype
 
 
 def _model_files(artifact_dir: Path) -> tuple[Path, Path]:
@@ -67,6 +53,9 @@ class PaddleRunner(Runner):
 class PaddleBackend(Backend):
     name = "paddle"
     consumes = "paddle"
+    formats = frozenset({"paddle"})
+    precisions = frozenset({"fp32"})  # the original FP32 program; reduced precisions are applied to the ONNX graph
+    triton_platform = "paddle"
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("paddle") is None:

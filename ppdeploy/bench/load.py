@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ppdeploy.bench.load_worker import WorkerJob, WorkerResult
 from ppdeploy.bench.stats import summarize
 from ppdeploy.core.errors import InputError, PPDeployError
 
@@ -236,8 +237,6 @@ def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, se
 
     The schedule is dealt round-robin (worker i sends arrivals i, i+N, ...), so the merged arrivals are exactly
     the one process drawn from `settings.seed`, whatever N is; all workers share one start time."""
-    from ppdeploy.bench.load_worker import WorkerJob, WorkerResult
-
     parts = urlsplit(base_url)
     if parts.scheme != "http":
         raise InputError(f"the load generator speaks plain HTTP; '{base_url}' is {parts.scheme}")

@@ -18,10 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ppdeploy.backends.base import default_threads
 from ppdeploy.bench.offline import MeasureSettings
 from ppdeploy.bench.peers import PEERS, OCRSettings, PeerProcess
+from ppdeploy.bench.report import BASELINE_BACKEND, markdown_table
 from ppdeploy.bench.stats import stage_means, summarize
+from ppdeploy.core.cache import default_root
+from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.tasks.ocr.builder import OCR, keep_fp32_for, rec_guard_precision
+from ppdeploy.tasks.ocr.metrics import score_dataset
+from ppdeploy.tasks.ocr.pipeline import OCROptions
 
 log = logging.getLogger("ppdeploy.bench.ocr")
 
@@ -76,13 +83,10 @@ class OCRConfig:
         def part(v: Any) -> str:
             return v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items())
 
-        from ppdeploy.tasks.ocr.pipeline import rec_guard_precision
-
         rec = self.stage_precision("rec")
         guard = rec_guard_precision(self.rec_guard, rec)
         margin = f" (margin {self.rec_guard_margin:g})" if guard and self.rec_guard_margin is not None else ""
         suffix = f" + {guard.upper()} rec guard{margin}" if guard else (" (no rec guard)" if rec != "fp32" else "")
-        from ppdeploy.tasks.ocr.pipeline import keep_fp32_for
 
         kept = keep_fp32_for(self.keep_fp32, {s: self.stage_precision(s) for s in ("det", "cls", "rec")})
         suffix += "".join(f" + FP32 {stage} {' '.join(regions)}" for stage, regions in kept.items())
@@ -168,8 +172,6 @@ class Reading:
 
 class _PpdeployContestant:
     def __init__(self, config: OCRConfig, images: Sequence[bytes], threads: int | None, options: dict[str, Any]):
-        from ppdeploy.tasks.ocr.pipeline import OCR
-
         self.entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
         self.images = images
         t0 = time.perf_counter()
@@ -245,7 +247,6 @@ def _run_interleaved(contestants: list[Any], n_images: int, settings: MeasureSet
 def _peer_precision(backend: str) -> str:
     if backend != "OpenVINO":
         return "fp32"
-    from ppdeploy.core.device import cpu_supports_bf16
 
     # OpenVINO's CPU plugin lowers to bf16 by itself where the CPU has it, unless told otherwise (RapidOCR does not).
     return "runtime default (bf16 on this CPU)" if cpu_supports_bf16() else "runtime default (fp32 on this CPU)"
@@ -266,8 +267,6 @@ def _fill(entry: OCREntry, samples: list[float], stages: list[dict[str, float]],
 
 def label_accuracy(entry: OCREntry, labels: Sequence[Any]) -> dict[str, Any]:
     """Character accuracy, exact lines and detection P/R against labelled pages (ppdeploy.tasks.ocr.metrics)."""
-    from ppdeploy.tasks.ocr.metrics import score_dataset
-
     preds = [list(zip(t, b)) for t, b in zip(entry.texts, entry.boxes)]
     gts = [[(line.text, line.box) for line in item.lines] for item in labels]
     m = score_dataset(preds, gts)
@@ -285,11 +284,6 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
               cache_root: Path | None = None, ocr_options: dict[str, Any] | None = None,
               on_entry: Callable[[OCREntry], None] | None = None) -> dict[str, Any]:
     """Run ppdeploy configs and peers over the same images; return a JSON-ready dict with agreement filled in."""
-    from ppdeploy.core.cache import default_root
-    from ppdeploy.tasks.ocr.pipeline import OCROptions
-
-    from ppdeploy.backends.base import default_threads
-
     if not image_paths:
         raise PPDeployError("no images to benchmark OCR on")
     # Everyone gets the same explicit thread count: left unset, Paddle Inference (rapidocr-paddle) would use
@@ -328,7 +322,8 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
         gc.collect()
     ref = next((e for e in entries if e.name == REFERENCE and e.ok), None)
     if ref is None:  # no peer reference: agreement against ppdeploy on Paddle Inference fp32, if it ran
-        ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == "paddle" and e.precision == "fp32" and e.ok), None)
+        ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == BASELINE_BACKEND and e.precision == "fp32"
+                    and e.ok), None)
     for e in entries:
         if e.ok and ref is not None:
             e.agreement = line_agreement(ref.texts, e.texts)
@@ -346,8 +341,6 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
 
 
 def ocr_markdown(result: dict[str, Any]) -> str:
-    from ppdeploy.bench.report import markdown_table
-
     entries = [e for e in result["entries"]]
     base = next((e for e in entries if e["name"] == REFERENCE and e["ok"]), None)
     peers_ok = [e for e in entries if e["kind"] == "peer" and e["ok"]]

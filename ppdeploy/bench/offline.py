@@ -16,9 +16,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.source import zoo
+from ppdeploy.backends import BACKENDS, get_backend
 from ppdeploy.bench.stats import stage_means, summarize
 from ppdeploy.core.errors import InputError, PPDeployError
+from ppdeploy.deploy.load import load_model
+from ppdeploy.source import zoo
 
 log = logging.getLogger("ppdeploy.bench")
 
@@ -245,17 +247,13 @@ class LoadedModel:
 
 def load_runner(model: str, backend: str, precision: str, threads: int | None) -> LoadedModel:
     """Load through `ppdeploy.deploy.load.load_model` (engine cache, fallback chain); build time is not measured."""
-    from ppdeploy.deploy.load import load_model
-
     dep = load_model(model, backend=backend, precision=precision, threads=threads)
     return LoadedModel(dep.runner, dep.backend, dep.close)
 
 
 def _on_gpu(backend: str) -> bool:
-    from ppdeploy.backends import REGISTRY, get_backend
-
     try:
-        return backend in REGISTRY and get_backend(backend).device == "gpu"
+        return backend in BACKENDS and get_backend(backend).device == "gpu"
     except PPDeployError:
         return False
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppdeploy.core.errors import InputError
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+from ppdeploy.tasks.ocr.evaluate import list_images
+from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
 
 @dataclass
@@ -18,9 +21,6 @@ class PageSet:
 
 def load_pages(folder: Path) -> PageSet:
     """Images of a folder; with labels (labels.json / Label.txt) they come in the labels' order."""
-    from ppdeploy.tasks.ocr.dataset import read_labelled_folder
-    from ppdeploy.tasks.ocr.evaluate import list_images
-
     folder = Path(folder)
     try:
         labelled = read_labelled_folder(folder)
@@ -31,8 +31,6 @@ def load_pages(folder: Path) -> PageSet:
 
 def synthetic_pages(root: Path, count: int, seed: int = 0) -> PageSet:
     """`count` labelled synthetic document pages for `seed`, generated on first use."""
-    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
-
     if count < 1:
         raise InputError(f"need at least one page, got {count}")
     folder = Path(root) / f"synth-{count}p-seed{seed}"

@@ -20,49 +20,64 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ppdeploy.backends.base import BuildOptions
+from ppdeploy.backends.registry import get_backend
+from ppdeploy.convert.pipeline import to_onnx
+from ppdeploy.core.cache import EngineCache
+from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.core.errors import BackendUnavailable
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.precision.build import apply
+from ppdeploy.precision.runners import candidate_runner, ort_runner
+from ppdeploy.source.model import detect
+from ppdeploy.tasks.ocr.calibrate import ocr_calibration
+from ppdeploy.tasks.ocr.det import DetOptions, preprocess
+from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
+from ppdeploy.tasks.ocr.pipeline import OCRPipeline
+from ppdeploy.tasks.ocr.synth import SynthOptions, generate
+from ppdeploy.tasks.ocr.textline import fill_batch
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+
 ZOO = {"det": "ppocrv4-det", "rec": "ppocrv4-rec", "cls": "ppocr-cls"}
 
 
 def _onnx(role: str) -> Path:
-    from ppdeploy.core.cache import EngineCache
-    from ppdeploy.convert.pipeline import to_onnx
-    from ppdeploy.source.model import detect
-
     return to_onnx(detect(ZOO[role], None, export_dir=None), cache=EngineCache()).onnx_path
 
 
 def build_variants(calib_dir: Path, gate_dir: Path, max_loss: float) -> dict[str, dict[str, Any]]:
     """{backend/precision: {"det"|"rec"|"cls": (path, hint)}, ...} plus the gate reports."""
-    from ppdeploy.core.cache import EngineCache
-    from ppdeploy.precision.build import apply
-    from ppdeploy.precision.runners import openvino_runner, ort_runner
-    from ppdeploy.tasks.ocr.calibrate import ocr_calibration, ocr_char_accuracy
-
     cache = EngineCache()
     fp32 = {role: _onnx(role) for role in ZOO}
+    # The compared variants are this benchmark's fixed matrix: (graph, how it runs) per role, the second item a
+    # `precision.runners.candidate_runner` hint (None: ONNX Runtime; "bf16"; or the quantizer whose engine runs it).
     variants: dict[str, dict[str, Any]] = {
         "onnxruntime fp32": {r: (p, None) for r, p in fp32.items()},
         "openvino fp32": {r: (p, "openvino") for r, p in fp32.items()},
     }
     reports: dict[str, Any] = {}
-    openvino_fp32 = lambda p: openvino_runner(p, "fp32")  # noqa: E731
-    specs = [("onnxruntime int8", "onnxruntime", ort_runner), ("openvino int8", "openvino", openvino_fp32)]
+    # (variant, INT8 quantizer, calibration method, backend of its FP32 reference runners, cls kept at BF16)
+    specs = [("onnxruntime int8", "onnxruntime", "entropy", None, False),
+             ("openvino int8", "openvino", "minmax", "openvino", False)]
     if _has_bf16():
         variants["openvino bf16"] = {r: (p, "bf16") for r, p in fp32.items()}
         # NNCF's IR with BF16 for what it left unquantized (OpenVINO's CPU plugin keeps depthwise convolutions in
-        # float: a third of INT8 rec's time), gated that way.
-        specs.append(("openvino int8+bf16", "openvino-bf16", openvino_fp32))
-    for name, quantizer, make_runner in specs:
-        refs = {r: make_runner(p) for r, p in fp32.items()}
+        # float: a third of INT8 rec's time), gated that way. Its cls stays BF16: slower in INT8 than in BF16
+        # (more converting than computing).
+        specs.append(("openvino int8+bf16", "openvino-bf16", "minmax", "openvino", True))
+    for name, quantizer, method, ref_backend, cls_bf16 in specs:
+        refs = {r: _fp32_runner(p, ref_backend) for r, p in fp32.items()}
         variant: dict[str, Any] = {}
         for role in ZOO:
-            if role == "cls" and quantizer == "openvino-bf16":
-                variant[role] = (fp32[role], "bf16")  # slower in INT8 than in BF16 (more converting than computing)
+            if role == "cls" and cls_bf16:
+                variant[role] = (fp32[role], "bf16")
                 continue
             calib = ocr_calibration(role, calib_dir, det_runner=None if role == "det" else refs["det"])
-            res = apply(fp32[role], "int8", cache=cache, calib=calib, method="entropy" if quantizer == "onnxruntime"
-                        else "minmax", quantizer=quantizer, max_loss=max_loss,
-                        task_metric=ocr_char_accuracy(gate_dir, role, refs), task_name=f"ocr_char_accuracy[{role}]")
+            res = apply(fp32[role], "int8", cache=cache, calib=calib, method=method, quantizer=quantizer,
+                        max_loss=max_loss, task_metric=OCRPipeline.metric(role, gate_dir, refs), task_name=f"ocr_char_accuracy[{role}]")
             variant[role] = (res.onnx_path, res.backend_hint)
             reports[f"{name} {role}"] = {k: res.report.get(k) for k in ("gate", "int8", "excluded", "data")}
         variants[name] = variant
@@ -71,9 +86,21 @@ def build_variants(calib_dir: Path, gate_dir: Path, max_loss: float) -> dict[str
     return {"variants": variants, "reports": reports}
 
 
-def _has_bf16() -> bool:
-    from ppdeploy.core.device import cpu_supports_bf16
+def _fp32_runner(onnx_path: Path, backend: str | None):
+    """FP32 runner of `onnx_path` on `backend` (None: ONNX Runtime's plain reference runner), built outside the
+    cache: the gate's reference runs on the engine the quantized graph will run on."""
+    if backend is None:
+        return ort_runner(onnx_path)
+    be, options = get_backend(backend), BuildOptions()
+    reason = be.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"{backend} is unavailable: {reason}")
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-gate-") as tmp:
+        be.build(onnx_path, Path(tmp), options)
+        return be.load(Path(tmp), options)
 
+
+def _has_bf16() -> bool:
     return cpu_supports_bf16()
 
 
@@ -81,8 +108,6 @@ THREADS: int | None = None
 
 
 def _runner(path: Path, hint: str | None):
-    from ppdeploy.precision.runners import candidate_runner
-
     return candidate_runner(path, hint, THREADS)
 
 
@@ -111,13 +136,10 @@ def model_latency(variants: dict, page_feeds: dict, rec_feeds: dict, rounds: int
 
 
 def pipeline(variants: dict, data_dir: Path, rounds: int) -> dict[str, dict[str, float]]:
-    from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
-    from ppdeploy.tasks.ocr.pipeline import OCR
-
     ocrs = {}
     for name, v in variants.items():
         stages = {role: _runner(*v[role]) for role in ZOO}
-        ocrs[name] = OCR.from_runners(det=stages["det"], rec=stages["rec"], cls=stages["cls"])
+        ocrs[name] = OCRPipeline.from_runners(det=stages["det"], rec=stages["rec"], cls=stages["cls"])
     out: dict[str, dict[str, Any]] = {name: {"s_per_page": [], "cpu_s_per_page": []} for name in ocrs}
     for _ in range(rounds):  # interleaved: each variant takes its turn over the whole folder
         for name, ocr in ocrs.items():
@@ -150,13 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     global THREADS
     THREADS = args.threads
-
-    import cv2
-    import numpy as np
-
-    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
-    from ppdeploy.tasks.ocr.det import DetOptions, preprocess
-    from ppdeploy.tasks.ocr.textline import fill_batch
 
     tmp = Path(tempfile.mkdtemp(prefix="ppdeploy-precision-bench-"))
     calib_dir = args.calib or tmp / "calib"

@@ -9,6 +9,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ppdeploy.bench.stats import ecdf
 
+# Speed-ups are reported relative to Paddle Inference FP32 (what a PaddleOCR user runs today), measured in the same run.
+BASELINE_BACKEND = "paddle"
+
 
 def write_json(path: Path, data: Any) -> Path:
     path = Path(path)
@@ -69,7 +72,7 @@ def models_markdown(results: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(MODEL_HEADERS, model_rows(results))
 
 
-def ratio_markdown(results: Sequence[Mapping[str, Any]], baseline_backend: str = "paddle", batch: int = 1) -> str:
+def ratio_markdown(results: Sequence[Mapping[str, Any]], baseline_backend: str = BASELINE_BACKEND, batch: int = 1) -> str:
     """Per model, p50 latency of each backend/precision relative to a baseline measured in the same run."""
     by_model: dict[str, dict[str, tuple[float, float | None]]] = {}
     for r in results:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.serve.health import wait_until_ready
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -67,8 +68,6 @@ class ServerProcess:
         return self
 
     def _wait_started(self, found: threading.Event) -> None:
-        from ppdeploy.serve.health import wait_until_ready
-
         deadline = time.monotonic() + self.ready_timeout_s
         found.wait(timeout=self.ready_timeout_s)
         if self.url is None:

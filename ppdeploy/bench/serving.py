@@ -31,13 +31,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ppdeploy.bench.load import LoadSettings, RequestTemplate, default_workers, run_load
+from ppdeploy.bench.server_process import ServerProcess
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.deploy.load import load_model
+from ppdeploy.serve.kserve import kserve_datatype
 
 
 def binary_infer_body(inputs: dict[str, np.ndarray]) -> tuple[bytes, int]:
     """A KServe v2 request with every input as binary data and binary outputs (what tritonclient sends)."""
-    from ppdeploy.serve.kserve import kserve_datatype
-
     header = {"inputs": [{"name": n, "datatype": kserve_datatype(a.dtype), "shape": list(a.shape),
                           "parameters": {"binary_data_size": a.nbytes}} for n, a in inputs.items()],
               "parameters": {"binary_data_output": True}}
@@ -47,8 +49,6 @@ def binary_infer_body(inputs: dict[str, np.ndarray]) -> tuple[bytes, int]:
 
 def binary_request_template(model: str, inputs: dict[str, np.ndarray]):
     """`ppdeploy.bench.load.RequestTemplate` for a binary-tensor infer request."""
-    from ppdeploy.bench.load import RequestTemplate
-
     body, header_len = binary_infer_body(inputs)
     return RequestTemplate("POST", f"/v2/models/{model}/infer", body,
                            {"inference-header-content-length": str(header_len), "accept-encoding": "identity",
@@ -75,8 +75,6 @@ class RunningServer:
 @contextmanager
 def running_server(configs: Sequence[str], timeout_s: float = 300, extra_args: Sequence[str] = ()) -> Iterator[RunningServer]:
     """Serve a repository made of `configs` (config.yaml texts, keyed model name = folder) in a subprocess."""
-    from ppdeploy.bench.server_process import ServerProcess
-
     with tempfile.TemporaryDirectory(prefix="ppdeploy-loadtest-") as tmp:
         for text in configs:
             name = re.search(r"^name:\s*(\S+)", text, re.M)
@@ -115,8 +113,6 @@ def overhead_benchmark(model: str = "ppocr-cls", shape: Sequence[int] = (1, 3, 4
                        requests: int = 2000, warmup: int = 200, threads: int | None = None,
                        inline_max_ms: float = 1.0, chunk: int = 200) -> OverheadResult:
     """Raw and served calls alternate in chunks of `chunk`, so drifting background load hits both alike."""
-    from ppdeploy.deploy.load import load_model
-
     dep = load_model(model, backend=backend, threads=threads)
     name = dep.runner.io.inputs[0].name
     out_name = dep.runner.io.outputs[0].name
@@ -219,8 +215,6 @@ def _mean_batch(url: str, model: str) -> tuple[float, float]:
 
 
 def _point(url: str, template, rate: float, duration_s: float, model: str, seed: int) -> LadderPoint:
-    from ppdeploy.bench.load import LoadSettings, run_load
-
     c0, s0 = _mean_batch(url, model)
     [res] = run_load(url, template, [rate], duration_s,
                      settings=LoadSettings(timeout_s=60, drain_s=30, max_in_flight=1024, seed=seed))
@@ -360,8 +354,6 @@ def ceiling_benchmark(rates: Sequence[float] = (500, 1000, 2000, 3000, 4000), du
                       workers: int = 0) -> CeilingResult:
     """Offer increasing Poisson rates to a server whose model is near free (ONNX Runtime, one thread) and record
     what it sustains and how much CPU the server process spends per request."""
-    from ppdeploy.bench.load import LoadSettings, default_workers, run_load
-
     workers = workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="ppdeploy-ceiling-") as tmp:
         model = near_free_model(Path(tmp) / "near_free.onnx", input_shape, output_elems)

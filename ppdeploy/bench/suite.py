@@ -9,7 +9,24 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ppdeploy.bench import environment, report
-from ppdeploy.bench.offline import CaseResult, MeasureSettings, ModelCase, expand_cases, run_cases
+from ppdeploy.bench.load import (
+    LoadSettings,
+    fetch_v2_inputs,
+    image_request,
+    run_load,
+    v2_request,
+)
+from ppdeploy.bench.ocr import OCRConfig, bench_ocr, ocr_markdown
+from ppdeploy.bench.offline import (
+    CaseResult,
+    MeasureSettings,
+    ModelCase,
+    expand_cases,
+    run_cases,
+)
+from ppdeploy.bench.pages import load_pages, synthetic_pages
+from ppdeploy.bench.server_process import ServerProcess
+from ppdeploy.core.cache import default_root
 from ppdeploy.core.errors import PPDeployError
 
 log = logging.getLogger("ppdeploy.bench")
@@ -53,7 +70,7 @@ def write_model_run(run: ModelRun, out_dir: Path, *, prefix: str = "models", wit
 
 def models_section(rows: list[dict[str, Any]], out_dir: Path, plots: dict[str, Path | None], relative_to: Path) -> str:
     parts = [report.models_markdown(rows), ""]
-    if any(r["ok"] and r["backend"] == "paddle" and r["batch"] == 1 for r in rows):
+    if any(r["ok"] and r["backend"] == report.BASELINE_BACKEND and r["batch"] == 1 for r in rows):
         parts += ["Speed-up at batch 1 relative to Paddle Inference FP32 measured in the same run:", "",
                   report.ratio_markdown(rows), ""]
     for key, alt in (("latency_vs_batch", "latency vs batch size"), ("throughput", "throughput per backend/precision"),
@@ -95,8 +112,6 @@ def write_ocr_run(result: dict[str, Any], env: dict[str, Any], out_dir: Path, *,
 
 
 def ocr_section(result: dict[str, Any], out_dir: Path, cdf: Path | None, bars: Path | None, relative_to: Path) -> str:
-    from ppdeploy.bench.ocr import ocr_markdown
-
     s = result["ocr_settings"]
     settings_txt = ", ".join(f"{k}={v}" for k, v in s.items())
     lines = [
@@ -144,6 +159,15 @@ def plot_ocr_bars(entries: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------- the whole suite (`ppdeploy bench --all`)
+
+@dataclass(frozen=True)
+class OCRSearch:
+    """The OCR precision search that fills the Precision part (`ppdeploy.optimize`, a layer above bench: the caller
+    passes it in, as `ppdeploy bench --all` does)."""
+
+    run: Callable[..., Any]  # optimize_ocr(out_dir, *, precisions, backends, threads, pages, settings) -> result
+    section: Callable[..., str]  # ocr_optimize_section(result, pngs, out_dir, relative_to, heading=) -> markdown
+
 
 @dataclass
 class SuitePlan:
@@ -193,11 +217,10 @@ class SuitePlan:
 
 
 def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: Path | None = None,
-              progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Path]:
-    """Run the plan, write results under out_dir, and refresh the generated blocks of markdown_path."""
-    from ppdeploy.bench.ocr import OCRConfig, bench_ocr
-    from ppdeploy.bench.pages import load_pages, synthetic_pages
-
+              progress: Callable[[str, int], Callable[[], None]] | None = None,
+              ocr_search: OCRSearch | None = None) -> dict[str, Path]:
+    """Run the plan, write results under out_dir, and refresh the generated blocks of markdown_path. The Precision
+    part needs `ocr_search`; without it that block says it was not measured."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment.describe()
@@ -222,7 +245,7 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
     optimized = None
     if plan.precision:
         try:
-            optimized = _run_precision(plan, out_dir, md_dir, blocks, files, progress)
+            optimized = _run_precision(plan, out_dir, md_dir, blocks, files, progress, ocr_search)
         except PPDeployError as exc:  # one part failing must not cost the others
             log.error("OCR precision search failed: %s", exc)
             blocks["precision"] = f"Not measured in this run: {exc}"
@@ -255,20 +278,20 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
 
 
 def _run_precision(plan: SuitePlan, out_dir: Path, md_dir: Path, blocks: dict[str, str], files: dict[str, Path],
-                   progress) -> Any:
+                   progress, search: OCRSearch | None) -> Any:
     """`optimize ocr` over the plan's backends x precisions; fills the precision block, returns the result."""
-    from ppdeploy.optimize.search import ocr_optimize_section, optimize_ocr
-
+    if search is None:
+        raise PPDeployError("no OCR precision search was given (run_suite's ocr_search)")
     tick = progress("OCR precision search", 1) if progress else None
     opt_dir = out_dir / "optimize-ocr"
-    res = optimize_ocr(opt_dir, precisions=plan.precision_precisions, backends=plan.precision_backends,
-                       threads=plan.threads, pages=plan.precision_pages, settings=plan.precision_settings)
+    res = search.run(opt_dir, precisions=plan.precision_precisions, backends=plan.precision_backends,
+                     threads=plan.threads, pages=plan.precision_pages, settings=plan.precision_settings)
     pngs = {s: Path(res.files[f"plot_{s}"]) for s in res.stages if f"plot_{s}" in res.files}
     blocks["precision"] = (
         "`ppdeploy optimize ocr` over " + ", ".join(plan.precision_backends) + " × "
         + ", ".join(plan.precision_precisions) + f" (the model repository it wrote is in `{_rel(opt_dir, md_dir)}`; "
         "the chosen combination is also timed against the reference tools in the OCR pipeline table).\n\n"
-        + ocr_optimize_section(res, pngs, opt_dir, md_dir, heading="####"))
+        + search.section(res, pngs, opt_dir, md_dir, heading="####"))
     files["optimize_ocr"] = opt_dir / "optimize.md"
     if tick:
         tick()
@@ -279,10 +302,6 @@ def run_serving(plan: SuitePlan, out_dir: Path, md_dir: Path, env: dict[str, Any
                 tick: Callable[[], None] | None = None) -> str:
     """Two open-loop sweeps against `ppdeploy serve`: the rec model over KServe v2 (dynamic batching) and the
     whole OCR pipeline over /v1/ocr. Each server runs as a child process on a free loopback port."""
-    from ppdeploy.bench.load import LoadSettings, fetch_v2_inputs, image_request, run_load, v2_request
-    from ppdeploy.bench.pages import synthetic_pages
-    from ppdeploy.bench.server_process import ServerProcess
-
     settings = LoadSettings(timeout_s=60, drain_s=60)
     parts: list[str] = []
     runs = [
@@ -330,8 +349,6 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _pages_dir() -> Path:
-    from ppdeploy.core.cache import default_root
-
     return default_root() / "bench-pages"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.precision.registry import PRECISIONS
 
 
 def register(sub) -> None:
@@ -19,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL|ocr",
                    help="zoo names (ppocrv4-det, ppocrv4-rec, ppocr-cls), model paths, or 'ocr' for the OCR pipeline")
     p.add_argument("--backends", default="onnxruntime", help="comma list (onnxruntime, openvino, paddle, auto, ...)")
-    p.add_argument("--precisions", default="fp32", help="comma list of fp32, fp16, bf16, int8")
+    p.add_argument("--precisions", default="fp32", help=f"comma list of {', '.join(PRECISIONS.names())}")
     p.add_argument("--batch-sizes", default="1", help="comma list, e.g. 1,2,4,8 (models only)")
     p.add_argument("--threads", default=None, help="comma list of CPU thread counts (default: cores available)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
@@ -74,7 +75,13 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[], N
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=False) as prog:
@@ -133,7 +140,11 @@ def _run_models(args, models, threads, out: Path, show: bool) -> int:
     files = write_model_run(ModelRun(env, settings, results, interleaved=args.interleave), out,
                             with_samples=not args.no_samples)
     if args.update_markdown:
-        from ppdeploy.bench.suite import _settings_line, models_section, update_benchmarks_md
+        from ppdeploy.bench.suite import (
+            _settings_line,
+            models_section,
+            update_benchmarks_md,
+        )
 
         md = Path(args.markdown)
         rows = [r.to_dict(True) for r in results]
@@ -184,7 +195,8 @@ def _run_ocr(args, threads: int | None, out: Path, show: bool) -> int:
 
 def _run_all(args, show: bool) -> int:
     from ppdeploy.bench.offline import MeasureSettings
-    from ppdeploy.bench.suite import SuitePlan, run_suite
+    from ppdeploy.bench.suite import OCRSearch, SuitePlan, run_suite
+    from ppdeploy.optimize import ocr_optimize_section, optimize_ocr
 
     threads = _ints(args.threads, "threads")
     plan = SuitePlan(threads=threads[0] if threads else None, pages=args.pages)
@@ -207,7 +219,7 @@ def _run_all(args, show: bool) -> int:
         plan.peers = ()
     with progress_bars(show) as progress:
         files = run_suite(Path(args.out), Path(args.markdown), plan, data_dir=Path(args.data) if args.data else None,
-                          progress=progress)
+                          progress=progress, ocr_search=OCRSearch(optimize_ocr, ocr_optimize_section))
     for name, path in files.items():
         print(f"{name}: {path}")
     return 0

@@ -9,8 +9,6 @@ from typing import Any
 from ppdeploy.cli.common import add_model_args, load_from_args, print_json
 from ppdeploy.core.errors import InputError
 
-OCR_ROLE = {"ppocrv4-det": "det", "ppocrv4-rec": "rec", "ppocr-cls": "cls"}
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -39,7 +37,7 @@ def register(sub) -> None:
                    help="INT8: onnxruntime = QDQ ONNX graph (ONNX Runtime, TensorRT); openvino = NNCF on the "
                         "OpenVINO model (OpenVINO's fast INT8; an IR only the openvino backend runs); "
                         "openvino-bf16 = the same with the unquantized ops at BF16 (CPUs with avx512_bf16/AMX); "
-                        "auto = openvino when --backend openvino and NNCF is installed")
+                        "auto (default) = the quantizer native to the backend that runs the model")
     p.add_argument("--max-loss", type=float, default=None,
                    help="accuracy budget (default: 0.005 fp16/bf16, 0.01 int8)")
     p.add_argument("--metric", default="auto", choices=["auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2"],
@@ -64,8 +62,20 @@ def _csv(text: str) -> list[str]:
 def _fp32_ort_runner(model: str, args) -> Any:
     from ppdeploy.deploy.load import load_model
 
+    # The FP32 reference the calibration crops and the task gate run on (a default: always installed).
     return load_model(model, backend="onnxruntime", precision="fp32", threads=args.threads,
                       cache_dir=args.cache_dir).runner
+
+
+def task_role(model: str) -> tuple[Any, str] | None:
+    """(Task class, role) of a model some registered task knows (e.g. ppocrv4-rec: ocr's rec), else None."""
+    from ppdeploy.tasks.registry import TASKS
+
+    for _, task in TASKS.items():
+        role = task.role_of(model)
+        if role is not None:
+            return task, role
+    return None
 
 
 def calibration_from_args(args) -> Any:
@@ -73,45 +83,44 @@ def calibration_from_args(args) -> Any:
 
     if args.calib_npy:
         return CalibrationSet.from_npy(args.calib_npy, _input_names(args), limit=args.calib_limit)
-    role = OCR_ROLE.get(args.model)
-    if not args.calib and role is not None and args.precision != "fp32":
-        args.calib = synthetic_pages(args)
+    found = task_role(args.model)
+    if not args.calib and found is not None and args.precision != "fp32":
+        args.calib = synthetic_data(args, found[0])
     if not args.calib:
         return None
-    from ppdeploy.tasks.ocr import calibrate as tasks
-
-    if role is not None:
-        det = None if role == "det" or args.crops else _fp32_ort_runner("ppocrv4-det", args)
-        return tasks.ocr_calibration(role, args.calib, det_runner=det, limit=args.calib_limit)
-    preprocess_yaml = Path(args.model) / "preprocess.yaml"
-    if Path(args.model).is_dir() and preprocess_yaml.is_file():
-        return tasks.classification_calibration(args.calib, preprocess_yaml, limit=args.calib_limit)
-    raise InputError(f"--calib images need the task's preprocessing, which ppdeploy does not know for {args.model}",
-                     hint="use an OCR zoo model, a classifier folder with preprocess.yaml, or --calib-npy DIR")
+    if found is None:
+        raise InputError(f"--calib images need the task's preprocessing, which ppdeploy does not know for {args.model}",
+                         hint="use a model a task knows (an OCR zoo model, a classifier folder with "
+                              "preprocess.yaml), or --calib-npy DIR")
+    task, role = found
+    needs = () if args.crops else task.calibration_needs.get(role, ())
+    runners = {r: _fp32_ort_runner(task.default_models[r], args) for r in needs}
+    return task.calibration(role, args.calib, runners=runners, limit=args.calib_limit, model=args.model)
 
 
 SYNTHETIC_PAGES = 8
 SYNTHETIC_SEED = 1000  # the evaluation sets elsewhere use other seeds: calibration stays disjoint from them
 
 
-def synthetic_pages(args) -> str | None:
-    """OCR zoo models without --calib: calibrate/gate on generated pages (printed, never silent)."""
+def synthetic_data(args, task) -> str | None:
+    """Models of a task that can generate labelled inputs (OCR pages), without --calib: calibrate/gate on those
+    (printed, never silent)."""
     import sys
 
     from ppdeploy.core.cache import EngineCache
     from ppdeploy.core.errors import PPDeployError
-    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     folder = EngineCache(args.cache_dir).root / "calibration-pages" / f"synth-{SYNTHETIC_SEED}-{SYNTHETIC_PAGES}"
     try:
-        if not (folder / "labels.json").is_file():
-            generate(folder, SynthOptions(pages=SYNTHETIC_PAGES, seed=SYNTHETIC_SEED))
+        made = task.synthetic_data(folder, SYNTHETIC_PAGES, SYNTHETIC_SEED)
     except PPDeployError as exc:  # no CJK font: fall back to generated tensors (fp16/bf16) or ask for --calib
         print(f"note: no --calib given and synthetic pages are unavailable ({exc})", file=sys.stderr)
         return None
-    print(f"note: no --calib given; using {SYNTHETIC_PAGES} synthetic pages (seed {SYNTHETIC_SEED}) in {folder}",
+    if made is None:
+        return None
+    print(f"note: no --calib given; using {SYNTHETIC_PAGES} synthetic pages (seed {SYNTHETIC_SEED}) in {made}",
           file=sys.stderr)
-    return str(folder)
+    return str(made)
 
 
 def _input_names(args) -> list[str]:
@@ -121,25 +130,17 @@ def _input_names(args) -> list[str]:
 def task_gate_from_args(args) -> dict[str, Any]:
     if not args.gate_data:
         return {}
-    role = OCR_ROLE.get(args.model)
-    if role is None:
-        raise InputError("--gate-data is for the OCR zoo models (ppocrv4-det, ppocrv4-rec, ppocr-cls)")
+    found = task_role(args.model)
+    if found is None or not found[0].default_models:
+        raise InputError("--gate-data is for models of a task with a metric on labelled folders "
+                         "(the OCR zoo models: ppocrv4-det, ppocrv4-rec, ppocr-cls)")
     if args.calib and Path(args.calib).resolve() == Path(args.gate_data).resolve():
         raise InputError("--gate-data must not be the calibration folder: the gate would judge on calibration data")
-    from ppdeploy.tasks.ocr.calibrate import ocr_char_accuracy
-
-    runners = {name: _fp32_ort_runner(zoo, args) for zoo, name in OCR_ROLE.items()}
-    return {"task_metric": ocr_char_accuracy(args.gate_data, role, runners),
-            "task_name": f"ocr_char_accuracy[{Path(args.gate_data).resolve()}]"}
-
-
-def quantizer_for(args) -> str:
-    if args.quantizer != "auto":
-        return args.quantizer
-    from ppdeploy.backends.openvino import quantize as int8_openvino
-
-    wants_openvino = args.backend.strip().lower() in ("openvino", "ov")
-    return "openvino" if wants_openvino and int8_openvino.available() is None else "onnxruntime"
+    task, role = found
+    runners = {r: _fp32_ort_runner(model, args) for r, model in task.default_models.items()}
+    metric = task.metric(role, args.gate_data, runners)
+    name = getattr(metric, "__name__", f"{task.name}_metric").split("[")[0]  # e.g. ocr_char_accuracy
+    return {"task_metric": metric, "task_name": f"{name}[{Path(args.gate_data).resolve()}]"}
 
 
 def run(args) -> int:
@@ -149,7 +150,7 @@ def run(args) -> int:
     metric = args.metric
     if metric == "auto" and (Path(args.model) / "preprocess.yaml").is_file():
         metric = "top1"  # a classifier (logits): judged by top-1 agreement, as it is used
-    options: dict[str, Any] = {"method": args.calib_method, "metric": metric, "quantizer": quantizer_for(args),
+    options: dict[str, Any] = {"method": args.calib_method, "metric": metric, "quantizer": args.quantizer,
                                "keep_fp32": _csv(args.keep_fp32), "exclude": _csv(args.exclude),
                                "repair": not args.no_repair, **task_gate_from_args(args)}
     dep = load_from_args(args, calib=calib, max_loss=args.max_loss, precision_options=options)

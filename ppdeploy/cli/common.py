@@ -5,24 +5,26 @@ import argparse
 import json
 from typing import Any
 
+from ppdeploy.backends.registry import BACKENDS
 from ppdeploy.core.errors import PPDeployError
 from ppdeploy.core.shapes import InputRange, ShapeProfile
+from ppdeploy.graph.heads import HEADS
+from ppdeploy.precision.registry import PRECISIONS
 
 
 def add_model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto", precision: bool = True,
                    head: bool = True) -> None:
     p.add_argument("model", help="zoo name (ppocrv4-det, ppocrv4-rec, ppocr-cls), Paddle model dir/file, or .onnx")
     p.add_argument("--backend", "-b", default=backend_default,
-                   help="auto (fallback chain), one backend, or a comma list: tensorrt, tensorrt-rtx, "
-                        "onnxruntime-cuda, openvino, onnxruntime, paddle")
+                   help=f"auto (fallback chain), one backend, or a comma list: {', '.join(BACKENDS)}")
     if precision:
-        p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
+        p.add_argument("--precision", default="fp32", choices=PRECISIONS.names())
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores available)")
     p.add_argument("--shapes", default=None, metavar="NAME=MIN:OPT:MAX[,NAME=...]",
                    help="shape profile per input, dims joined by x, e.g. x=1x3x48x32:1x3x48x320:8x3x48x1280")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 11; default per route: 14 legacy, 17 PIR)")
     if head:
-        p.add_argument("--head", default=None, choices=["ctc_greedy"],
+        p.add_argument("--head", default=None, choices=list(HEADS),
                        help="append an output head to the graph: ctc_greedy = a CTC recognizer returns its best class "
                             "and probability per step instead of the whole softmax")
     p.add_argument("--cache-dir", default=None, help="engine cache (default $PPDEPLOY_CACHE or ~/.cache/ppdeploy)")

@@ -19,8 +19,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from ppdeploy.core.cache import EngineCache
     from ppdeploy.convert.pipeline import to_onnx
+    from ppdeploy.core.cache import EngineCache
     from ppdeploy.source.model import detect
 
     console = Console(stderr=True)

@@ -35,7 +35,8 @@ def run(args) -> int:
         print(f"  {fmt:<16}{desc}")
     print("backends:")
     for name, b in info["backends"].items():
-        print(f"  {name:<18}{'ok' if b['available'] else 'no: ' + str(b['reason'])}")
+        runs = f"{b.get('device', '?')} {'/'.join(b.get('precisions', []))}"
+        print(f"  {name:<18}{runs:<24}{'ok' if b['available'] else 'no: ' + str(b['reason'])}")
     print(f"cache: {info['cache_dir']}")
     print(f"bundled models: {info['bundled_models']}")
     return 0

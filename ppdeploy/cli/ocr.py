@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # CLI flag -> OCR option (defaults live in the option dataclasses; None here means "keep the default")
 _OPTION_FLAGS = [
     ("--det-limit-side-len", int, "det_limit_side_len", "detector resize limit (default 960)"),
@@ -54,7 +53,7 @@ def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_ocr(args: argparse.Namespace):
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     backend = {s: getattr(args, f"{s}_backend") or args.backend for s in ("det", "cls", "rec")}
     precision = {s: getattr(args, f"{s}_precision") or args.precision for s in ("det", "cls", "rec")}
@@ -81,8 +80,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ppdeploy.tasks.ocr.evaluate import list_images
     from ppdeploy.tasks.image_io import load_image
+    from ppdeploy.tasks.ocr.evaluate import list_images
 
     args.images = [str(p) for item in args.images
                    for p in (list_images(item) if Path(item).is_dir() else [Path(item)])]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.precision.registry import PRECISIONS
 
 
 def register(sub) -> None:
@@ -22,7 +23,7 @@ def register(sub) -> None:
                    help="accuracy budget: model = precision gate loss (default per precision); "
                         "ocr = share of reference lines allowed to read differently (default 0.01)")
     p.add_argument("--target", choices=["latency", "throughput"], default="latency")
-    p.add_argument("--precisions", default=None, help="comma list to try (default: fp32,fp16,bf16,int8 where they apply)")
+    p.add_argument("--precisions", default=None, help=f"comma list to try (default: {','.join(PRECISIONS.names())} where they apply)")
     p.add_argument("--backends", default=None, help="comma list to try (default: every backend available here)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default=None, help="model name in the repository (default: from the model)")
@@ -35,8 +36,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ppdeploy.bench.offline import MeasureSettings
-    from ppdeploy.optimize.search import optimize_model, optimize_ocr
     from ppdeploy.cli.bench import _csv, progress_bars
+    from ppdeploy.optimize import optimize_model, optimize_ocr
 
     precisions = _csv(args.precisions) or None
     backends = _csv(args.backends) or None

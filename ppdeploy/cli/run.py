@@ -17,8 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ppdeploy.source import zoo
     from ppdeploy.deploy.verify import generate_inputs, load_inputs
+    from ppdeploy.source import zoo
 
     dep = load_from_args(args)
     runner = dep.runner

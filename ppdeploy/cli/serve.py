@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
-import os
 import sys
-from pathlib import Path
 
 from ppdeploy.core.errors import ConfigError, PPDeployError
+from ppdeploy.precision.registry import PRECISIONS
 
-OCR_BUNDLE = "ocr"
+# The Ray Serve variant is optional in a build; its flags are registered only when its module is there.
+RAY_MODULE = "ppdeploy.serve.ray"
 
 
 def register(sub) -> None:
@@ -30,7 +29,7 @@ def register(sub) -> None:
     g = p.add_argument_group("single-model defaults (ignored with --repo)")
     g.add_argument("--name", help="model name on the API (default: derived from MODEL)")
     g.add_argument("--backend", default="auto", help="backend or comma-separated preference list (default auto)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS.names())
     g.add_argument("--threads", type=int, default=None, help="CPU threads per model instance")
     g.add_argument("--max-batch-size", type=int, default=8)
     g.add_argument("--max-queue-delay-ms", type=float, default=0.0,
@@ -62,57 +61,41 @@ def register(sub) -> None:
                    help="report ready once loading ends even if some model is unavailable")
     o.add_argument("--no-access-log", action="store_true", help="do not write the JSON access log to stderr")
     o.add_argument("--ray", action="store_true", help="serve with Ray Serve instead (needs ppdeploy[ray])")
-    if importlib.util.find_spec("ppdeploy.serve.ray") is not None:  # imports no Ray: flags only
-        from ppdeploy.serve.ray import add_arguments as add_ray_arguments
-
-        add_ray_arguments(p.add_argument_group("Ray Serve (with --ray)"))
+    if importlib.util.find_spec(RAY_MODULE) is not None:  # a spec lookup: imports neither the module nor Ray
+        r = p.add_argument_group("Ray Serve (with --ray)")
+        r.add_argument("--replicas", type=int, default=None,
+                       help="replicas per model deployment (default: config.yaml autoscaling, else 1)")
+        r.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per model replica")
+        r.add_argument("--num-gpus-per-replica", type=float, default=0.0,
+                       help="Ray GPUs per model replica (fractions share a GPU, e.g. 0.5)")
+        r.add_argument("--gateway-replicas", type=int, default=1, help="replicas of the HTTP gateway")
+        r.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (default: start a local one; 'auto' joins a running one)")
     p.set_defaults(handler=run)
 
 
 def configs_from_args(args) -> list:
-    configs = _configs_from_args(args)
-    if getattr(args, "engine_process", False):
-        for cfg in configs:
-            if cfg.task != "ocr":  # a pipeline has no engine of its own
-                cfg.engine_process = True
-    return configs
+    """The model configs the parsed `serve` flags ask for (ppdeploy.repository.resolve)."""
+    from ppdeploy.repository.resolve import ServeDefaults, resolve_configs
+
+    defaults = ServeDefaults(
+        name=args.name, backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()) or ("auto",),
+        precision=args.precision, threads=args.threads, max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms, max_queue_size=args.max_queue_size, timeout_ms=args.timeout_ms,
+        instances=args.instances, head=args.head, task=args.task)
+    return resolve_configs(args.model, repo=args.repo, defaults=defaults,
+                           engine_process=getattr(args, "engine_process", False))
 
 
-def _configs_from_args(args) -> list:
-    from ppdeploy.repository.config import ModelConfig, check_references, load_repository
+def settings_from_args(args):
+    """The server settings of the parsed `serve` flags (API key from $PPDEPLOY_API_KEY unless given)."""
+    from ppdeploy.serve.app import settings_from_env
 
-    if args.repo and args.model:
-        raise ConfigError("give either MODEL or --repo, not both")
-    if args.repo:
-        return load_repository(args.repo)
-    if not args.model:
-        raise ConfigError("nothing to serve", hint="ppdeploy serve ppocrv4-rec   or   ppdeploy serve --repo DIR")
-    backends = [b.strip() for b in args.backend.split(",") if b.strip()] or ["auto"]
-    common = dict(backends=backends, precision=args.precision, threads=args.threads,
-                  max_batch_size=args.max_batch_size, instance_count=args.instances,
-                  dynamic_batching={"max_queue_delay_ms": args.max_queue_delay_ms,
-                                    "max_queue_size": args.max_queue_size, "default_timeout_ms": args.timeout_ms})
-    if args.model == OCR_BUNDLE:
-        stages = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
-        configs = [ModelConfig.for_source(src, name=src, **common, head=args.head if stage == "rec" else None)
-                   for stage, src in stages.items()]
-        configs.append(ModelConfig(name=args.name or "ocr", task="ocr", pipeline=stages))
-        errors = check_references(configs)
-        if errors:
-            raise ConfigError("\n".join(errors))
-        return configs
-    from ppdeploy.source import zoo
-
-    if args.model not in zoo.MODELS and not Path(args.model).exists():
-        raise ConfigError(f"'{args.model}' is neither a bundled model ({', '.join(zoo.MODELS)}, {OCR_BUNDLE}) nor an "
-                          f"existing path")
-    task = args.task
-    if task is None:
-        folder = Path(args.model)
-        task = "classification" if folder.is_dir() and any(
-            (folder / f).is_file() for f in ("preprocess.yaml", "labels.txt")) else "none"
-    source = args.model if args.model in zoo.MODELS else str(Path(args.model).resolve())
-    return [ModelConfig.for_source(source, name=args.name, task=task, head=args.head, **common)]
+    return settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
+                             max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                             max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
+                             max_task_queue=args.max_task_queue, strict_readiness=not args.no_strict_readiness,
+                             drain_timeout_s=args.drain_timeout, workers=args.workers)
 
 
 def run(args) -> int:
@@ -123,38 +106,20 @@ def run(args) -> int:
                           "and --gateway-replicas (HTTP)")
     check_workers(args.workers)
     if args.ray:
-        if importlib.util.find_spec("ppdeploy.serve.ray") is None:
+        if importlib.util.find_spec(RAY_MODULE) is None:
             raise PPDeployError("the Ray Serve variant is not part of this ppdeploy build")
-        return int(importlib.import_module("ppdeploy.serve.ray").main(args) or 0)
-    from ppdeploy.serve.app import settings_from_env
+        ray = importlib.import_module(RAY_MODULE)
+        options = ray.RayOptions(replicas=args.replicas, num_cpus_per_replica=args.num_cpus_per_replica,
+                                 num_gpus_per_replica=args.num_gpus_per_replica,
+                                 gateway_replicas=args.gateway_replicas)
+        return int(ray.run(configs_from_args(args), settings_from_args(args), options,
+                           address=args.ray_address) or 0)
+    from ppdeploy.serve.logs import configure_logging
     from ppdeploy.serve.server import serve
 
     configs = configs_from_args(args)
-    settings = settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
-                                 max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                                 max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
-                                 max_task_queue=args.max_task_queue,
-                                 strict_readiness=not args.no_strict_readiness, drain_timeout_s=args.drain_timeout,
-                                 workers=args.workers)
+    settings = settings_from_args(args)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         print(f"ppdeploy serve: warning: listening on {settings.host} without an API key", file=sys.stderr)
     configure_logging(not args.no_access_log)
     return serve(configs, settings)
-
-
-def configure_logging(access: bool) -> None:
-    """Also called in each worker of --workers N (ppdeploy.serve.workers), so every worker logs alike."""
-    # The access log is one JSON object per line on stderr, separate from the human-readable log.
-    logger = logging.getLogger("ppdeploy.access")
-    logger.propagate = False
-    logger.handlers.clear()
-    if access:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    else:
-        logger.setLevel(logging.WARNING)
-    serve_log = logging.getLogger("ppdeploy.serve")
-    if serve_log.getEffectiveLevel() > logging.INFO and os.environ.get("PPDEPLOY_QUIET") is None:
-        serve_log.setLevel(logging.INFO)

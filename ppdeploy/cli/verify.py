@@ -30,11 +30,17 @@ def run(args) -> int:
 
 
 def verify_model(args):
-    from ppdeploy.source import zoo
     from ppdeploy.deploy.load import load_model
     from ppdeploy.deploy.select import chain_for
+    from ppdeploy.deploy.verify import (
+        BackendComparison,
+        Tolerance,
+        generate_inputs,
+        load_inputs,
+        verify,
+    )
+    from ppdeploy.source import zoo
     from ppdeploy.source.model import detect
-    from ppdeploy.deploy.verify import BackendComparison, Tolerance, generate_inputs, load_inputs, verify
 
     source = detect(args.model)
     ref_backend = "paddle" if source.is_paddle else "onnxruntime"
@@ -71,7 +77,11 @@ def _image_batch(items, preprocess_file, model_dir):
     import numpy as np
 
     from ppdeploy.core.errors import PPDeployError
-    from ppdeploy.tasks.classification.task import PREPROCESS_FILE, PreprocessConfig, preprocess_image
+    from ppdeploy.tasks.classification.task import (
+        PREPROCESS_FILE,
+        PreprocessConfig,
+        preprocess_image,
+    )
     from ppdeploy.tasks.image_io import load_image
 
     cfg_path = Path(preprocess_file) if preprocess_file else model_dir / PREPROCESS_FILE

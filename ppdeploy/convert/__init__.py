@@ -1,7 +1,7 @@
 from ppdeploy.convert.pipeline import (  # noqa: F401
+    CONVERSIONS,
     ONNX_FILE,
     WORKER_TIMEOUT_S,
-    CONVERSIONS,
     ConversionResult,
     to_onnx,
 )

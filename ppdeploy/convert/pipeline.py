@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppdeploy.core.cache import EngineCache
 from ppdeploy.convert import routes
 from ppdeploy.convert.optimize import optimize_and_check
+from ppdeploy.core.cache import EngineCache
 from ppdeploy.core.errors import ConversionError
 from ppdeploy.source.model import ONNX, PDMODEL, ModelSource
 

@@ -7,12 +7,22 @@ it. A second run is served from the engine cache (the "cache" column says so).
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
+from ppdeploy.backends import get_backend
+from ppdeploy.demo import shapes_classifier
+from ppdeploy.deploy.load import load_model
+from ppdeploy.deploy.verify import Tolerance, compare_outputs, generate_inputs
 from ppdeploy.source import zoo
+from ppdeploy.tasks.ocr.builder import OCR
+from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
+from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
 CPU_BACKENDS = ("openvino", "onnxruntime", "paddle")
+# Paddle Inference runs the original program: the numerical reference every engine is verified against.
+REFERENCE_BACKEND = "paddle"
 
 
 @dataclass
@@ -37,8 +47,6 @@ def _latency_ms(runner, feeds, runs: int) -> float:
 
 
 def models() -> list[tuple[str, str, tuple[int, ...]]]:
-    from ppdeploy.demo import shapes_classifier
-
     items = [(name, name, m.example_shape) for name, m in zoo.MODELS.items()]
     demo_dir = shapes_classifier.export(shapes_classifier.default_dir())
     items.append(("shapes-cls (PIR)", str(demo_dir), (1, 3, shapes_classifier.SIZE, shapes_classifier.SIZE)))
@@ -46,25 +54,21 @@ def models() -> list[tuple[str, str, tuple[int, ...]]]:
 
 
 def run(*, backends=CPU_BACKENDS, runs: int = 10, threads: int | None = None, progress=None) -> list[Row]:
-    from ppdeploy.backends import get_backend
-    from ppdeploy.deploy.load import load_model
-    from ppdeploy.deploy.verify import Tolerance, compare_outputs, generate_inputs
-
     rows: list[Row] = []
     usable = [b for b in backends if get_backend(b).unavailable_reason() is None]
     tol = Tolerance()
     for label, model, shape in models():
         if progress:
             progress(f"{label}: reference (Paddle Inference)")
-        reference = load_model(model, backend="paddle", threads=threads)
+        reference = load_model(model, backend=REFERENCE_BACKEND, threads=threads)
         feeds = generate_inputs(reference.runner.io, seed=0, shapes={reference.runner.io.inputs[0].name: shape})
         ref_out = reference.runner.infer(feeds)
         for backend in usable:
             if progress:
                 progress(f"{label}: {backend}")
             start = time.perf_counter()
-            dep = reference if backend == "paddle" else load_model(model, backend=backend, threads=threads)
-            prepare_s = time.perf_counter() - start if backend != "paddle" else sum(reference.timings.values())
+            dep = reference if backend == REFERENCE_BACKEND else load_model(model, backend=backend, threads=threads)
+            prepare_s = time.perf_counter() - start if backend != REFERENCE_BACKEND else sum(reference.timings.values())
             out = dep.runner.infer(feeds)
             cmp = compare_outputs(ref_out, out, tol, backend)
             max_abs = max((o.max_abs for o in cmp.outputs), default=float("nan"))
@@ -88,12 +92,6 @@ class OCRDemo:
 
 def ocr_demo(pages: int = 2, threads: int | None = None) -> OCRDemo:
     """The whole PP-OCR pipeline on freshly rendered labelled pages (fixed seed), scored against their labels."""
-    import tempfile
-
-    from ppdeploy.tasks.ocr.evaluate import evaluate_ocr
-    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
-    from ppdeploy.tasks.ocr.pipeline import OCR
-
     with tempfile.TemporaryDirectory(prefix="ppdeploy-quickstart-") as tmp:
         labelled = generate(tmp, SynthOptions(pages=pages, seed=2026))
         ocr = OCR(backend="auto", threads=threads)

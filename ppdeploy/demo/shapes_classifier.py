@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ppdeploy.core.cache import default_root
+from ppdeploy.core.lazy import import_paddle
+from ppdeploy.source.model import from_layer
+
 log = logging.getLogger("ppdeploy.demo")
 
 LABELS = ("circle", "square", "triangle", "cross")
@@ -68,8 +72,6 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_network():
-    from ppdeploy.backends.paddle import import_paddle
-
     nn = import_paddle().nn
 
     def block(cin, cout):
@@ -81,8 +83,6 @@ def build_network():
 
 def train(steps: int = 300, batch: int = 64, seed: int = 0):
     """Train and return (network in train mode, held-out accuracy)."""
-    from ppdeploy.backends.paddle import import_paddle
-
     paddle = import_paddle()
 
     paddle.seed(seed)
@@ -115,9 +115,6 @@ def export(out_dir: str | Path, steps: int = 300, seed: int = 0) -> Path:
     marker = out / "metrics.json"
     if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION and (out / "inference.pdiparams").exists():
         return out
-    from ppdeploy.backends.paddle import import_paddle
-    from ppdeploy.source.model import from_layer
-
     paddle = import_paddle()
 
     net, accuracy = train(steps=steps, seed=seed)
@@ -141,6 +138,4 @@ def export(out_dir: str | Path, steps: int = 300, seed: int = 0) -> Path:
 
 
 def default_dir() -> Path:
-    from ppdeploy.core.cache import default_root
-
     return default_root() / "demo" / f"shapes-classifier-v{VERSION}"

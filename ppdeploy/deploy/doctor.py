@@ -6,7 +6,15 @@ import platform
 import sys
 from typing import Any
 
+from ppdeploy.backends.registry import BACKENDS, get_backend
+from ppdeploy.convert import routes
 from ppdeploy.core import device
+from ppdeploy.core.cache import EngineCache
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.precision.registry import PRECISIONS
+from ppdeploy.source import zoo
+
+ort = lazy_import("onnxruntime", install="onnxruntime")
 
 PACKAGES = ["paddlepaddle", "paddle2onnx", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu", "openvino",
             "tensorrt", "tensorrt-rtx-cu13-bindings", "cuda-python", "nncf", "ray"]
@@ -19,24 +27,27 @@ def version_of(dist: str) -> str | None:
         return None
 
 
-def report() -> dict[str, Any]:
-    from ppdeploy.source import zoo
-    from ppdeploy.backends import REGISTRY, get_backend
-    from ppdeploy.core.cache import EngineCache
-    from ppdeploy.convert import routes
-
-    backends = {}
-    for name in REGISTRY:
+def backend_rows() -> dict[str, dict[str, Any]]:
+    """One row per registered backend, in chain order: what it runs (from its class) and whether it can run here."""
+    rows = {}
+    for name in BACKENDS:
+        row: dict[str, Any] = {}
         try:
+            cls = BACKENDS.get(name)
+            row.update(device=cls.device, precisions=[p for p in PRECISIONS if p in cls.precisions],
+                       formats=sorted(cls.formats), int8_quantizer=cls.int8_quantizer)
             reason = get_backend(name).unavailable_reason()
         except Exception as exc:
             reason = str(exc)
-        backends[name] = {"available": reason is None, "reason": reason}
-    try:
-        import onnxruntime as ort
+        rows[name] = {"available": reason is None, "reason": reason, **row}
+    return rows
 
+
+def report() -> dict[str, Any]:
+    backends = backend_rows()
+    try:
         providers = ort.get_available_providers()
-    except ImportError:
+    except Exception:  # BackendUnavailable when onnxruntime is missing
         providers = []
     try:
         models = str(zoo.models_root())

@@ -11,13 +11,10 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 
-from ppdeploy.backends import REGISTRY, canonical
+from ppdeploy.backends.registry import BACKENDS, canonical, get_backend
+from ppdeploy.core.errors import BackendUnavailable
 
 log = logging.getLogger("ppdeploy.deploy.select")
-
-# For --backend auto: GPU first, then the CPU backends that were fastest on the bundled models here
-# (OpenVINO, then ONNX Runtime), then Paddle Inference, which needs no conversion at all.
-DEFAULT_CHAIN = ("tensorrt", "tensorrt-rtx", "onnxruntime-cuda", "openvino", "onnxruntime", "paddle")
 
 USED, SKIPPED, FAILED = "used", "skipped", "failed"
 
@@ -37,12 +34,18 @@ class Attempt:
         return asdict(self)
 
 
+def default_chain() -> tuple[str, ...]:
+    """The order --backend auto tries: the registration order of BACKENDS (GPU first, then the CPU backends that
+    were fastest on the bundled models, then Paddle Inference, which needs no conversion at all)."""
+    return tuple(BACKENDS.names())
+
+
 def chain_for(backend: str | list[str] | tuple[str, ...]) -> tuple[list[str], bool]:
     """Return (ordered backends, explicit). explicit=True means a single forced backend: no silent fallback."""
     if isinstance(backend, (list, tuple)):
         return [canonical(b) for b in backend], len(backend) == 1
     if backend in ("auto", "", None):
-        return [b for b in DEFAULT_CHAIN if b in REGISTRY], False
+        return list(default_chain()), False
     if "," in backend:
         return [canonical(b) for b in backend.split(",") if b.strip()], False
     return [canonical(backend)], True
@@ -51,9 +54,6 @@ def chain_for(backend: str | list[str] | tuple[str, ...]) -> tuple[list[str], bo
 def first_runnable(backend: str | list[str] | tuple[str, ...]) -> str | None:
     """The backend `load_model` will try first with a chance of running (importable, reason-free), or None. A build
     may still fail and fall back; this is for choices that depend on the likely device, not a guarantee."""
-    from ppdeploy.backends import get_backend
-    from ppdeploy.core.errors import BackendUnavailable
-
     for name in chain_for(backend)[0]:
         try:
             if get_backend(name).unavailable_reason() is None:

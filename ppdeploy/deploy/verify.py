@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.backends.base import IOSpec, Runner
+from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import InputError
+from ppdeploy.core.tensors import IOSpec
 
 
 @dataclass(frozen=True)

@@ -26,23 +26,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppdeploy.backends.base import IOSpec, TensorSpec
+from ppdeploy.backends.onnxruntime import io_spec
+from ppdeploy.convert.pipeline import to_onnx
 from ppdeploy.core.errors import ConfigError, InputError, SourceError
+from ppdeploy.core.tensors import IOSpec, TensorSpec
 from ppdeploy.export import triton_schema as schema
+from ppdeploy.repository.config import load_config, load_repository
+from ppdeploy.source.model import detect
+from ppdeploy.source.zoo import ocr_dictionary
+from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, OCROptions
 
 log = logging.getLogger("ppdeploy.export.triton")
 
-BACKENDS = ("onnxruntime", "tensorrt")
+# Triton's own backend names (config.pbtxt `backend`), a vocabulary of the file format written here rather than
+# ppdeploy's BACKENDS: "onnxruntime" ships the ONNX graph, "tensorrt" prebuilt engines.
+TRITON_ORT, TRITON_TRT = "onnxruntime", "tensorrt"
+TRITON_BACKENDS = (TRITON_ORT, TRITON_TRT)
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # The file Triton looks for in a version folder when config.pbtxt names none.
-DEFAULT_MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+DEFAULT_MODEL_FILES = {TRITON_ORT: "model.onnx", TRITON_TRT: "model.plan", "python": "model.py"}
 _CC = re.compile(r"^\d+\.\d+$")
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class TritonExportOptions:
-    backend: str = "onnxruntime"
+    backend: str = TRITON_ORT
     max_batch_size: int = 8  # 0: the model gets whole requests, Triton does no batching
     max_queue_delay_us: int = 100  # how long Triton's dynamic batcher may hold a request to fill a batch
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -57,8 +66,9 @@ class TritonExportOptions:
     ort_tensorrt: str | None = None
 
     def check(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown Triton backend '{self.backend}'", hint=f"choose from {', '.join(BACKENDS)}")
+        if self.backend not in TRITON_BACKENDS:
+            raise ConfigError(f"unknown Triton backend '{self.backend}'",
+                              hint=f"choose from {', '.join(TRITON_BACKENDS)}")
         if self.max_batch_size < 0:
             raise ConfigError(f"max_batch_size must be >= 0, got {self.max_batch_size}")
         if self.max_queue_delay_us < 0:
@@ -72,7 +82,7 @@ class TritonExportOptions:
             raise ConfigError(f"instance count must be >= 1, got {self.instance_count}")
         if self.version < 1:
             raise ConfigError(f"model version must be >= 1, got {self.version}")
-        if self.backend == "tensorrt":
+        if self.backend == TRITON_TRT:
             if not self.plans:
                 raise ConfigError(
                     "--backend tensorrt needs at least one engine (--plan CC=FILE)",
@@ -89,7 +99,7 @@ class TritonExportOptions:
         elif self.plans:
             raise ConfigError("--plan applies to --backend tensorrt only")
         if self.ort_tensorrt is not None:
-            if self.backend != "onnxruntime":
+            if self.backend != TRITON_ORT:
                 raise ConfigError("--ort-tensorrt applies to --backend onnxruntime only")
             if self.ort_tensorrt not in ("fp32", "fp16"):
                 raise ConfigError(f"--ort-tensorrt takes fp32 or fp16, got '{self.ort_tensorrt}'")
@@ -121,17 +131,12 @@ def model_name(model: str | os.PathLike) -> str:
 
 def onnx_for(model: str | os.PathLike) -> Path:
     """The checked ONNX file for `model` (converted and cached by ppdeploy when it is a Paddle model)."""
-    from ppdeploy.convert.pipeline import to_onnx
-    from ppdeploy.source.model import detect
-
     return to_onnx(detect(model)).onnx_path
 
 
 def onnx_io(onnx_path: Path) -> IOSpec:
     """Inputs and outputs of an ONNX model as ONNX Runtime reports them (names, dtypes, dynamic dims)."""
     import onnxruntime as ort
-
-    from ppdeploy.backends.onnxruntime import io_spec
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -189,9 +194,9 @@ def tensor_config(name: str, io: IOSpec, options: TritonExportOptions):
         if options.default_timeout_us:
             policy.default_timeout_microseconds = options.default_timeout_us
             policy.timeout_action = pb2.ModelQueuePolicy.TimeoutAction.Value("REJECT")
-    kind = INSTANCE_KINDS["gpu" if options.backend == "tensorrt" and options.instance_kind == "auto" else options.instance_kind]
+    kind = INSTANCE_KINDS["gpu" if options.backend == TRITON_TRT and options.instance_kind == "auto" else options.instance_kind]
     config.instance_group.add(kind=pb2.ModelInstanceGroup.Kind.Value(kind), count=options.instance_count)
-    if options.backend == "tensorrt":
+    if options.backend == TRITON_TRT:
         if len(options.plans) > 1:
             # No default_model_filename on purpose: a GPU whose capability has no engine fails to load the model
             # instead of deserializing an engine built for another architecture.
@@ -200,9 +205,9 @@ def tensor_config(name: str, io: IOSpec, options: TritonExportOptions):
         else:
             config.default_model_filename = plan_filename(next(iter(options.plans)))
     else:
-        config.default_model_filename = DEFAULT_MODEL_FILES["onnxruntime"]
+        config.default_model_filename = DEFAULT_MODEL_FILES[TRITON_ORT]
         if options.ort_tensorrt:
-            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name=TRITON_TRT)
             accelerator.parameters["precision_mode"] = options.ort_tensorrt.upper()
     return config
 
@@ -238,11 +243,11 @@ def export_model(model: str | os.PathLike, repo: str | os.PathLike, *, name: str
     if version_dir.exists():
         shutil.rmtree(version_dir)  # a re-export replaces the version, never mixes old engines with new ones
     version_dir.mkdir(parents=True)
-    if options.backend == "tensorrt":
+    if options.backend == TRITON_TRT:
         for cc, plan in options.plans.items():
             shutil.copyfile(plan, version_dir / plan_filename(cc))
     else:
-        shutil.copyfile(onnx_path, version_dir / DEFAULT_MODEL_FILES["onnxruntime"])
+        shutil.copyfile(onnx_path, version_dir / DEFAULT_MODEL_FILES[TRITON_ORT])
     labels = labels_file(model)
     if labels is not None and len(config.output) == 1:
         # Triton's classification extension (top-k "score:index:label") reads this file from the model folder.
@@ -274,7 +279,7 @@ def validate_model_dir(model_dir: Path):
     where = str(config_path)
     if config.name and config.name != model_dir.name:
         raise ConfigError(f"{where}: name '{config.name}' differs from its directory '{model_dir.name}'")
-    backend = config.backend or {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt",
+    backend = config.backend or {"onnxruntime_onnx": TRITON_ORT, "tensorrt_plan": TRITON_TRT,
                                  "ensemble": "ensemble"}.get(config.platform, "")
     if not backend:
         raise ConfigError(f"{where}: neither backend nor platform is set")
@@ -358,7 +363,6 @@ def write_ocr_model(repo: Path, name: str, stages: Mapping[str, ExportedModel], 
     if "det" not in stages or "rec" not in stages:
         raise ConfigError(f"OCR model '{name}' needs det and rec models, got {sorted(stages)}")
     options = dict(options or {})
-    from ppdeploy.tasks.ocr.pipeline import OCROptions
 
     parsed = OCROptions.from_kwargs(**options)  # unknown or invalid options fail now, not when Triton loads the model
     for stage, per_call in (("cls", parsed.cls.batch_size), ("rec", parsed.rec.batch_size)):
@@ -374,8 +378,6 @@ def write_ocr_model(repo: Path, name: str, stages: Mapping[str, ExportedModel], 
     shutil.copyfile(OCR_MODEL_FILE, version_dir / DEFAULT_MODEL_FILES["python"])
     dictionary = options.get("rec_dictionary")
     if dictionary is None:
-        from ppdeploy.source.zoo import ocr_dictionary
-
         dictionary = ocr_dictionary()
     dictionary = Path(dictionary)
     if not dictionary.is_file():
@@ -411,8 +413,6 @@ def _io_of(exported: ExportedModel) -> IOSpec:
 def export_bundled_ocr(repo: str | os.PathLike, *, name: str = BUNDLED_OCR,
                        options: TritonExportOptions | None = None) -> list[ExportedModel]:
     """The bundled PP-OCRv4 system: det, cls, rec tensor models and the `ppocr` Python model over them."""
-    from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS
-
     repo = Path(repo)
     stages = {stage: export_model(zoo_name, repo, options=options) for stage, zoo_name in DEFAULT_MODELS.items()}
     return [*stages.values(), write_ocr_model(repo, name, stages)]
@@ -442,13 +442,11 @@ def export_config_repository(source_repo: str | os.PathLike, repo: str | os.Path
                              **overrides: Any) -> list[ExportedModel]:
     """Every model of a ppdeploy model repository (`<dir>/<model>/config.yaml`); `task: ocr` entries become
     Python-backend models over the tensor models their `pipeline` names."""
-    from ppdeploy.repository.config import load_repository
-
     configs = load_repository(source_repo)
     repo = Path(repo)
     exported: dict[str, ExportedModel] = {}
     for cfg in configs:
-        if cfg.task == "ocr":
+        if cfg.composite:
             continue
         options = options_from_config(cfg, **overrides)
         if options.max_batch_size and not _batchable(onnx_io(onnx_for(cfg.source_path()))):
@@ -457,7 +455,7 @@ def export_config_repository(source_repo: str | os.PathLike, repo: str | os.Path
         exported[cfg.name] = export_model(cfg.source_path(), repo, name=cfg.name, options=options)
     out = list(exported.values())
     for cfg in configs:
-        if cfg.task != "ocr":
+        if not cfg.composite:
             continue
         stages = {stage: exported[ref] for stage, ref in cfg.pipeline.items()}
         out.append(write_ocr_model(repo, cfg.name, stages, options=cfg.task_options,
@@ -486,10 +484,8 @@ def export(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | Non
             raise ConfigError("--name applies to a single model, not to a model repository")
         return export_config_repository(path, repo, **overrides)
     if path.name == "config.yaml":
-        from ppdeploy.repository.config import load_config
-
         cfg = load_config(path)
-        if cfg.task == "ocr":
+        if cfg.composite:
             raise ConfigError(f"{path} is an OCR pipeline; export its whole repository ({path.parent.parent})")
         return [export_model(cfg.source_path(), repo, name=name or cfg.name, options=options_from_config(cfg, **overrides))]
     return [export_model(model, repo, name=name, options=TritonExportOptions(**overrides))]

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ppdeploy.backends.base import IOSpec, Runner, TensorSpec
-from ppdeploy.tasks.ocr.pipeline import OCR
+from ppdeploy.backends.base import Runner
+from ppdeploy.core.tensors import IOSpec, TensorSpec
+from ppdeploy.tasks.ocr.pipeline import OCRPipeline
 
 SPEC_FILE = "ocr.json"
 
@@ -72,7 +73,7 @@ class TritonPythonModel:
         dictionary = options.get("rec_dictionary")
         if dictionary and not Path(dictionary).is_absolute():  # shipped inside the version folder
             options["rec_dictionary"] = str(spec_path.parent / dictionary)
-        self.ocr = OCR.from_runners(runners["det"], runners["rec"], runners.get("cls"), **options)
+        self.ocr = OCRPipeline.from_runners(runners["det"], runners["rec"], runners.get("cls"), **options)
 
     def execute(self, requests: list) -> list:
         # One response per request, in order; a bad image fails its own request only.

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ppdeploy.core.lazy import lazy_import
+
+helper = lazy_import("onnx.helper", install="onnx")
+numpy_helper = lazy_import("onnx.numpy_helper", install="onnx")
+
 VERSION = 1  # part of the OpenVINO engine key: bump when the rewrite changes
 
 
 def _attrs(node) -> dict:
-    from onnx import helper
-
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -49,8 +52,6 @@ def _block(node, initializers: dict) -> int | None:
 
 def deconv_as_depth_to_space(model) -> int:
     """Rewrite every such ConvTranspose of the ONNX `model` in place; returns how many were rewritten."""
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 11:
         return 0  # DepthToSpace's CRD mode is opset 11

@@ -13,6 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppdeploy.core.errors import ConversionError
+from ppdeploy.core.lazy import lazy_import
+
+onnx = lazy_import("onnx", install="onnx")
+helper = lazy_import("onnx.helper", install="onnx")
 
 CTC_GREEDY = "ctc_greedy"
 HEADS = (CTC_GREEDY,)
@@ -27,8 +31,6 @@ def check_head(head: str | None) -> None:
 
 def add_head(src: Path, dst: Path, head: str) -> None:
     """Write `src` with `head` appended to `dst` (checked with onnx.checker)."""
-    import onnx
-
     check_head(head)
     model = onnx.load(str(src))
     _add_ctc_greedy(model, src.name)
@@ -40,8 +42,6 @@ def add_head(src: Path, dst: Path, head: str) -> None:
 
 
 def _add_ctc_greedy(model, what: str) -> None:
-    from onnx import TensorProto, helper
-
     graph = model.graph
     outputs = list(graph.output)
     if len(outputs) != 1:
@@ -50,10 +50,10 @@ def _add_ctc_greedy(model, what: str) -> None:
     out = type(outputs[0])()
     out.CopyFrom(outputs[0])  # the graph's outputs are replaced below
     dims = out.type.tensor_type.shape.dim
-    if out.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) or len(dims) != 3:
+    if out.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or len(dims) != 3:
         raise ConversionError(f"the {CTC_GREEDY} head needs a float N x T x classes output; {what}'s "
                               f"'{out.name}' has rank {len(dims)} and element type "
-                              f"{TensorProto.DataType.Name(out.type.tensor_type.elem_type)}")
+                              f"{onnx.TensorProto.DataType.Name(out.type.tensor_type.elem_type)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     producer = next((n for n in graph.node if out.name in n.output), None)
     probs = out.name
@@ -64,13 +64,13 @@ def _add_ctc_greedy(model, what: str) -> None:
     nodes.append(helper.make_node("ArgMax", [probs], [CTC_INDEX], axis=2, keepdims=0, name="ctc_greedy_argmax"))
     if opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
         axes = "ctc_greedy_axes"
-        graph.initializer.append(helper.make_tensor(axes, TensorProto.INT64, [1], [2]))
+        graph.initializer.append(helper.make_tensor(axes, onnx.TensorProto.INT64, [1], [2]))
         nodes.append(helper.make_node("ReduceMax", [probs, axes], [CTC_PROB], keepdims=0, name="ctc_greedy_max"))
     else:
         nodes.append(helper.make_node("ReduceMax", [probs], [CTC_PROB], axes=[2], keepdims=0, name="ctc_greedy_max"))
     graph.node.extend(nodes)
     del graph.output[:]
-    for name, elem in ((CTC_INDEX, TensorProto.INT64), (CTC_PROB, out.type.tensor_type.elem_type)):
+    for name, elem in ((CTC_INDEX, onnx.TensorProto.INT64), (CTC_PROB, out.type.tensor_type.elem_type)):
         value = helper.make_tensor_value_info(name, elem, None)
         for dim in dims[:2]:  # N and T as the model declares them
             value.type.tensor_type.shape.dim.add().CopyFrom(dim)

@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ppdeploy.core.errors import SourceError
+from ppdeploy.core.lazy import lazy_import
+
+onnx = lazy_import("onnx", install="onnx")
+helper = lazy_import("onnx.helper", install="onnx")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -13,8 +17,6 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def load(path: Path):
-    import onnx
-
     try:
         return onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError
@@ -39,8 +41,6 @@ def name_nodes(model) -> int:
 
 def input_specs(model) -> list[tuple[str, str, tuple[int | None, ...]]]:
     """(name, numpy dtype, shape with None for dynamic dims) of the real inputs (not initializers)."""
-    from onnx import helper
-
     inits = {i.name for i in model.graph.initializer}
     out = []
     for vi in model.graph.input:

@@ -16,26 +16,33 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
 from ppdeploy.core.cache import EngineCache, sha256_file
 from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import BackendUnavailable, InputError
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.graph import model as graph
+from ppdeploy.graph import regions
+from ppdeploy.precision import bf16, fp16, int8
 from ppdeploy.precision.calibration import CalibrationSet, synthetic_set
 from ppdeploy.precision.gate import GateReport, OutputGate, TaskGate, TaskMetric
+from ppdeploy.precision.registry import DEFAULT_QUANTIZER, PRECISIONS, QUANTIZERS
+
+onnx = lazy_import("onnx", install="onnx")
 
 log = logging.getLogger("ppdeploy.precision.build")
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-METHODS = ("minmax", "entropy", "percentile")
-QUANTIZERS = ("onnxruntime", "openvino", "openvino-bf16")
-# Default loss budgets, in points of agreement with FP32 (see compare.py): half a point for FP16/BF16,
-# one point for INT8. Task gates use the same scale (e.g. 0.005 = half a point of character accuracy).
-DEFAULT_MAX_LOSS = {"fp16": 0.005, "bf16": 0.005, "int8": 0.01}
+METHODS = int8.METHODS
+# Default loss budgets, in points of agreement with FP32 (see compare.py), from the PRECISIONS registry: half a point
+# for FP16/BF16, one point for INT8. Task gates use the same scale (0.005 = half a point of character accuracy).
+DEFAULT_MAX_LOSS = {name: p.max_loss for name, p in PRECISIONS.items() if p.max_loss is not None}
 HOLDOUT = 0.25  # share of the calibration data held out for the INT8 gate (never used to calibrate)
 GRAPH = "model.onnx"
 RECORD = "precision.json"
+LIBRARIES = {"fp16": fp16.LIBRARIES, "int8": int8.LIBRARIES, "bf16": bf16.LIBRARIES}
 
 
 @dataclass
@@ -49,6 +56,12 @@ class PrecisionResult:
     backend_hint: str | None = None  # "bf16": the backend must run at bf16 (OpenVINO's INFERENCE_PRECISION_HINT)
     method: str | None = None
     cache_hit: bool = False
+    # The artifact format of `onnx_path` ("onnx", or e.g. "openvino-ir" for NNCF's INT8): a backend builds it only
+    # when its `formats` include it.
+    format: str = "onnx"
+    # The precision the backend must run the graph's float ops at, when not its precision's own (NNCF INT8 with
+    # the unquantized ops at BF16); not part of the key: backend_hint already says it.
+    inference_precision: str | None = None
 
     def key_parts(self) -> dict[str, Any]:
         return {"precision": self.precision, "method": self.method, "kept_fp32": sorted(self.kept_fp32),
@@ -68,10 +81,10 @@ def as_calibration(calib: Any, input_names: Sequence[str]) -> CalibrationSet | N
 
 
 def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: CalibrationSet | Any | None = None,
-          max_loss: float | None = None, keep_fp32: Sequence[str] = (), method: str = "minmax",
+          max_loss: float | None = None, keep_fp32: Sequence[str] = (), method: str | Sequence[str] | None = None,
           exclude: Sequence[str] = (), metric: str = "auto", task_metric: TaskMetric | None = None,
           task_name: str = "task", repair: bool = True, rebuild: bool = False,
-          quantizer: str = "onnxruntime") -> PrecisionResult:
+          quantizer: str = DEFAULT_QUANTIZER) -> PrecisionResult:
     """Produce the `precision` variant of `onnx_path`, gated against FP32 (see module doc).
 
     keep_fp32: what stays FP32. FP16: node names (added to the automatic repair's findings) and/or regions; BF16:
@@ -82,30 +95,32 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         swapped in); when given it is the gate, and the output metric only ranks INT8 exclusions. A `data_hash`
         attribute on it (ocr_char_accuracy sets one) identifies its data in the cache key.
     repair: search for FP32 keeps / INT8 exclusions when the first candidate fails (else fail at once).
-    quantizer: INT8 only. "onnxruntime": ORT's QDQ ONNX graph (for ONNX Runtime, TensorRT); "openvino": NNCF on
-        the OpenVINO model, an OpenVINO IR that only the openvino backend builds (its fast INT8 path);
-        "openvino-bf16": the same IR with what NNCF left unquantized run at BF16 (CPUs with avx512_bf16/AMX), judged
-        by the gate that way.
+    method: INT8 calibration method, or a preference list (the first the quantizer offers); None: its default.
+    quantizer: INT8 only, a name in QUANTIZERS (precision/quantizers/): "onnxruntime": ORT's QDQ ONNX graph (ONNX
+        Runtime, TensorRT); "openvino": NNCF on the OpenVINO model, an OpenVINO IR only backends with the
+        "openvino-ir" format build; "openvino-bf16": the same IR with what NNCF left unquantized run at BF16 (CPUs
+        with avx512_bf16/AMX), judged by the gate that way. "auto" is resolved per backend by the caller
+        (ppdeploy.deploy.quantizer_for).
     """
-    from ppdeploy.graph import model as graph, regions
-
     onnx_path = Path(onnx_path)
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
+    precision = PRECISIONS.canonical(precision)  # InputError listing the choices for an unknown one
     if precision == "fp32":
         return PrecisionResult(onnx_path, "fp32")
-    if quantizer not in QUANTIZERS:
-        raise InputError(f"unknown quantizer '{quantizer}'", hint=f"choose from {', '.join(QUANTIZERS)}")
-    if precision == "int8" and quantizer == "openvino-bf16" and not cpu_supports_bf16():
-        raise BackendUnavailable("quantizer openvino-bf16 runs the unquantized ops at BF16, which this CPU lacks "
-                                 "(no avx512_bf16/AMX)", hint="use quantizer openvino")
+    quantizer = QUANTIZERS.canonical(quantizer)
+    quant = QUANTIZERS.get(quantizer)
+    if precision == "int8" and quant.run_precision == "bf16" and not cpu_supports_bf16():
+        plain = QUANTIZERS.where(lambda q: q.format == quant.format and q.run_precision == "fp32")
+        raise BackendUnavailable(f"quantizer {quantizer} runs the unquantized ops at BF16, which this CPU lacks "
+                                 "(no avx512_bf16/AMX)", hint=f"use quantizer {' or '.join(plain) or DEFAULT_QUANTIZER}")
     if precision == "int8" and keep_fp32:
         raise InputError("keep_fp32 is for FP16 and BF16; INT8 leaves ops in float with exclude=[...]")
     if precision == "bf16" and regions.split_keep(keep_fp32)[1]:
         raise InputError(f"keep_fp32 under BF16 takes a region ({', '.join(regions.REGIONS)}), not node names",
                          hint="BF16 is OpenVINO's inference precision, set per op by region: keep_fp32=['encoder']")
-    if method not in METHODS:
-        raise InputError(f"unknown calibration method '{method}'", hint=f"choose from {', '.join(METHODS)}")
+    wanted, method = method, quant.method(method)
+    if method is None:
+        raise InputError(f"calibration method {wanted!r} is not offered by quantizer {quantizer}",
+                         hint=f"choose from {', '.join(quant.methods)}")
     if not onnx_path.is_file():
         raise InputError(f"ONNX model {onnx_path} does not exist")
     model = graph.load(onnx_path)
@@ -150,9 +165,9 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
                 record.update(_build_fp16(model, onnx_path, make_gates, work, out / GRAPH, keep_fp32, repair))
             elif precision == "int8":
                 record.update(_build_int8(onnx_path, calib_part, method, cache, make_gates, work, out,
-                                          exclude, repair, quantizer))
+                                          exclude, repair, quant))
             else:
-                record.update(_build_bf16(onnx_path, make_gates, keep_fp32))
+                record.update(bf16.build(onnx_path, make_gates, keep_fp32))
         record["data"] = {"gate": task_name if task_metric else gate_data.source,
                           "gate_samples": None if task_metric else len(gate_data),
                           "calibration": calib_part.source if calib_part else None,
@@ -165,16 +180,17 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
     record = json.loads((entry.path / RECORD).read_text())
     record["cache_hit"] = entry.hit
     graph_path = entry.path / record["graph"] if record.get("graph") else onnx_path
-    hint = "bf16" if precision == "bf16" else (record.get("quantizer") if str(record.get("quantizer")).startswith(
-        "openvino") else None)
+    fmt, inference_precision, hint = "onnx", None, "bf16" if precision == "bf16" else None
+    if precision == "int8":
+        used = QUANTIZERS.get(record.get("quantizer") or DEFAULT_QUANTIZER)
+        fmt, hint = used.format, used.gate_hint
+        inference_precision = used.run_precision if used.run_precision != "fp32" else None
     return PrecisionResult(graph_path, precision, record.get("kept_fp32", []), record.get("excluded", []),
                            calib.hash if calib else None, record, hint, method if precision == "int8" else None,
-                           entry.hit)
+                           entry.hit, fmt, inference_precision)
 
 
 def _save(model, path: Path) -> Path:
-    import onnx
-
     if model.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights go to a side file
         onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
     else:
@@ -183,17 +199,14 @@ def _save(model, path: Path) -> Path:
 
 
 def _build_fp16(model, onnx_path, make_gates, work, target, keep_fp32, repair) -> dict:
-    from ppdeploy.precision import fp16
-    from ppdeploy.graph import model as graph, regions
-
     graph.name_nodes(model)  # keep lists need names; naming does not change the computation
     keep_nodes = regions.expand_onnx(model, keep_fp32, str(onnx_path))
     gate, outputs = make_gates(onnx_path)
     result = fp16.build(model, gate, _save, work, keep_nodes=keep_nodes, repair=repair)
     _save(result.model, target)
     fp16.smoke_run(target, gate_sample(outputs))
-    return {"graph": target.name, "gate": result.report.to_dict(), "kept_fp32": result.kept_fp32, "keep_ops": fp16.default_keep_ops(),
-            "search": {"evaluations": len(result.tried), "tried": result.tried}}
+    return {"graph": target.name, "gate": result.report.to_dict(), "kept_fp32": result.kept_fp32,
+            "keep_ops": fp16.default_keep_ops(), "search": {"evaluations": len(result.tried), "tried": result.tried}}
 
 
 def gate_sample(gate) -> dict:
@@ -203,50 +216,20 @@ def gate_sample(gate) -> dict:
     return samples.samples[0]
 
 
-def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exclude, repair, quantizer) -> dict:
-    import shutil
-
-    from ppdeploy.precision import int8
-
+def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exclude, repair, quant) -> dict:
     gate, proxy = make_gates(onnx_path)
-    if quantizer.startswith("openvino"):
-        from ppdeploy.backends.openvino import quantize as int8_openvino
-
-        candidate, quantizable = int8_openvino.candidates(onnx_path, calib_part, method, work)
-        result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair,
-                             backend_hint=quantizer)
-        target = int8_openvino.copy_ir(result.path, out / "model.xml")
-        fraction, hit = int8_openvino.int8_fraction(target), None
-    else:
-        prepared = int8.prepare(onnx_path, work / "prepared.onnx")
-        ranges, hit = int8.calibrate(prepared, calib_part, method, cache)
-        candidate, quantizable = int8.ort_candidates(prepared, ranges, method, work)
-        result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair)
-        target = out / GRAPH
-        shutil.copyfile(result.path, target)
-        fraction = int8.quantized_fraction(target)
+    candidate, quantizable, hit = quant.candidates(onnx_path, calib_part, method, cache, work)
+    result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair,
+                         backend_hint=quant.gate_hint)
+    target, fraction = quant.save(result.path, out)
     return {"graph": target.name, "gate": result.report.to_dict(), "excluded": result.excluded, "method": method,
-            "quantizer": quantizer, "calibration_cache_hit": hit, "int8": fraction,
+            "quantizer": quant.name, "calibration_cache_hit": hit, "int8": fraction,
             "search": {"evaluations": result.evaluations, "sensitivity": result.sensitivity}}
 
 
-def _build_bf16(onnx_path, make_gates, keep_fp32) -> dict:
-    keep = sorted(set(keep_fp32))
-    gate, _ = make_gates(onnx_path)
-    report: GateReport = gate.evaluate(onnx_path, backend_hint="bf16",
-                                       backend_extra={"keep_fp32": keep} if keep else None)
-    if not report.passed:
-        raise report.error("BF16 (OpenVINO inference precision) fails its accuracy gate",
-                           hint="use --precision fp32, keep_fp32=['encoder'], or raise --max-loss")
-    return {"gate": report.to_dict(), "backend_hint": "bf16", "kept_fp32": keep}
-
-
 def _versions(precision: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = {"fp16": ["onnxruntime"], "int8": ["onnxruntime"], "bf16": ["openvino"]}[precision]
     out = {}
-    for name in names:
+    for name in LIBRARIES[precision]:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -255,4 +238,4 @@ def _versions(precision: str) -> dict[str, str]:
 
 
 __all__ = ["apply", "PrecisionResult", "CalibrationSet", "GateReport", "OutputGate", "TaskGate", "TaskMetric",
-           "PRECISIONS", "METHODS", "DEFAULT_MAX_LOSS"]
+           "METHODS", "DEFAULT_MAX_LOSS"]

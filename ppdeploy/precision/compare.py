@@ -21,8 +21,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+from rapidfuzz.distance import (
+    Levenshtein,  # token sequences (lists of ints) work as well as strings
+)
 
-from ppdeploy.tasks.ocr.metrics import edit_distance  # token sequences work as well as strings
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
 METRICS = ("auto", "ctc", "top1", "mask_iou", "prob_abs", "rel_l2")
 MASK_THRESHOLD = 0.3
@@ -38,8 +41,6 @@ def _is_distribution(a: np.ndarray) -> bool:
 
 def pick_metric(reference: np.ndarray, name: str | None = None) -> str:
     """The metric `auto` means for an output, judged from the FP32 reference values (and the output's name)."""
-    from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
-
     if name == CTC_INDEX:
         return "ctc"
     if name == CTC_PROB:
@@ -79,7 +80,7 @@ def _count_agreement(metric: str, ref: np.ndarray, cand: np.ndarray) -> tuple[fl
         agree = total = 0.0
         for r, c in zip(ctc_greedy(ref), ctc_greedy(cand)):
             n = max(len(r), 1)
-            agree += max(0.0, n - edit_distance(r, c))
+            agree += max(0.0, n - Levenshtein.distance(r, c))
             total += n
         return agree, total
     if metric == "top1":

@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ppdeploy.core.errors import AccuracyError, ConversionError
 from ppdeploy.precision.gate import Gate, GateReport
+from ppdeploy.precision.runners import ort_runner
 
 log = logging.getLogger("ppdeploy.precision.build")
+
+LIBRARIES = ("onnxruntime",)  # distributions whose version enters the precision cache key
 
 # Ops whose FP16 results go wrong first: normalizations (variance of large activations overflows),
 # softmax/exp/log/pow (range), reductions (long sums lose bits), plus the converter's own defaults
@@ -270,10 +275,6 @@ def build(model, gate: Gate, save: Callable[[object, Path], Path], work: Path, *
 def smoke_run(path: Path, feeds: dict) -> None:
     """Load and run the real FP16 graph once in ONNX Runtime: the converter's output must be a valid graph
     (the gate judged its emulation)."""
-    import numpy as np
-
-    from ppdeploy.precision.runners import ort_runner
-
     runner = ort_runner(path)
     try:
         outputs = runner.infer(feeds)

@@ -31,6 +31,7 @@ from ppdeploy.precision.gate import Gate, GateReport
 log = logging.getLogger("ppdeploy.precision.build")
 
 METHODS = ("minmax", "entropy", "percentile")
+LIBRARIES = ("onnxruntime",)  # distributions whose version enters the precision cache key
 # The compute-heavy ops: where INT8 pays. Element-wise ops stay FP32 between them, which costs a little
 # speed on ORT but keeps activations like HardSwish and residual sums exact.
 QUANT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -94,7 +95,13 @@ class _Reader:
 
 def _progress(total: int, description: str):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -113,7 +120,10 @@ def calibrate(prepared: Path, calib: CalibrationSet, method: str, cache: EngineC
 
     def build(out: Path) -> None:
         global CALIBRATION_RUNS
-        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization.calibrate import (
+            create_calibrator,
+            save_tensors_data,
+        )
 
         CALIBRATION_RUNS += 1
         work = out / "work"
@@ -230,7 +240,8 @@ def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantiz
     """Quantize; if `gate` fails, exclude the costliest node groups (ranked on `proxy`) until it passes.
 
     `candidate(excluded, only)` writes an INT8 graph (quantizing only `only` when given) and returns its path;
-    `backend_hint` says what runs candidates in the gates (None: ONNX Runtime, "openvino": OpenVINO).
+    `backend_hint` says what runs candidates in the gates (precision.runners.candidate_runner: None is ONNX Runtime,
+    a quantizer name the backend that builds its format).
     """
     base = list(exclude)
     first_path = candidate(base, None)

@@ -16,7 +16,7 @@ A config.yaml::
     name: rec                      # default: the folder name
     source: ppocrv4-rec            # zoo name | Paddle model dir | .onnx file (relative paths: from this folder)
     backends: [openvino, onnxruntime]   # tried in order; "auto" = ppdeploy's own order
-    precision: fp32                # fp32 | fp16 | bf16 | int8
+    precision: fp32                # a registered precision (ppdeploy.precision.registry): fp32 | fp16 | bf16 | int8
     keep_fp32: []                  # bf16/fp16: what stays FP32; [encoder] = all before the first upsampling (DB det)
     threads: null                  # CPU threads per instance (null: all cores this process may use)
     backend_options: {}            # backend-specific build options (ppdeploy.backends.base.BuildOptions.extra)
@@ -33,7 +33,7 @@ A config.yaml::
     engine_process: false          # run each instance's engine in its own process (ppdeploy.serve.engine_process)
     head: null                     # ctc_greedy: a CTC recognizer answers best class + probability per step, not the
                                    # whole softmax (2.1 MB per PP-OCRv4 line; ppdeploy.graph.heads)
-    task: none                     # none | ocr | classification
+    task: none                     # none | a registered task (ppdeploy.tasks.registry): ocr | classification
     autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
       {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
 """
@@ -41,17 +41,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ppdeploy.backends import BACKENDS
 from ppdeploy.core.errors import ConfigError, PPDeployError
 from ppdeploy.core.shapes import InputRange, ShapeProfile
+from ppdeploy.precision.registry import PRECISIONS
+from ppdeploy.source import zoo
+from ppdeploy.tasks.registry import TASKS
+
+if TYPE_CHECKING:
+    from ppdeploy.tasks.base import Task
 
 CONFIG_FILE = "config.yaml"
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
-Task = Literal["none", "ocr", "classification"]
-OCR_STAGES = ("det", "cls", "rec", "rec_guard")
+NO_TASK = "none"
 
 
 class _Strict(BaseModel):
@@ -125,9 +139,9 @@ class Autoscaling(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
-    source: str | None = None  # zoo name, Paddle model dir or .onnx file; None only for task: ocr
+    source: str | None = None  # zoo name, Paddle model dir or .onnx file; None only for a composite task (ocr)
     backends: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
-    precision: Precision = "fp32"
+    precision: str = "fp32"  # a name in PRECISIONS, checked when validated (so one registered later counts)
     # fp16/bf16: what stays FP32 (ppdeploy.graph.regions; "encoder", and for fp16 also node names)
     keep_fp32: list[str] = Field(default_factory=list)
     threads: int | None = Field(None, ge=1)
@@ -141,9 +155,9 @@ class ModelConfig(_Strict):
     # the workers share one such process per instance, which merges their batches (ppdeploy.serve.workers).
     engine_process: bool = False
     head: Literal["ctc_greedy"] | None = None  # output head appended to the graph (ppdeploy.graph.heads)
-    task: Task = "none"
-    # task: ocr -> which models of this repository run each stage ({det: ..., cls: ..., rec: ...}; cls optional;
-    # rec_guard: an FP32 copy of rec that re-reads the lines a BF16 rec is unsure of, ppdeploy.tasks.ocr.guard)
+    task: str = NO_TASK  # "none" or a name in TASKS, checked when validated (so one registered later counts)
+    # a composite task (Task.composite, e.g. ocr) -> which models of this repository run each of its roles
+    # ({det: ..., cls: ..., rec: ...}; the task's roles and required roles are checked by Task.check_config)
     pipeline: dict[str, str] = Field(default_factory=dict)
     # passed as keyword arguments to the task's constructor (labels file, thresholds, ...)
     task_options: dict[str, Any] = Field(default_factory=dict)
@@ -156,39 +170,33 @@ class ModelConfig(_Strict):
     @field_validator("backends")
     @classmethod
     def _known_backends(cls, v: list[str]) -> list[str]:
-        from ppdeploy.backends import canonical
-
         out = []
         for name in v:
             if name.strip().lower() == "auto":
                 out.append("auto")
                 continue
-            try:
-                out.append(canonical(name))
-            except PPDeployError as exc:  # BackendUnavailable carries the list of valid names in its hint
-                hint = f" ({exc.hint})" if exc.hint else ""
-                raise ValueError(f"{exc.args[0]}{hint}") from None
+            out.append(_registered(BACKENDS, name))
         return out
 
-    @field_validator("pipeline")
+    @field_validator("precision")
     @classmethod
-    def _stages(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - set(OCR_STAGES))
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; stages are {list(OCR_STAGES)}")
-        return v
+    def _known_precision(cls, v: str) -> str:
+        return _registered(PRECISIONS, v)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        return NO_TASK if v.strip().lower() == NO_TASK else _registered(TASKS, v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
-        if self.task == "ocr":
-            missing = [s for s in ("det", "rec") if s not in self.pipeline]
-            if missing:
-                raise ValueError(f"task 'ocr' needs pipeline.{missing[0]} (the name of a model in this repository)")
-        else:
-            if self.pipeline:
-                raise ValueError("'pipeline' is only for task: ocr")
-            if not self.source:
-                raise ValueError("'source' is required (zoo name, Paddle model dir or .onnx file)")
+        task = self.task_class
+        if task is not None:
+            task.check_config(self.pipeline, self.task_options)
+        elif self.pipeline:
+            raise ValueError("'pipeline' is only for tasks whose roles are other models (task: ocr)")
+        if not self.composite and not self.source:
+            raise ValueError("'source' is required (zoo name, Paddle model dir or .onnx file)")
         for size in self.dynamic_batching.preferred_batch_sizes:
             if size > self.max_batch_size:
                 raise ValueError(f"preferred batch size {size} exceeds max_batch_size {self.max_batch_size}")
@@ -225,12 +233,21 @@ class ModelConfig(_Strict):
     def batching(self) -> bool:
         return self.max_batch_size > 1
 
+    @property
+    def task_class(self) -> "type[Task] | None":
+        """The registered Task class of `task` (None for task: none)."""
+        return None if self.task == NO_TASK else TASKS.get(self.task)
+
+    @property
+    def composite(self) -> bool:
+        """A task over other models of the repository (its `pipeline`), with no engine of its own (task: ocr)."""
+        task = self.task_class
+        return task is not None and task.composite
+
     def source_path(self) -> str | Path:
         """A zoo name unchanged; a path made absolute against the config's folder."""
         if self.source is None:
             raise ConfigError(f"{self._where()}: model '{self.name}' has no source")
-        from ppdeploy.source import zoo
-
         if self.source in zoo.MODELS:
             return self.source
         p = Path(self.source).expanduser()
@@ -240,8 +257,6 @@ class ModelConfig(_Strict):
         return ShapeProfile({n: s.to_range() for n, s in self.inputs.items()})
 
     def to_yaml(self) -> str:
-        import yaml
-
         data = self.model_dump(mode="json")
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
@@ -270,9 +285,16 @@ def _error_lines(exc: ValidationError, where: str) -> list[str]:
     return lines
 
 
-def _parse_file(path: Path, default_name: str | None) -> tuple[ModelConfig | None, list[str]]:
-    import yaml
+def _registered(registry, name: str) -> str:
+    """The registered spelling of `name` in `registry`, as the ValueError pydantic reports with the field."""
+    try:
+        return registry.canonical(name)
+    except PPDeployError as exc:  # carries the list of valid names in its hint
+        hint = f" ({exc.hint})" if exc.hint else ""
+        raise ValueError(f"{exc.args[0]}{hint}") from None
 
+
+def _parse_file(path: Path, default_name: str | None) -> tuple[ModelConfig | None, list[str]]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -302,8 +324,6 @@ def _parse_file(path: Path, default_name: str | None) -> tuple[ModelConfig | Non
 def _source_problem(cfg: ModelConfig) -> str | None:
     if cfg.source is None:
         return None
-    from ppdeploy.source import zoo
-
     if cfg.source in zoo.MODELS:
         return None
     p = cfg.source_path()
@@ -352,7 +372,7 @@ def load_repository(repo_dir: str | os.PathLike, *, check_source: bool = True) -
 
 
 def check_references(configs: list[ModelConfig], invalid: set[str] = frozenset()) -> list[str]:
-    """Cross-file checks: unique names, and OCR pipelines that name existing tensor models. `invalid`: names of
+    """Cross-file checks: unique names, and composite tasks (ocr) that name existing tensor models. `invalid`: names of
     models whose config failed to parse (references to them are not reported again)."""
     errors = []
     by_name: dict[str, ModelConfig] = {}
@@ -368,10 +388,11 @@ def check_references(configs: list[ModelConfig], invalid: set[str] = frozenset()
             if target is None:
                 errors.append(f"{cfg._where()}: pipeline.{stage}: no model named '{ref}' in this repository "
                               f"(models: {', '.join(sorted(by_name)) or 'none'})")
-            elif target.task == "ocr":
-                errors.append(f"{cfg._where()}: pipeline.{stage}: '{ref}' is itself an OCR pipeline, not a model")
+            elif target.composite:
+                errors.append(f"{cfg._where()}: pipeline.{stage}: '{ref}' is itself a '{target.task}' pipeline, "
+                              "not a model")
     return errors
 
 
-__all__ = ["Autoscaling", "CONFIG_FILE", "DynamicBatching", "InputShape", "ModelConfig", "check_references", "load_config",
-           "load_repository"]
+__all__ = ["Autoscaling", "CONFIG_FILE", "DynamicBatching", "InputShape", "ModelConfig", "NO_TASK", "check_references",
+           "load_config", "load_repository"]

@@ -10,7 +10,8 @@ Routes
   GET  /v2/models[/{m}[/versions/{v}]]/stats Triton statistics extension
   POST /v2/models/{m}[/versions/{v}]/infer   JSON and binary tensors
   POST /v2/repository/index                  model repository extension (index only)
-  POST /v1/ocr[/{m}], /v1/classify[/{m}]     image (raw body or multipart) -> JSON
+  POST /v1/<route>[/{m}]                     one per registered task (ppdeploy.tasks.registry.TASKS; /v1/ocr,
+                                             /v1/classify): request body (raw or multipart) -> JSON
   GET  /metrics                              Prometheus
 
 Cross-cutting (one pure-ASGI middleware, cheaper than Starlette's BaseHTTPMiddleware): request id
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hmac
 import itertools
 import json
@@ -41,11 +43,26 @@ from starlette.routing import Route
 
 from ppdeploy import __version__
 from ppdeploy.core.errors import InputError, PPDeployError
-from ppdeploy.serve import kserve
-from ppdeploy.serve.batcher import ClientGone, InferenceFailed, QueueFull, RequestTimeout, ServingError
 from ppdeploy.repository.config import ModelConfig
+from ppdeploy.serve import kserve
+from ppdeploy.serve.batcher import (
+    ClientGone,
+    InferenceFailed,
+    QueueFull,
+    RequestTimeout,
+    ServingError,
+)
 from ppdeploy.serve.metrics import ServerMetrics
-from ppdeploy.serve.models import READY, HostOptions, ModelHost, ModelNotFound, ModelNotReady, ServedModel
+from ppdeploy.serve.models import (
+    READY,
+    HostOptions,
+    ModelHost,
+    ModelNotFound,
+    ModelNotReady,
+    ServedModel,
+)
+from ppdeploy.tasks.base import Task
+from ppdeploy.tasks.registry import TASKS
 
 access_log = logging.getLogger("ppdeploy.access")
 log = logging.getLogger("ppdeploy.serve")
@@ -267,8 +284,6 @@ def _accepted_encoding(accept: str | None) -> str | None:
 
 def _compress(body: bytes, encoding: str) -> bytes:
     if encoding == "gzip":
-        import gzip
-
         return gzip.compress(body, 1)
     return zlib.compress(body, 1)
 
@@ -294,7 +309,8 @@ class Handlers:
         model = self.host.models.get(name)
         if model is None:
             if name in self.host.tasks:
-                raise ModelNotFound(f"'{name}' is a task pipeline, not a tensor model; POST an image to /v1/ocr/{name}")
+                raise ModelNotFound(f"'{name}' is a task pipeline, not a tensor model; POST to "
+                                    f"/v1/{self.host.tasks[name].task.route}/{name}")
             raise ModelNotFound(f"unknown model '{name}'" + (f"; this server has {', '.join(sorted(self.host.models))}"
                                                           if self.host.models else ""))
         if version is not None and version != model.cfg.version:
@@ -414,21 +430,21 @@ class Handlers:
         for i, part in enumerate(parts):
             await send({"type": "http.response.body", "body": part, "more_body": i < last})
 
-    async def task(self, request: Request, kind: str) -> Response:
-        label = "ocr" if kind == "ocr" else "classify"
+    async def task(self, request: Request, task: type[Task]) -> Response:
+        label = task.route
         try:
-            service = self.host.task_of(kind, request.path_params.get("model"))
+            service = self.host.task_of(task, request.path_params.get("model"))
             if service.state != READY:
                 why = "is still loading" if service.state == "LOADING" else f"is unavailable: {service.reason}"
-                raise ModelNotReady(f"{kind} model '{service.name}' {why}")
+                raise ModelNotReady(f"{task.name} model '{service.name}' {why}")
             # Task requests wait for a pipeline thread; bound that wait like the model queues are bounded.
             if self.task_in_flight >= self.settings.max_task_queue + self.settings.task_threads:
                 raise QueueFull(f"{self.task_in_flight} image requests are already in progress", 1)
             self.task_in_flight += 1
             try:
-                data = await self._image_bytes(request)
+                data, content_type = await self._task_body(request)
                 result = await asyncio.get_running_loop().run_in_executor(
-                    self.host.task_pool, service.run, data, self.settings.max_image_pixels)
+                    self.host.task_pool, service.run, data, content_type, self.settings.max_image_pixels)
             finally:
                 self.task_in_flight -= 1
         except Exception as exc:
@@ -440,7 +456,9 @@ class Handlers:
         self.metrics.task_requests.labels(label, "200").inc()
         return json_response(result)
 
-    async def _image_bytes(self, request: Request) -> bytes:
+    async def _task_body(self, request: Request) -> tuple[bytes, str]:
+        """The payload of a task request and its content type: a raw body, or the file part of a multipart form
+        (what the payload must be is the task's `decode`'s call)."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             await read_body(request, self.settings.max_body_bytes)  # enforce the limit before parsing
@@ -459,15 +477,13 @@ class Handlers:
             if upload is None:
                 raise InputError("multipart body has no file part; send the image as field 'image'")
             data = await upload.read()
+            ctype = getattr(upload, "content_type", None) or ""
             await form.close()
-        elif ctype.startswith("application/json"):
-            raise InputError("send the image itself (raw body, e.g. Content-Type: image/png) or as multipart "
-                             "field 'image', not JSON")
         else:
             data = await read_body(request, self.settings.max_body_bytes)
         if not data:
             raise InputError("empty request body; send an image")
-        return data
+        return data, ctype
 
 
 class _AsgiEndpoint:
@@ -508,11 +524,12 @@ def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSetti
         params = scope["path_params"]
         await h.infer_asgi(scope, receive, send, params["model"], params.get("version"))
 
-    async def ocr(request: Request) -> Response:
-        return await h.task(request, "ocr")
+    def task_routes(task: type[Task]) -> list[Route]:
+        async def endpoint(request: Request) -> Response:
+            return await h.task(request, task)
 
-    async def classify(request: Request) -> Response:
-        return await h.task(request, "classification")
+        return [Route(f"/v1/{task.route}", endpoint, methods=["POST"]),
+                Route(f"/v1/{task.route}/{{model}}", endpoint, methods=["POST"])]
 
     routes = [
         Route("/v2", h.server_metadata, methods=["GET"]),
@@ -525,10 +542,7 @@ def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSetti
         *versioned("/config", h.model_config, ["GET"]),
         *versioned("/stats", h.model_stats, ["GET"]),
         *versioned("", h.model_metadata, ["GET"]),
-        Route("/v1/ocr", ocr, methods=["POST"]),
-        Route("/v1/ocr/{model}", ocr, methods=["POST"]),
-        Route("/v1/classify", classify, methods=["POST"]),
-        Route("/v1/classify/{model}", classify, methods=["POST"]),
+        *[route for _, task in TASKS.items() for route in task_routes(task)],
         Route("/metrics", h.prometheus, methods=["GET"]),
     ]
 

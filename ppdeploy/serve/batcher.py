@@ -2,9 +2,9 @@
 
 Requests wait in a bounded queue, grouped by *shape key* (every non-batch dim of every input, plus dtype;
 axes the config allows to be padded are left out of the key). A worker per model instance takes the group
-whose oldest request waited longest, up to `max_batch_size` rows, concatenates along axis 0, runs the runner in
-a thread (the event loop never blocks on inference), splits the outputs back by row counts and resolves each
-request's future. While a worker is busy, new requests pile up, so the next batch is bigger: under load
+whose oldest request waited longest, up to `max_batch_size` rows, and runs it through
+`ppdeploy.serve.merge.run_merged` in a thread (the event loop never blocks on inference): concatenated along axis
+0, one runner call, outputs split back by row counts, each request's future resolved. While a worker is busy, new requests pile up, so the next batch is bigger: under load
 batches form even with `max_queue_delay_ms: 0`, and an idle server adds no delay.
 
 Guarantees (each has a test):
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import time
@@ -29,9 +30,11 @@ from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ppdeploy.backends.base import IOSpec, Runner, validate_inputs
+from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.core.shapes import ShapeProfile
+from ppdeploy.core.tensors import IOSpec, validate_inputs
+from ppdeploy.serve.merge import NotSplittable, Run, run_merged
 
 log = logging.getLogger("ppdeploy.serve.batcher")
 
@@ -400,87 +403,45 @@ class DynamicBatcher:
 
     async def _execute(self, runner: Runner, batch: list[_Request]) -> None:
         start = time.perf_counter_ns()
-        queue_ns = [start - r.enqueued_ns for r in batch]
         rows = sum(r.rows for r in batch)
         shape = (batch[0].key, rows)
-        try:
-            if self._inline(shape, rows):
-                outs, timings = _run_batch(runner, batch, self._pad)
-            else:
-                outs, timings = await self._loop.run_in_executor(self._executor, _run_batch, runner, batch, self._pad)
-        except Exception as exc:
-            if len(batch) == 1:
+        run = functools.partial(run_merged, runner.infer, [r.feeds for r in batch], [r.rows for r in batch],
+                                pad=self._pad, on_not_splittable=self._not_batchable)
+        outcomes = run() if self._inline(shape, rows) else await self._loop.run_in_executor(self._executor, run)
+        answered: dict[int, Run] = {}
+        for r, outcome in zip(batch, outcomes):
+            if outcome.error is not None:
+                exc = outcome.error
                 log.warning("model %s failed on a request: %s", self.name, exc)
                 err = exc if isinstance(exc, PPDeployError) else InferenceFailed(f"model '{self.name}' failed: {exc}")
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(err)
-                return
-            if isinstance(exc, _NotBatchable):
-                log.warning("model %s: %s; serving it one request at a time from now on", self.name, exc)
-                self.max_rows = 1
-            # One bad request must not fail its neighbours: answer each from its own run.
-            for r in batch:
-                await self._execute(runner, [r])
-            return
-        self._exec_s_avg = 0.8 * self._exec_s_avg + 0.2 * (timings.infer_ns / 1e9) if self._exec_s_avg else timings.infer_ns / 1e9
+                if not r.future.done():
+                    r.future.set_exception(err)
+            else:
+                answered.setdefault(id(outcome.run), outcome.run)
+        for done in answered.values():
+            members = [batch[i] for i in done.members]
+            # The batch's queue time ends when it was taken; a request re-run alone waited for its own run.
+            began = start if len(members) == len(batch) else done.started_ns
+            queue_ns = [began - r.enqueued_ns for r in members]
+            timings = BatchTimings(done.rows, len(members), done.merge_ns, done.infer_ns, done.split_ns)
+            self._record(timings, (batch[0].key, done.rows), queue_ns)
+            for r, q, i in zip(members, queue_ns, done.members):
+                if not r.future.done():
+                    r.future.set_result(BatchResult(outcomes[i].outputs, q, timings))
+
+    def _not_batchable(self, exc: NotSplittable) -> None:
+        log.warning("model %s: %s; serving it one request at a time from now on", self.name, exc)
+        self.max_rows = 1
+
+    def _record(self, timings: BatchTimings, shape: tuple, queue_ns: list[int]) -> None:
+        infer_s = timings.infer_ns / 1e9
+        self._exec_s_avg = 0.8 * self._exec_s_avg + 0.2 * infer_s if self._exec_s_avg else infer_s
         row_ms = timings.infer_ns / 1e6 / timings.size
         if len(self._seen_shapes) >= 4096:  # free-form shapes (e.g. every rec width): bound the memory
             self._seen_shapes.clear()
         self._seen_shapes.add(shape)
         self._row_ms_avg = row_ms if self._row_ms_avg is None else 0.8 * self._row_ms_avg + 0.2 * row_ms
         self._observer.on_batch(timings, queue_ns)
-        for r, out, q in zip(batch, outs, queue_ns):
-            if not r.future.done():
-                r.future.set_result(BatchResult(out, q, timings))
-
-
-class _NotBatchable(PPDeployError):
-    """The model's outputs do not carry the batch dimension, so a batch cannot be split back."""
-
-
-def _run_batch(runner: Runner, batch: list[_Request], pad: Mapping[str, tuple[int, ...]]
-               ) -> tuple[list[dict[str, np.ndarray]], BatchTimings]:
-    t0 = time.perf_counter_ns()
-    if len(batch) == 1:
-        feeds = batch[0].feeds
-    else:
-        feeds = {}
-        for name in batch[0].feeds:
-            arrays = [r.feeds[name] for r in batch]
-            if name in pad:
-                arrays = _pad_to_common(arrays, pad[name])
-            feeds[name] = np.concatenate(arrays, axis=0)
-    t1 = time.perf_counter_ns()
-    outputs = runner.infer(feeds)
-    t2 = time.perf_counter_ns()
-    rows = [r.rows for r in batch]
-    total = sum(rows)
-    if len(batch) == 1:
-        parts = [outputs]
-    else:
-        for name, arr in outputs.items():
-            if arr.ndim == 0 or arr.shape[0] != total:
-                raise _NotBatchable(f"output '{name}' has shape {arr.shape}, not {total} rows for a batch of {total}")
-        parts = [{} for _ in batch]
-        for name, arr in outputs.items():
-            start = 0
-            for part, n in zip(parts, rows):
-                part[name] = arr[start:start + n]
-                start += n
-    t3 = time.perf_counter_ns()
-    return parts, BatchTimings(total, len(batch), t1 - t0, t2 - t1, t3 - t2)
-
-
-def _pad_to_common(arrays: list[np.ndarray], axes: tuple[int, ...]) -> list[np.ndarray]:
-    target = list(arrays[0].shape)
-    for a in arrays[1:]:
-        for ax in axes:
-            target[ax] = max(target[ax], a.shape[ax])
-    out = []
-    for a in arrays:
-        widths = [(0, target[ax] - a.shape[ax]) if ax in axes else (0, 0) for ax in range(a.ndim)]
-        out.append(np.pad(a, widths) if any(w for _, w in widths) else a)
-    return out
 
 
 class BatchedRunner(Runner):

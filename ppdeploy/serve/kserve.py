@@ -21,8 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ppdeploy.backends.base import IOSpec
-from ppdeploy.core.errors import InputError
+from ppdeploy.backends.registry import BACKENDS
+from ppdeploy.core.errors import InputError, PPDeployError
+from ppdeploy.core.tensors import IOSpec
 
 # KServe datatype name -> numpy dtype (little-endian, as the protocol's binary data is).
 DATATYPES: dict[str, np.dtype] = {
@@ -36,9 +37,17 @@ _NUMPY_TO_KSERVE = {np.dtype(v).newbyteorder("=") if v != np.dtype(object) else 
 _KNOWN: dict[Any, str] = {**_NUMPY_TO_KSERVE, **{str(dt): name for dt, name in _NUMPY_TO_KSERVE.items()
                                                   if dt != np.dtype(object)}}
 
-# Backend name -> the platform string Triton reports for the same kind of model.
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "onnxruntime-cuda": "onnxruntime_onnx", "tensorrt": "tensorrt_plan",
-             "tensorrt-rtx": "tensorrt_plan", "openvino": "openvino", "paddle": "paddle"}
+
+
+def platform(backend: str) -> str:
+    """The platform string Triton reports for a model of this backend (the backend class's `triton_platform`);
+    a name no backend is registered under is reported as it is."""
+    if backend not in BACKENDS:
+        return backend
+    try:
+        return BACKENDS.get(backend).triton_platform
+    except PPDeployError:  # registered, but not part of this build
+        return backend
 
 
 class ProtocolError(InputError):
@@ -381,7 +390,7 @@ def model_metadata(name: str, version: str, io: IOSpec, backend: str) -> dict:
     def tensor(t) -> dict:
         return {"name": t.name, "datatype": kserve_datatype(t.dtype), "shape": [-1 if d is None else d for d in t.shape]}
 
-    return {"name": name, "versions": [version], "platform": PLATFORMS.get(backend, backend),
+    return {"name": name, "versions": [version], "platform": platform(backend),
             "inputs": [tensor(t) for t in io.inputs], "outputs": [tensor(t) for t in io.outputs]}
 
 
@@ -396,7 +405,7 @@ def model_config_json(cfg, io: IOSpec, backend: str, batch_axis: bool) -> dict:
 
     db = cfg.dynamic_batching
     conf = {
-        "name": cfg.name, "platform": PLATFORMS.get(backend, backend), "backend": backend,
+        "name": cfg.name, "platform": platform(backend), "backend": backend,
         "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": max_batch,
         "input": [tensor(t) for t in io.inputs], "output": [tensor(t) for t in io.outputs],
         "instance_group": [{"name": f"{cfg.name}_0", "kind": "KIND_CPU", "count": cfg.instance_count}],
@@ -413,6 +422,6 @@ def model_config_json(cfg, io: IOSpec, backend: str, batch_axis: bool) -> dict:
     return conf
 
 
-__all__ = ["DATATYPES", "InferRequest", "PLATFORMS", "ProtocolError", "RequestedOutput", "encode_infer_response",
+__all__ = ["DATATYPES", "InferRequest", "ProtocolError", "RequestedOutput", "encode_infer_response",
            "encode_infer_response_parts",
-           "kserve_datatype", "model_config_json", "model_metadata", "parse_infer_request", "triton_type"]
+           "kserve_datatype", "model_config_json", "model_metadata", "parse_infer_request", "platform", "triton_type"]

@@ -6,23 +6,34 @@ UNAVAILABLE with the reason; the others serve regardless. The server is ready on
 (and, with strict readiness, every one of them is READY) — Triton's behaviour.
 
 Building blocks reused by the Ray Serve variant: `load_engine(cfg)` (config -> runners, with backend fallback
-along the config's list) and `build_task(cfg, runners_by_stage)` (task pipeline on any runner-like objects).
+along the config's list) and `build_task(cfg, runners_by_role)` (the config's Task, ppdeploy.tasks.registry.TASKS,
+on any runner-like objects). Nothing here knows a task by name: a registered task is served like the built-in ones.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppdeploy.backends.base import IOSpec, Runner
+from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import ConfigError, PPDeployError
-from ppdeploy.serve.batcher import BatchedRunner, BatcherSettings, DynamicBatcher
+from ppdeploy.core.tensors import IOSpec
+from ppdeploy.deploy.load import load_model
+from ppdeploy.deploy.select import default_chain
 from ppdeploy.repository.config import ModelConfig
+from ppdeploy.serve.batcher import BatchedRunner, BatcherSettings, DynamicBatcher
+from ppdeploy.serve.engine_process.client import connect_engine, load_model_in_process
+from ppdeploy.serve.kserve import ProtocolError
 from ppdeploy.serve.metrics import ModelMetrics, ServerMetrics
+from ppdeploy.source import zoo
+from ppdeploy.tasks.base import Task, TaskContext
 
 log = logging.getLogger("ppdeploy.serve")
 
@@ -48,11 +59,9 @@ def backend_chain(cfg: ModelConfig) -> str | list[str]:
     """The config's preference list as load_model takes it ("auto" inside a list expands to the default order)."""
     if cfg.backends == ["auto"]:
         return "auto"
-    from ppdeploy.deploy.select import DEFAULT_CHAIN
-
     out: list[str] = []
     for name in cfg.backends:
-        for b in (DEFAULT_CHAIN if name == "auto" else (name,)):
+        for b in (default_chain() if name == "auto" else (name,)):
             if b not in out:
                 out.append(b)
     return out
@@ -73,21 +82,15 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
     `shared` (a worker of `ppdeploy serve --workers N` with engine_process: true): one entry per instance, the
     shared engine process the supervisor started ({"address", "backend", "attempts", "cache_hit", "seconds"}, or
     {"error"} when it could not start); the runners
-    connect to those instead of loading anything (ppdeploy.serve.engine_process.connect_engine)."""
-    from ppdeploy.deploy.load import load_model
-
-    if cfg.task == "ocr":
-        raise ConfigError(f"'{cfg.name}' is an OCR pipeline, not a model with an engine")
+    connect to those instead of loading anything (ppdeploy.serve.engine_process.client.connect_engine)."""
+    if cfg.composite:
+        raise ConfigError(f"'{cfg.name}' is a '{cfg.task}' pipeline over other models, not a model with an engine")
     source = cfg.source_path()
     if shared:
         return _connect_engines(cfg, source, shared)
     kwargs = load_model_kwargs(cfg, cache_dir)
     load = load_model
     if cfg.engine_process:
-        from functools import partial
-
-        from ppdeploy.serve.engine_process import load_model_in_process
-
         load = partial(load_model_in_process, label=cfg.name)
     start = time.perf_counter()
     first = load(source, backend=backend_chain(cfg), **kwargs)
@@ -105,15 +108,11 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
 
 def _source_dir(source: str | Path) -> Path:
     if isinstance(source, str):  # a zoo name
-        from ppdeploy.source import zoo
-
         return zoo.model_dir(source)
     return source if source.is_dir() else source.parent
 
 
 def _connect_engines(cfg: ModelConfig, source: str | Path, shared: list[dict]) -> LoadedEngine:
-    from ppdeploy.serve.engine_process import connect_engine
-
     start = time.perf_counter()
     if "error" in shared[0]:  # the supervisor could not start it
         raise PPDeployError(shared[0]["error"])
@@ -132,36 +131,18 @@ def _connect_engines(cfg: ModelConfig, source: str | Path, shared: list[dict]) -
 
 
 def build_task(cfg: ModelConfig, runners: Mapping[str, Any], *, source_dir: Path | None = None,
-               max_pixels: int | None = None):
-    """The task pipeline of `cfg` on runner-like objects: {"det","rec"[,"cls"]} for ocr, {"model"} for classification."""
-    options = dict(cfg.task_options)
-    if cfg.task == "ocr":
-        from ppdeploy.tasks.ocr.pipeline import OCR
-
-        if max_pixels is not None:
-            options.setdefault("max_pixels", max_pixels)
-        return OCR.from_runners(det=runners["det"], rec=runners["rec"], cls=runners.get("cls"),
-                                use_cls=runners.get("cls") is not None, rec_guard=runners.get("rec_guard"), **options)
-    if cfg.task == "classification":
-        from ppdeploy.tasks.classification.task import LABELS_FILE, PREPROCESS_FILE, Classifier
-
-        if source_dir is not None:
-            if "labels" not in options and (source_dir / LABELS_FILE).is_file():
-                options["labels"] = source_dir / LABELS_FILE
-            if "preprocess" not in options and (source_dir / PREPROCESS_FILE).is_file():
-                options["preprocess"] = source_dir / PREPROCESS_FILE
-        for key in ("labels", "preprocess"):  # relative paths in config.yaml are relative to its folder
-            if isinstance(options.get(key), str) and not Path(options[key]).is_absolute():
-                options[key] = cfg.base_dir / options[key]
-        if max_pixels is not None:
-            options.setdefault("max_pixels", max_pixels)
-        return Classifier.from_runner(runners["model"], **options)
-    raise ConfigError(f"model '{cfg.name}' has no task")
+               max_pixels: int | None = None) -> Task:
+    """The Task of `cfg` on runner-like objects, one per role (ocr: {"det","rec"[,"cls"][,"rec_guard"]};
+    classification: {"model"})."""
+    task = cfg.task_class
+    if task is None:
+        raise ConfigError(f"model '{cfg.name}' has no task")
+    return task.initialize(runners, cfg.task_options, TaskContext(source_dir, cfg.base_dir, max_pixels))
 
 
 @dataclass
 class ServedModel:
-    """A tensor model served on /v2 (and, for task: classification, on /v1/classify too)."""
+    """A tensor model served on /v2 (and, with a task such as classification, on /v1/<route> too)."""
 
     cfg: ModelConfig
     metrics: ModelMetrics
@@ -183,36 +164,32 @@ class ServedModel:
 
 @dataclass
 class TaskService:
-    """An image-in, JSON-out pipeline: /v1/ocr or /v1/classify."""
+    """A request-in, JSON-out task (/v1/<route>): the config's Task class and, once built, its instance."""
 
     cfg: ModelConfig
-    kind: str  # "ocr" | "classification"
+    task: type[Task]
     state: str = LOADING
     reason: str = ""
-    pipeline: Any = None
+    pipeline: Task | None = None
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
-    def run(self, image: bytes, max_pixels: int) -> dict:
-        """Decode and run (blocking: call from a worker thread). ImageError for anything that is not an image
-        within `max_pixels`."""
-        from ppdeploy.tasks.image_io import load_image
-
+    def run(self, body: bytes, content_type: str, max_pixels: int) -> dict:
+        """Decode, execute and encode one request (blocking: call from a worker thread). InputError (ImageError for
+        images) for a body the task cannot take; the answer's timings_ms get this decode's time."""
         start = time.perf_counter()
-        bgr = load_image(image, max_pixels=max_pixels)
+        item = self.task.decode(body, content_type, max_pixels)
         decode_ms = (time.perf_counter() - start) * 1e3
-        if self.kind == "ocr":
-            result = self.pipeline.predict_bgr(bgr)
-        else:
-            result = self.pipeline.predict(bgr)
-        out = {"model": self.name, **result.to_dict()}
+        [result] = self.pipeline.execute([item])
+        out = {"model": self.name, **self.pipeline.encode(result)}
         timings = out.get("timings_ms")
         if isinstance(timings, dict):
+            before = timings.get("decode", 0.0)  # the task's own decode of an already-decoded input
             timings["decode"] = round(decode_ms, 3)
             if "total" in timings:
-                timings["total"] = round(timings["total"] + decode_ms, 3)
+                timings["total"] = round(timings["total"] - before + decode_ms, 3)
         return out
 
 
@@ -234,13 +211,13 @@ class ModelHost:
         self.models: dict[str, ServedModel] = {}
         self.tasks: dict[str, TaskService] = {}
         for cfg in configs:
-            if cfg.task == "ocr":
-                self.tasks[cfg.name] = TaskService(cfg, "ocr")
-                continue
+            task = cfg.task_class
+            if task is not None:
+                self.tasks[cfg.name] = TaskService(cfg, task)
+            if cfg.composite:
+                continue  # its roles are the other models of the repository
             self.models[cfg.name] = ServedModel(cfg, metrics.model(cfg.name, cfg.version))
             self.models[cfg.name].metrics.set_ready(False)
-            if cfg.task == "classification":
-                self.tasks[cfg.name] = TaskService(cfg, "classification")
         self.loaded = False
         self._load_task: asyncio.Task | None = None
         self._load_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model-load")
@@ -255,17 +232,17 @@ class ModelHost:
             return all(s == READY for s in states)
         return any(s == READY for s in states)
 
-    def task_of(self, kind: str, name: str | None) -> TaskService:
-        from ppdeploy.serve.kserve import ProtocolError
-
-        candidates = {n: t for n, t in self.tasks.items() if t.kind == kind}
+    def task_of(self, task: type[Task], name: str | None) -> TaskService:
+        """The service of `task` named `name` (None: the only one there is)."""
+        kind = task.name
+        candidates = {n: t for n, t in self.tasks.items() if t.task.name == kind}
         if name is None:
             if len(candidates) == 1:
                 return next(iter(candidates.values()))
             if not candidates:
                 raise ModelNotFound(f"this server has no {kind} model")
             raise ProtocolError(f"this server has several {kind} models ({', '.join(sorted(candidates))}); "
-                                f"name one: /v1/{'ocr' if kind == 'ocr' else 'classify'}/NAME")
+                                f"name one: /v1/{task.route}/NAME")
         if name not in candidates:
             raise ModelNotFound(f"no {kind} model named '{name}' (have: {', '.join(sorted(candidates)) or 'none'})")
         return candidates[name]
@@ -320,7 +297,7 @@ class ModelHost:
     def _build_task(self, task: TaskService) -> None:
         cfg = task.cfg
         try:
-            if task.kind == "ocr":
+            if cfg.composite:
                 runners = {}
                 for stage, ref in cfg.pipeline.items():
                     model = self.models[ref]
@@ -332,7 +309,7 @@ class ModelHost:
                 model = self.models[cfg.name]
                 if model.state != READY:
                     raise PPDeployError(f"model '{cfg.name}' is unavailable: {model.reason}")
-                task.pipeline = build_task(cfg, {"model": BatchedRunner(model.batcher)},
+                task.pipeline = build_task(cfg, {task.task.roles[0]: BatchedRunner(model.batcher)},
                                            source_dir=model.engine.source_dir if model.engine else None,
                                            max_pixels=self.options.max_image_pixels)
                 model.labels = getattr(task.pipeline, "labels", None)
@@ -374,9 +351,6 @@ def _restore_signal_handlers() -> None:
     which print a traceback and kill the process on SIGTERM: the server would die instead of draining.
     Setting the Python handler again puts Python's (and so uvicorn's) handling back in place.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGTERM, signal.SIGINT):

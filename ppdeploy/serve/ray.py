@@ -16,7 +16,6 @@ Ray is optional (`pip install "ppdeploy[ray]"`) and imported only when a Serve a
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
@@ -31,8 +30,28 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.backends.base import IOSpec, Runner, TensorSpec, validate_inputs
+from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import ConfigError, InputError, PPDeployError
+from ppdeploy.core.tensors import IOSpec, TensorSpec, validate_inputs
+from ppdeploy.repository.resolve import resolve_configs
+from ppdeploy.serve.app import ServerSettings
+from ppdeploy.serve.app import build_app as build_server_app
+from ppdeploy.serve.batcher import (
+    BatchResult,
+    BatchTimings,
+    InferenceFailed,
+    QueueFull,
+    RequestTimeout,
+)
+from ppdeploy.serve.health import wait_until_ready
+from ppdeploy.serve.merge import Outcome, rows_of, run_merged
+from ppdeploy.serve.models import (
+    READY,
+    UNAVAILABLE,
+    LoadedEngine,
+    ModelHost,
+    load_engine,
+)
 
 log = logging.getLogger("ppdeploy.serve.ray")
 
@@ -126,43 +145,31 @@ def io_from_json(data: Mapping[str, Any]) -> IOSpec:
     return IOSpec(tensors(data["inputs"]), tensors(data["outputs"]))
 
 
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    return next((int(a.shape[0]) for a in feeds.values() if a.ndim), 1)
-
-
 def _shape_key(feeds: Mapping[str, np.ndarray]) -> tuple:
     return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
 
 
 def run_grouped(runner: Runner, requests: Sequence[Mapping[str, np.ndarray]], batchable: bool) -> list[dict]:
-    """Run one batch of requests on `runner`: requests of the same shape are concatenated along dim 0 and their
-    outputs split back; a group that fails is re-run one request at a time so one bad request cannot fail its
-    neighbours. Each result is {"outputs": ...} or {"error": message, "status": http_status}."""
+    """Run one batch of requests on `runner`: requests of the same shape go through one merged call
+    (ppdeploy.serve.merge.run_merged: a failing request fails alone). Each result is {"outputs": ...} or
+    {"error": message, "status": http_status}."""
     results: list[dict | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, feeds in enumerate(requests):
         groups.setdefault(_shape_key(feeds) if batchable else (i,), []).append(i)
     for members in groups.values():
-        if len(members) > 1:
-            rows = [_rows(requests[i]) for i in members]
-            try:
-                merged = {n: np.concatenate([requests[i][n] for i in members], axis=0) for n in requests[members[0]]}
-                outputs = runner.infer(merged)
-                if all(o.ndim and o.shape[0] == sum(rows) for o in outputs.values()):
-                    bounds = np.cumsum([0, *rows])
-                    for k, i in enumerate(members):
-                        results[i] = {"outputs": {n: o[bounds[k]:bounds[k + 1]] for n, o in outputs.items()}}
-                    continue
-            except Exception:  # noqa: BLE001 - isolate the failing request below
-                log.debug("batch of %d failed; running its requests one by one", len(members), exc_info=True)
-        for i in members:
-            try:
-                results[i] = {"outputs": runner.infer(dict(requests[i]))}
-            except InputError as exc:
-                results[i] = {"error": str(exc), "status": 400}
-            except Exception as exc:  # noqa: BLE001 - reported to the caller as a server-side failure
-                results[i] = {"error": f"{type(exc).__name__}: {exc}", "status": 500}
+        for i, outcome in zip(members, run_merged(runner.infer, [requests[i] for i in members])):
+            results[i] = _reply(outcome)
     return results  # type: ignore[return-value]
+
+
+def _reply(outcome: Outcome) -> dict:
+    exc = outcome.error
+    if exc is None:
+        return {"outputs": outcome.outputs}
+    if isinstance(exc, InputError):
+        return {"error": str(exc), "status": 400}
+    return {"error": f"{type(exc).__name__}: {exc}", "status": 500}  # a server-side failure
 
 
 def _serve_batch(serve, fn, **kwargs):
@@ -185,8 +192,6 @@ class ModelReplica:
     def __init__(self, cfg, cache_dir: str | None = None):
         from ray import serve
 
-        from ppdeploy.serve.models import load_engine
-
         self.cfg = cfg
         engine = load_engine(cfg, cache_dir)
         self.backend = engine.backend
@@ -198,7 +203,7 @@ class ModelReplica:
         self._batched = _serve_batch(serve, self._run_batch, max_batch_size=cfg.max_batch_size if self.batchable else 1,
                                      batch_wait_timeout_s=cfg.dynamic_batching.max_queue_delay_ms / 1000.0,
                                      max_concurrent_batches=len(self._free),
-                                     batch_size_fn=lambda items: sum(_rows(f) for f in items))
+                                     batch_size_fn=lambda items: sum(rows_of(f) for f in items))
         log.info("model %s ready on %s in this replica", cfg.name, self.backend)
 
     def describe(self) -> dict:
@@ -255,8 +260,6 @@ class RayModelBatcher:
                     disconnected: Any = None):
         from ray.serve.exceptions import BackPressureError
 
-        from ppdeploy.serve.batcher import BatchResult, BatchTimings, InferenceFailed, QueueFull, RequestTimeout
-
         if disconnected is not None and asyncio.iscoroutine(disconnected):
             disconnected.close()  # Ray cancels nothing on client disconnect; don't leave the coroutine unawaited
         checked = self.check(feeds)
@@ -278,7 +281,7 @@ class RayModelBatcher:
                 raise InputError(reply["error"])
             raise InferenceFailed(f"model '{self.name}': {reply['error']}")
         elapsed = time.perf_counter_ns() - start
-        return BatchResult(reply["outputs"], 0, BatchTimings(_rows(checked), 1, 0, elapsed, 0))
+        return BatchResult(reply["outputs"], 0, BatchTimings(rows_of(checked), 1, 0, elapsed, 0))
 
     async def drain(self) -> None:
         pass
@@ -293,8 +296,6 @@ async def _await(response):
 
 def ray_model_host_class(app_name: str):
     """A `ppdeploy.serve.models.ModelHost` whose tensor models are Ray deployments of application `app_name`."""
-    from ppdeploy.serve.models import READY, UNAVAILABLE, LoadedEngine, ModelHost
-
     class RayModelHost(ModelHost):
         async def _load_model(self, loop, model) -> None:
             from ray import serve
@@ -336,11 +337,9 @@ class GatewayASGI:
         if self._app is None:
             from ray import serve
 
-            from ppdeploy.serve.app import build_app
-
             # The name the app was deployed under (`serve run` calls it "default"), not the one we would choose.
             app_name = serve.get_replica_context().app_name or self.app_name
-            self._app = build_app(self.configs, self.settings, host_class=ray_model_host_class(app_name))
+            self._app = build_server_app(self.configs, self.settings, host_class=ray_model_host_class(app_name))
         await self._app(scope, receive, _picklable(send))
 
 
@@ -371,8 +370,6 @@ def build_app(configs: list, options: RayOptions | None = None, settings=None, *
               cache_dir: str | None = None):
     """The Serve application (`serve.run(build_app(...))`) for these model configs."""
     _, serve = require_ray()
-    from ppdeploy.serve.app import ServerSettings
-
     options = options or RayOptions()
     options.check()
     if not configs:
@@ -380,7 +377,7 @@ def build_app(configs: list, options: RayOptions | None = None, settings=None, *
     settings = settings or ServerSettings()
     models = []
     for cfg in configs:
-        if cfg.task == "ocr":
+        if cfg.composite:
             continue  # pipelines run in the gateway over the model deployments
         deployment = serve.deployment(ModelReplica, **model_deployment_options(cfg, options))
         models.append(deployment.bind(cfg, cache_dir))
@@ -397,37 +394,14 @@ def build_app(configs: list, options: RayOptions | None = None, settings=None, *
 def app_builder(args: Mapping[str, Any]):
     """For `serve run ppdeploy.serve.ray:app_builder repo=./models replicas=2` (or a Serve config file):
     args are `repo` (model repository) or `model` (zoo name / path / 'ocr'), and the RayOptions fields."""
-    from ppdeploy.cli.serve import configs_from_args
-
     args = dict(args)
     unknown = set(args) - {"repo", "model", *(f.name for f in dataclasses.fields(RayOptions))}
     if unknown:
         raise ConfigError(f"unknown argument(s) {sorted(unknown)} for ppdeploy's Ray Serve app")
-    namespace = argparse.Namespace(repo=args.pop("repo", None), model=args.pop("model", None), name=None,
-                                   backend="auto", precision="fp32", threads=None, max_batch_size=8,
-                                   max_queue_delay_ms=0.0, max_queue_size=256, timeout_ms=0.0, instances=1, task=None)
+    configs = resolve_configs(args.pop("model", None), repo=args.pop("repo", None))
     fields = {f.name: f.type for f in dataclasses.fields(RayOptions)}
     typed = {k: (float(v) if "float" in str(fields[k]) else int(v)) for k, v in args.items()}
-    return build_app(configs_from_args(namespace), RayOptions(**typed))
-
-
-def add_arguments(group) -> None:
-    """Flags of `ppdeploy serve --ray` (the serve CLI adds them to its parser)."""
-    group.add_argument("--replicas", type=int, default=None,
-                       help="replicas per model deployment (default: config.yaml autoscaling, else 1)")
-    group.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per model replica")
-    group.add_argument("--num-gpus-per-replica", type=float, default=0.0,
-                       help="Ray GPUs per model replica (fractions share a GPU, e.g. 0.5)")
-    group.add_argument("--gateway-replicas", type=int, default=1, help="replicas of the HTTP gateway")
-    group.add_argument("--ray-address", default=None,
-                       help="Ray cluster to join (default: start a local one; 'auto' joins a running one)")
-
-
-def options_from_args(args: argparse.Namespace) -> RayOptions:
-    return RayOptions(replicas=getattr(args, "replicas", None),
-                      num_cpus_per_replica=getattr(args, "num_cpus_per_replica", 1.0),
-                      num_gpus_per_replica=getattr(args, "num_gpus_per_replica", 0.0),
-                      gateway_replicas=getattr(args, "gateway_replicas", 1))
+    return build_app(configs, RayOptions(**typed))
 
 
 def start(configs: list, options: RayOptions, settings, *, address: str | None = None, num_cpus: int | None = None,
@@ -446,8 +420,6 @@ def start(configs: list, options: RayOptions, settings, *, address: str | None =
 
 def _wait_ready(url: str, timeout_s: float) -> None:
     """Serve reports the app RUNNING once replicas are constructed; the gateway loads model info after that."""
-    from ppdeploy.serve.health import wait_until_ready
-
     if not wait_until_ready(url, timeout_s):
         raise PPDeployError(f"the Ray Serve app at {url} was not ready within {timeout_s:.0f} s",
                             hint="check the replica logs (ray logs / the Ray dashboard)")
@@ -463,20 +435,14 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def main(args: argparse.Namespace) -> int:
-    """`ppdeploy serve --ray ...`: deploy on Ray Serve and block until Ctrl-C, then shut Serve down."""
-    from ppdeploy.cli.serve import configs_from_args
-    from ppdeploy.serve.app import settings_from_env
-
+def run(configs: list, settings: ServerSettings, options: RayOptions, *, address: str | None = None) -> int:
+    """`ppdeploy serve --ray ...`: deploy on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down.
+    `address`: the Ray cluster to join (None: start a local one). Port 0 picks a free port."""
     ray, serve = require_ray()
-    configs = configs_from_args(args)
-    port = args.port or _free_port(args.host)  # Serve's proxy needs a real port number
-    settings = settings_from_env(host=args.host, port=port, api_key=args.api_key,
-                                 max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                                 max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
-                                 strict_readiness=not args.no_strict_readiness)
+    if not settings.port:  # Serve's proxy needs a real port number
+        settings = dataclasses.replace(settings, port=_free_port(settings.host))
     try:
-        url = start(configs, options_from_args(args), settings, address=getattr(args, "ray_address", None))
+        url = start(configs, options, settings, address=address)
         # `docker stop` / systemd: shut Serve and Ray down as on Ctrl-C. Set after ray.init, which installs a
         # SIGTERM handler of its own that aborts the process (leaving the cluster's processes behind).
         signal.signal(signal.SIGTERM, _interrupt)
@@ -493,5 +459,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["GatewayASGI", "ModelReplica", "RayModelBatcher", "RayOptions", "add_arguments", "app_builder",
-           "build_app", "main", "model_deployment_options", "require_ray", "run_grouped", "start"]
+__all__ = ["GatewayASGI", "ModelReplica", "RayModelBatcher", "RayOptions", "app_builder", "build_app",
+           "model_deployment_options", "require_ray", "run", "run_grouped", "start"]

@@ -1,40 +1,17 @@
 """`ppdeploy serve --workers N`: N HTTP worker processes behind one port.
 
-One server process tops out where its per-request Python work fills one GIL (about 1500 req/s on the H100 host,
-bench/gpu/README.md, "Goal (b)"), however fast the engine is. With N >= 2 the process `ppdeploy serve` started
-becomes a supervisor that serves nothing itself and never imports an engine library (paddle, ONNX Runtime,
-CUDA): it binds the port, then starts N workers, each a fresh interpreter (`python -c`, never a fork) running
-the same app under uvicorn as the single-process server does.
+One server process tops out where its per-request Python work fills one GIL, however fast the engine is
+(BENCHMARKS.md). With N >= 2 the process `ppdeploy serve` started becomes a supervisor that serves nothing and
+never imports an engine library: it binds the port and starts N workers, each a fresh interpreter (never a fork)
+running the single-process server's app. Sockets (PPDEPLOY_WORKER_SOCKET): `reuseport` (default), one
+SO_REUSEPORT socket per worker, the kernel spreads connections; `shared`, one socket whose workers race to accept.
 
-Sockets (PPDEPLOY_WORKER_SOCKET). `reuseport` (default): every worker listens on its own SO_REUSEPORT socket on
-the port and the kernel hashes each new connection to one of them (even on average, blind to load); the supervisor keeps a bound, non-listening socket so the port stays ours while workers restart.
-`shared`: one listening socket inherited by every worker, whose event loops race to accept; with uvloop a
-worker that wakes first accepts a whole burst, so a few keep-alive clients can land on one worker. Measured here (4
-workers, 32 keep-alive connections opened at once, 3 trials): reuseport gave 5-11 connections per worker, shared
-2-14. Hashing ignores load, so on the GPU host `shared` is worth one comparison run.
-
-Engines. Mode 1 (default): each worker loads its own engines. Worker 0 starts first and the others only once
-it has loaded, so an engine is built once and the others load it from the engine cache (the cache has no lock:
-concurrent builds of one key would each pay the build). Mode 2 (a model with `engine_process: true`): the
-supervisor starts one shared engine process per model instance (ppdeploy.serve.engine_process.SharedEngine)
-before the workers, and the workers' runners connect to it, so the GPU sees one stream of (merged) batches
-instead of N; the supervisor polls the engines and restarts one that died. Measured on an H200 (run 12,
-bench/gpu/README.md, PP-OCRv4 rec with the ctc_greedy head): 6 workers reach 0.98-1.02 of the raw runner's best with
-own engines and 0.91-0.92 with a shared engine, where one process reaches 0.43-0.48. The workers start once the engines
-have loaded, so until then the port refuses connections (a long TensorRT build needs a patient liveness probe).
-
-Lifecycle. The server is ready when every worker is ready. SIGTERM/SIGINT to the supervisor is forwarded to the
-workers, each drains as the single-process server does (ppdeploy.serve.server.run_app); then the shared
-engines close and the supervisor exits 0. A worker that dies unexpectedly is started again (logged, counted in
-ppdeploy_worker_restarts_total); a worker whose supervisor dies gets SIGTERM (PR_SET_PDEATHSIG) and drains.
-
-Metrics. Each worker also answers on a private unix socket with its state (readiness, ServerMetrics.snapshot()).
-The worker that receives GET /metrics, /v2/models[/{m}]/stats or /v2/health/ready asks its siblings and answers
-for the whole server (ServerMetrics.merged): after the last response was received, one scrape shows exactly the
-sum of every worker's counts. Counts of a worker that died (kill -9) leave the totals with it (the sums drop,
-which Prometheus' rate() reads as a counter reset). With shared
-engines, nv_inference_exec_count and ppdeploy_batch_size count the batches the workers sent, and
-ppdeploy_engine_executions_total / ppdeploy_engine_batch_size the merged calls the engine ran (ppdeploy.serve.metrics).
+Engines: each worker loads its own (worker 0 first, so the others load the engine cache), or, for a model with
+`engine_process: true`, the supervisor starts one shared engine process per model instance
+(ppdeploy.serve.engine_process.SharedEngine) that merges the workers' calls, and restarts one that died.
+SIGTERM drains every worker (ppdeploy.serve.runtime.run_app), then the engines close; a worker that dies is
+restarted (ppdeploy_worker_restarts_total). Each worker answers its siblings on a private unix socket, so
+/metrics, stats and readiness cover the whole server (ServerMetrics.merged).
 """
 from __future__ import annotations
 
@@ -59,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from ppdeploy.core.errors import ConfigError
-from ppdeploy.serve.engine_process import child_env, exit_text
+from ppdeploy.serve.app import build_app
+from ppdeploy.serve.engine_process import SharedEngine, child_env, exit_text
+from ppdeploy.serve.logs import configure_logging
+from ppdeploy.serve.metrics import ServerMetrics
+from ppdeploy.serve.models import ModelHost, backend_chain, load_model_kwargs
+from ppdeploy.serve.runtime import bind_socket, run_app
 
 log = logging.getLogger("ppdeploy.serve")
 
@@ -90,7 +72,7 @@ def socket_mode() -> str:
 
 
 def uses_shared_engines(configs: list) -> bool:
-    return any(c.engine_process and c.task != "ocr" for c in configs)
+    return any(c.engine_process and not c.composite for c in configs)
 
 
 @dataclass
@@ -117,12 +99,7 @@ def worker_main() -> int:
     if not _exit_with_parent(spec.supervisor_pid):
         return 1
     logging.basicConfig(level=spec.log_level, format=f"%(levelname)s %(name)s[w{spec.index}]: %(message)s")
-    from ppdeploy.cli.serve import configure_logging
-
     configure_logging(spec.access_log)
-    from ppdeploy.serve.app import build_app
-    from ppdeploy.serve.models import ModelHost
-    from ppdeploy.serve.server import run_app
 
     def host(configs, metrics, options):
         return ModelHost(configs, metrics, dataclasses.replace(options, shared_engines=spec.shared_engines))
@@ -220,7 +197,6 @@ class Peers:
         return all(s is not None and s["ready"] for s in await self.states(with_metrics=False))
 
     async def merged_metrics(self):
-        from ppdeploy.serve.metrics import ServerMetrics
 
         states = [s for s in await self.states() if s is not None]
         extra = [["ppdeploy_workers_answering", "gauge", "Worker processes whose counts this scrape includes",
@@ -288,7 +264,6 @@ class Supervisor:
 
     # -- main loop --------------------------------------------------------------------------------------------
     def run(self) -> int:
-        from ppdeploy.serve.server import bind_socket
 
         if self.mode == "reuseport" and self.settings.port != 0:
             # SO_REUSEPORT would let this server join another one's group on a port already in use (same user) and
@@ -358,7 +333,6 @@ class Supervisor:
                     f" in {delay:.1f} s" if delay else "")
 
     def _spawn(self, w: _Worker) -> None:
-        from ppdeploy.serve.server import bind_socket
 
         sock = (self._listener if self.mode == "shared"
                 else bind_socket(self.settings.host, self.port, reuse_port=True))
@@ -430,11 +404,9 @@ class Supervisor:
 
     # -- shared engines (mode 2) ------------------------------------------------------------------------------
     def _start_engines(self) -> None:
-        from ppdeploy.serve.engine_process import SharedEngine
-        from ppdeploy.serve.models import backend_chain, load_model_kwargs
 
         for cfg in self.configs:
-            if not cfg.engine_process or cfg.task == "ocr":
+            if not cfg.engine_process or cfg.composite:
                 continue
             kwargs = load_model_kwargs(cfg, self.settings.cache_dir)
             engines: list = []

@@ -1,7 +1,7 @@
 from ppdeploy.source.model import (  # noqa: F401
+    ONNX,
     PDMODEL,
     PIR,
-    ONNX,
     ModelSource,
     detect,
     from_layer,

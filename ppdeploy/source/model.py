@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ppdeploy.source import zoo
 from ppdeploy.core.cache import default_root, sha256_files
-from ppdeploy.core.errors import SourceError
+from ppdeploy.core.errors import BackendUnavailable, SourceError
+from ppdeploy.core.lazy import import_paddle
+from ppdeploy.source import zoo
 
 log = logging.getLogger("ppdeploy.source.model")
 
@@ -127,11 +128,9 @@ def _check_program(model_file: Path, kind: str) -> None:
     from google.protobuf.message import DecodeError
 
     try:
-        from ppdeploy.backends.paddle import import_paddle
-
         import_paddle()
         from paddle.base.proto import framework_pb2
-    except ImportError:  # paddle absent: the converter will still parse it; nothing cheap to check with
+    except (ImportError, BackendUnavailable):  # paddle absent: the converter will still parse it; nothing cheap to check with
         return
     desc = framework_pb2.ProgramDesc()
     try:
@@ -152,8 +151,6 @@ def from_layer(layer: Any, input_spec: Sequence[Any] | None, *, export_dir: Path
 
     Without export_dir the export lands in `exports_root` (default: <cache>/layer-exports) under its content hash,
     so exporting the same Layer again reuses one folder instead of leaving a new temporary one each time."""
-    from ppdeploy.backends.paddle import import_paddle
-
     paddle = import_paddle()
 
     if not input_spec:

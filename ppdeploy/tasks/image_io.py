@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from ppdeploy.core.errors import ImageError
+from ppdeploy.core.lazy import lazy_import
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+Image = lazy_import("PIL.Image", install="pillow")
+ImageOps = lazy_import("PIL.ImageOps", install="pillow")
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -53,10 +59,6 @@ def load_image(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
 
 
 def _is_pil_image(obj: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        return False
     return isinstance(obj, Image.Image)
 
 
@@ -75,15 +77,11 @@ def _decode_file(path: Path, max_pixels: int) -> np.ndarray:
 
 
 def _decode_bytes(data: bytes, what: str, max_pixels: int) -> np.ndarray:
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():  # Pillow warns above 89 MP; our own max_pixels check decides instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             pil = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
+    except Image.UnidentifiedImageError as exc:
         raise ImageError(
             f"{what} is not a recognised image ({len(data)} bytes, starts with {data[:8]!r})",
             hint="supported: PNG, JPEG, BMP, WebP, TIFF, GIF",
@@ -107,8 +105,6 @@ def _decode_with_opencv(data: bytes, pil: Any, what: str, max_pixels: int) -> np
     if b"eXIf" in data:
         return None
     _check_size(pil.width, pil.height, what, max_pixels)
-    import cv2
-
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != (pil.height, pil.width):  # truncated/corrupt: Pillow says what is wrong
         return None
@@ -127,8 +123,6 @@ def _check_size(width: int, height: int, what: str, max_pixels: int) -> None:
 
 
 def _pil_to_bgr(pil: Any, what: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image, ImageOps
-
     _check_size(pil.width, pil.height, what, max_pixels)
     try:
         if getattr(pil, "n_frames", 1) > 1:

@@ -59,7 +59,7 @@ def _passes(label: str, ocr) -> list[dict]:
 
 
 def ocr_pages() -> None:
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     dict_kw = {"rec_dictionary": os.environ["E2E_DICT"]} if os.environ.get("E2E_DICT") else {}
     big = {"rec_batch_size": 32, "cls_batch_size": 32, **dict_kw}  # PaddleOCR's 6 suits CPUs; a GPU wants larger batches

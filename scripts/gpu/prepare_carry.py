@@ -27,7 +27,10 @@ def fp16(src: Path, dst: Path) -> str:
     """First FP16 variant (FP32 I/O) that ONNX Runtime accepts: ppdeploy's keep-list, then onnxconverter-common's
     default block list, each also with Resize kept FP32 (the converter mis-types Resize's casts on the det head)."""
     import onnx
-    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxconverter_common.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
     try:
         from ppdeploy.precision.fp16 import default_keep_ops

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.backends import get_backend
-from ppdeploy.backends.tensorrt import backend as trtmod
+from ppdeploy.backends import tensorrt as trtmod
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.core.device import gpu_info
 from ppdeploy.core.shapes import ShapeProfile

@@ -173,10 +173,10 @@ def best_within(points: list[dict], budget_ms: float) -> dict | None:
 
 def run_model(key: str, shape: tuple[int, ...], max_batch: int, delay_ms: float, rates: list[float],
               duration: float, workers: int) -> None:
+    import yaml
+
     from ppdeploy.bench.server_process import ServerProcess
     from ppdeploy.bench.serving import binary_request_template
-
-    import yaml
 
     print(f"== {key} {shape} max_batch {max_batch}", flush=True)
     model = ONNX / f"{key}.onnx"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ppdeploy.deploy.load import load_model
 from ppdeploy.core.errors import InputError
+from ppdeploy.deploy.load import load_model
 from ppdeploy.deploy.verify import generate_inputs
 
 BACKENDS = ["onnxruntime", "openvino"]
@@ -80,8 +80,8 @@ def test_profile_range_is_enforced():
 
 
 def test_threads_setting_reaches_backends():
-    from ppdeploy.backends.openvino.backend import compile_config
     from ppdeploy.backends.base import BuildOptions, default_threads
+    from ppdeploy.backends.openvino.backend import compile_config
 
     assert compile_config(BuildOptions(threads=1))["INFERENCE_NUM_THREADS"] == 1
     assert compile_config(BuildOptions())["INFERENCE_NUM_THREADS"] == default_threads()

@@ -10,9 +10,10 @@ import pytest
 
 from ppdeploy.backends import get_backend
 from ppdeploy.backends import onnxruntime_cuda as ortcuda
-from ppdeploy.backends.base import BuildOptions, IOSpec, TensorSpec
+from ppdeploy.backends.base import BuildOptions
 from ppdeploy.core.errors import BuildError, InputError
 from ppdeploy.core.shapes import ShapeProfile
+from ppdeploy.core.tensors import IOSpec, TensorSpec
 
 SHAPES = {"ppocrv4-det": (1, 3, 640, 640), "ppocrv4-rec": (4, 3, 48, 320), "ppocr-cls": (6, 3, 48, 192)}
 

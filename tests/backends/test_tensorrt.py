@@ -17,11 +17,12 @@ import pytest
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed (pip install 'ppdeploy[tensorrt-rtx]')")
 
 from ppdeploy.backends import get_backend  # noqa: E402
-from ppdeploy.backends.tensorrt import backend as trtmod  # noqa: E402
-from ppdeploy.backends.base import BuildOptions, TensorSpec  # noqa: E402
+from ppdeploy.backends import tensorrt as trtmod  # noqa: E402
+from ppdeploy.backends.base import BuildOptions  # noqa: E402
 from ppdeploy.core.cache import EngineCache, key_of, sha256_file  # noqa: E402
 from ppdeploy.core.errors import BuildError, InputError  # noqa: E402
 from ppdeploy.core.shapes import InputRange, ShapeProfile  # noqa: E402
+from ppdeploy.core.tensors import TensorSpec
 
 OCR_PROFILES = {
     "ppocrv4-det": {"x": {"min": [1, 3, 32, 32], "opt": [1, 3, 640, 640], "max": [4, 3, 1280, 1280]}},

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.backends.tensorrt import backend as trtmod
+from ppdeploy.backends import tensorrt as trtmod
 from ppdeploy.backends.base import BuildOptions
 from ppdeploy.core.errors import PPDeployError
 from ppdeploy.core.shapes import ShapeProfile

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ppdeploy.optimize.search import Candidate, candidate_matrix, pick_winner
 from ppdeploy.cli import main
+from ppdeploy.optimize.candidates import Candidate, candidate_matrix, pick_winner
 
 
 def test_candidate_matrix_explains_every_skip():

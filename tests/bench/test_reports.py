@@ -102,7 +102,11 @@ def test_bench_ocr_against_paddle_peer(tmp_path):
     from ppdeploy.tasks.ocr.fonts import latin_fonts
 
     font = str(latin_fonts()[0])
-    from ppdeploy.tasks.ocr.dataset import LabelledImage, LabelledLine, write_labels_json
+    from ppdeploy.tasks.ocr.dataset import (
+        LabelledImage,
+        LabelledLine,
+        write_labels_json,
+    )
 
     img = Image.new("RGB", (480, 200), "white")
     d = ImageDraw.Draw(img)

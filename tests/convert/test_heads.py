@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB, add_head
 from ppdeploy.core.errors import BackendUnavailable, ConfigError, ConversionError
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB, add_head
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_paddle_inference_is_skipped_with_the_reason():
 def test_ocr_with_the_head_reads_the_same_lines_and_scores():
     import cv2
 
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     page = np.full((200, 720, 3), 255, np.uint8)
     for row, text in enumerate(("Invoice 2026-11-25", "Total: 1,234.50 EUR", "ctc greedy head")):
@@ -142,7 +142,7 @@ def test_ocr_with_the_head_reads_the_same_lines_and_scores():
 
 
 def test_rec_head_choice():
-    from ppdeploy.tasks.ocr.pipeline import rec_head_for
+    from ppdeploy.tasks.ocr.builder import rec_head_for
 
     assert rec_head_for("auto", "onnxruntime", "fp32", None) is None  # CPU: the host argmax is cheaper
     assert rec_head_for("ctc_greedy", "onnxruntime", "fp32", None) == "ctc_greedy"
@@ -155,7 +155,7 @@ def test_rec_head_choice():
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None, reason="TensorRT-RTX not installed")
 def test_tensorrt_rtx_builds_the_headed_rec(rec_onnx, tmp_path):
     from ppdeploy.backends import get_backend
-    from ppdeploy.backends.tensorrt import backend as trtmod
+    from ppdeploy.backends import tensorrt as trtmod
     from ppdeploy.backends.base import BuildOptions
     from ppdeploy.core.shapes import ShapeProfile
 

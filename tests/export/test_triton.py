@@ -307,9 +307,9 @@ def text_image() -> bytes:
 def test_python_backend_ocr_model_matches_ppdeploy_pipeline(ocr_repo: Path, monkeypatch):
     import importlib.util
 
-    from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
     from ppdeploy.backends.base import BuildOptions
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
+    from ppdeploy.tasks.ocr.pipeline import OCRPipeline
 
     calls: list = []
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_triton(ocr_repo, calls))
@@ -339,7 +339,7 @@ def test_python_backend_ocr_model_matches_ppdeploy_pipeline(ocr_repo: Path, monk
         artifact.mkdir(exist_ok=True)
         backend.build(ocr_repo / name / "1" / "model.onnx", artifact, BuildOptions())
         runners[stage] = backend.load(artifact, BuildOptions())
-    reference = OCR.from_runners(runners["det"], runners["rec"], runners["cls"]).predict(image)
+    reference = OCRPipeline.from_runners(runners["det"], runners["rec"], runners["cls"]).predict(image)
     assert texts == [line.text for line in reference.lines]
     assert "2026" in texts[0] and texts[1] == "export ok"  # (Hershey's O reads as 0 in "TRITON")
     np.testing.assert_allclose(out["scores"], [line.score for line in reference.lines], atol=1e-4)

@@ -44,8 +44,8 @@ def render_lines(count: int, seed: int) -> list[np.ndarray]:
     """Text-line crops (BGR uint8) of the synthetic OCR set's text generator, in its CJK and Latin fonts."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from ppdeploy.tasks.ocr.synth import make_line
     from ppdeploy.tasks.ocr.fonts import cjk_fonts, latin_fonts
+    from ppdeploy.tasks.ocr.synth import make_line
 
     rng = random.Random(seed)
     cjk, latin = cjk_fonts(), latin_fonts()

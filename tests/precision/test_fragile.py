@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ppdeploy.core.errors import AccuracyError, InputError
-from ppdeploy.precision.build import CalibrationSet, apply
 from ppdeploy.precision import int8
+from ppdeploy.precision.build import CalibrationSet, apply
 
 
 def fragile_layernorm(path, hidden: int = 64):

@@ -13,8 +13,8 @@ from ppdeploy.precision.build import apply
 @pytest.fixture(scope="session")
 def ocr_pages(tmp_path_factory):
     """Two labelled synthetic pages for calibration and two others (another seed) for the gate."""
-    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
     from ppdeploy.tasks.ocr.fonts import cjk_fonts
+    from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
     if not cjk_fonts():
         pytest.skip("no CJK font installed (fonts-wqy-microhei)")
@@ -29,8 +29,9 @@ def test_int8_rec_gated_on_page_char_accuracy(rec_onnx, cls_onnx, ocr_pages, pre
     from ppdeploy.convert.pipeline import to_onnx
     from ppdeploy.core.cache import EngineCache
     from ppdeploy.precision.runners import ort_runner
-    from ppdeploy.tasks.ocr.calibrate import ocr_calibration, ocr_char_accuracy
     from ppdeploy.source.model import detect
+    from ppdeploy.tasks.ocr.builder import OCR
+    from ppdeploy.tasks.ocr.calibrate import ocr_calibration, ocr_char_accuracy
 
     calib_dir, eval_dir = ocr_pages
     det_onnx = to_onnx(detect("ppocrv4-det", None, export_dir=None), cache=EngineCache()).onnx_path
@@ -38,7 +39,7 @@ def test_int8_rec_gated_on_page_char_accuracy(rec_onnx, cls_onnx, ocr_pages, pre
     calib = ocr_calibration("rec", calib_dir, det_runner=runners["det"])  # the crops the pipeline really sees
     assert len(calib) >= 8
     result = apply(rec_onnx, "int8", cache=precision_cache, calib=calib, method="entropy",
-                   task_metric=ocr_char_accuracy(eval_dir, "rec", runners), task_name="ocr page chars")
+                   task_metric=ocr_char_accuracy(eval_dir, "rec", runners, OCR.from_runners), task_name="ocr page chars")
     gate = result.report["gate"]
     assert gate["gate"] == "ocr page chars" and gate["passed"]
     assert gate["reference"] > 0.7  # the FP32 pipeline really reads the pages (small fonts, some upside down)
@@ -53,9 +54,10 @@ def test_int8_for_openvino_through_nncf(cls_onnx, cls_calib, precision_cache):
     assert result.backend_hint == "openvino"
     assert result.report["gate"]["passed"] and result.report["int8"]["int8_nodes"] > 0
 
-    from ppdeploy.precision.runners import openvino_runner
+    from ppdeploy.precision.runners import backend_runner
 
-    runner = openvino_runner(result.onnx_path, "fp32")
+    assert result.format == "openvino-ir"
+    runner = backend_runner(result.onnx_path, "fp32", fmt="openvino-ir")
     probs = runner.infer(cls_calib.samples[0])[runner.output_names[0]]
     assert probs.shape == (1, 2) and np.isfinite(probs).all()
 
@@ -63,9 +65,9 @@ def test_int8_for_openvino_through_nncf(cls_onnx, cls_calib, precision_cache):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed (pip install 'ppdeploy[nncf]')")
 def test_int8_for_openvino_with_bf16_for_the_rest(cls_calib, tmp_path):
-    from ppdeploy.deploy.load import load_model
     from ppdeploy.core.device import cpu_supports_bf16
     from ppdeploy.core.errors import PPDeployError
+    from ppdeploy.deploy.load import load_model
 
     kwargs = dict(backend="openvino", precision="int8", calib=cls_calib, cache_dir=tmp_path / "cache")
     default = load_model("ppocr-cls", **kwargs)  # INT8 forced onto OpenVINO: NNCF's IR, not a QDQ graph
@@ -149,8 +151,8 @@ def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_c
 def test_ocr_int8_from_a_folder_of_pages(ocr_pages, tmp_path, monkeypatch):
     """OCR(precision=..., calib=pages): calibrated on the crops the pipeline sees, gated on the labelled pages,
     NNCF on OpenVINO; INT8 rec is not guarded by default (its errors are too large for the guard), on request it is."""
+    from ppdeploy.tasks.ocr.builder import OCR
     from ppdeploy.tasks.ocr.dataset import read_labelled_folder
-    from ppdeploy.tasks.ocr.pipeline import OCR
 
     monkeypatch.setenv("PPDEPLOY_CACHE", str(tmp_path / "cache"))
     calib_dir, eval_dir = ocr_pages

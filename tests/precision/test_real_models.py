@@ -8,7 +8,7 @@ import pytest
 
 from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.precision.build import apply
-from ppdeploy.tasks.ocr.calibrate import classification_accuracy
+from ppdeploy.tasks.classification.calibrate import classification_accuracy
 
 pytestmark = pytest.mark.slow
 

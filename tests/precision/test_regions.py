@@ -180,8 +180,8 @@ def test_load_model_gates_and_builds_bf16_with_its_encoder_in_fp32(fpn_onnx, tmp
 
 
 def test_precision_step_refuses_node_names_for_bf16_and_any_keep_for_int8(fpn_onnx, tmp_path):
-    from ppdeploy.precision import build as precision
     from ppdeploy.core.cache import EngineCache
+    from ppdeploy.precision import build as precision
 
     with pytest.raises(InputError, match="region"):
         precision.apply(fpn_onnx, "bf16", cache=EngineCache(tmp_path), keep_fp32=["stem"])
@@ -190,8 +190,8 @@ def test_precision_step_refuses_node_names_for_bf16_and_any_keep_for_int8(fpn_on
 
 
 def test_fp16_keeps_the_encoder_nodes_in_fp32(fpn_onnx, tmp_path):
-    from ppdeploy.precision import build as precision
     from ppdeploy.core.cache import EngineCache
+    from ppdeploy.precision import build as precision
 
     result = precision.apply(fpn_onnx, "fp16", cache=EngineCache(tmp_path), keep_fp32=["encoder"], max_loss=0.5)
     graph = onnx.load(str(result.onnx_path)).graph

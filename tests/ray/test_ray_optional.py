@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from ppdeploy.backends.base import IOSpec, Runner, TensorSpec
+from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.tensors import IOSpec, TensorSpec
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):

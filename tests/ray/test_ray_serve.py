@@ -21,8 +21,8 @@ httpx = pytest.importorskip("httpx")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-from ppdeploy.serve import ray as ppray  # noqa: E402
 from ppdeploy.repository.config import ModelConfig  # noqa: E402
+from ppdeploy.serve import ray as ppray  # noqa: E402
 
 APP = "ppdeploy-under-test"  # not ppray.APP_NAME: the gateway must find its models under the name it was given
 DRIVER_PREFIX = "ppdeploy-driver: "  # serve_driver.PREFIX
@@ -153,7 +153,7 @@ def test_v2_bad_request_is_a_400_with_the_reason(cluster):
 
 
 def test_ocr_route_matches_the_local_pipeline(cluster, local_engines):
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy import OCR
 
     image = text_image()
     response = httpx.post(f"{cluster}/v1/ocr", content=image, headers={"content-type": "image/png"}, timeout=60)

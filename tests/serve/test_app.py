@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from ppdeploy.serve.app import build_app
-from ppdeploy.repository.config import ModelConfig
 from ppdeploy.bench.serving import binary_infer_body
+from ppdeploy.repository.config import ModelConfig
+from ppdeploy.serve.app import build_app
 
 
 async def asgi_post(app, path: str, body: bytes, headers: dict, gone: asyncio.Event | None = None) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from ppdeploy.core.errors import ConfigError
-from ppdeploy.repository.config import ModelConfig, load_config, load_repository
 from ppdeploy.core.shapes import ShapeProfile
+from ppdeploy.repository.config import ModelConfig, load_config, load_repository
 from tests.serve.conftest import write_repo
 
 GOOD = """\

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from ppdeploy.core.errors import InputError, PPDeployError
-from ppdeploy.serve.engine_process import EngineProcessDied, _encode_error, _rebuild_error, load_model_in_process
+from ppdeploy.serve.engine_process import EngineProcessDied, load_model_in_process
+from ppdeploy.serve.engine_process.errors import encode_error, rebuild_error
 from tests.serve.conftest import CLS_OUT, REC_OUT, write_repo
 
 
@@ -116,14 +117,16 @@ def test_errors_come_back_as_the_same_class_and_message(ep_cls, cls_runner):
 
 
 def test_an_error_class_that_does_not_pickle_is_rebuilt_by_name():
-    from ppdeploy.serve.batcher import QueueFull  # __init__(message, retry_after_s): pickle cannot rebuild it
+    from ppdeploy.serve.batcher import (
+        QueueFull,  # __init__(message, retry_after_s): pickle cannot rebuild it
+    )
 
-    rebuilt = _rebuild_error(_encode_error(QueueFull("queue is full", 3)))
+    rebuilt = rebuild_error(encode_error(QueueFull("queue is full", 3)))
     assert type(rebuilt) is QueueFull and str(rebuilt) == "queue is full"
-    other = _rebuild_error(_encode_error(KeyError("k")))
+    other = rebuild_error(encode_error(KeyError("k")))
     assert type(other) is KeyError
     foreign = type("Fail", (Exception,), {"__module__": "onnxruntime.capi"})("bad node")
-    assert str(_rebuild_error(_encode_error(foreign))) == "onnxruntime.capi.Fail: bad node"
+    assert str(rebuild_error(encode_error(foreign))) == "onnxruntime.capi.Fail: bad node"
 
 
 @pytest.mark.slow

@@ -8,8 +8,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from ppdeploy.backends.base import IOSpec, TensorSpec
-from ppdeploy.serve.kserve import ProtocolError, encode_infer_response, parse_infer_request
+from ppdeploy.core.tensors import IOSpec, TensorSpec
+from ppdeploy.serve.kserve import (
+    ProtocolError,
+    encode_infer_response,
+    parse_infer_request,
+)
 
 IO = IOSpec(
     inputs=(TensorSpec("x", "float32", (None, 3, None)), TensorSpec("ids", "int64", (None, 2)),

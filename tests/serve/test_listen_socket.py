@@ -1,8 +1,8 @@
-"""The listening socket ppdeploy serve binds itself (ppdeploy.serve.server.bind_socket)."""
+"""The listening socket ppdeploy serve binds itself (ppdeploy.serve.runtime.bind_socket)."""
 import asyncio
 import socket
 
-from ppdeploy.serve.server import bind_socket
+from ppdeploy.serve.runtime import bind_socket
 
 
 def test_accepted_connections_get_tcp_nodelay_on_the_stdlib_event_loop():

@@ -310,9 +310,9 @@ def test_server_survives_the_corpus(server, cls_runner):
 
 
 def test_task_routes_match_the_in_process_pipelines(server, det_runner, cls_runner, rec_runner, shapes_dir):
+    from ppdeploy import OCR
     from ppdeploy.demo.shapes_classifier import render
     from ppdeploy.tasks.classification.task import Classifier
-    from ppdeploy.tasks.ocr.pipeline import OCR
 
     page = _png(520, 90, "Serve 2026 ok")
     local = OCR.from_runners(det=det_runner, rec=rec_runner, cls=cls_runner).predict(page).to_dict()

@@ -2,7 +2,7 @@
 import pytest
 
 from ppdeploy.core.errors import ConfigError
-from ppdeploy.serve import server
+from ppdeploy.serve import runtime as server
 
 
 def test_event_loop_choice(monkeypatch):

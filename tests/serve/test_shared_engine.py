@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 
 from ppdeploy.core.errors import InputError
-from ppdeploy.serve.engine_process import EngineProcessDied, EngineProcessUnreachable, SharedEngine, connect_engine
+from ppdeploy.serve.engine_process import (
+    EngineProcessDied,
+    EngineProcessUnreachable,
+    SharedEngine,
+    connect_engine,
+)
 from tests.serve.conftest import CLS_OUT, REC_OUT
 from tests.serve.test_engine_process import alive, arena_mappings, wait_for
 
@@ -289,8 +294,8 @@ def test_a_caller_that_dies_with_a_queued_call_does_not_disturb_the_others(share
 
 
 def test_a_shared_engine_that_cannot_load_raises_the_load_error_and_frees_its_address(tmp_path):
-    from ppdeploy.deploy.load import load_model
     from ppdeploy.core.errors import PPDeployError
+    from ppdeploy.deploy.load import load_model
 
     missing = str(tmp_path / "missing.onnx")
     with pytest.raises(PPDeployError) as in_process:

@@ -22,7 +22,7 @@ _PIPELINES: dict[str, object] = {}
 @pytest.fixture(scope="session")
 def ocr_for():
     """ocr_for("onnxruntime") -> a cached OCR pipeline on that backend (built once per session)."""
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     def get(backend: str):
         if backend not in _PIPELINES:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def configs():
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     return {
         "onnxruntime": lambda: OCR(backend="onnxruntime"),

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ppdeploy.core.errors import ConfigError
-from ppdeploy.tasks.classification.task import Classifier, PreprocessConfig, preprocess_image, to_probabilities
+from ppdeploy.tasks.classification.preprocess import PreprocessConfig, preprocess_image
+from ppdeploy.tasks.classification.task import Classifier, to_probabilities
 
 
 @pytest.fixture(scope="module")

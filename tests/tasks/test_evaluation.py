@@ -7,7 +7,13 @@ import pytest
 
 from ppdeploy.core.errors import InputError
 from ppdeploy.tasks.ocr.dataset import read_labelled_folder
-from ppdeploy.tasks.ocr.metrics import edit_distance, match_boxes, polygon_iou, score_image, text_agreement
+from ppdeploy.tasks.ocr.metrics import (
+    edit_distance,
+    match_boxes,
+    polygon_iou,
+    score_image,
+    text_agreement,
+)
 from ppdeploy.tasks.ocr.synth import SynthOptions, generate
 
 
@@ -19,6 +25,7 @@ def test_edit_distance():
     assert edit_distance("kitten", "sitting") == 3
     assert edit_distance("", "abc") == 3
     assert edit_distance("发票号码", "发票号吗") == 1
+    assert edit_distance([5, 7, 9], [5, 9]) == 1  # CTC token ids (the precision gates' agreement)
 
 
 def test_iou_and_matching():

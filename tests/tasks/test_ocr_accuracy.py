@@ -91,7 +91,7 @@ def test_backend_matches_paddleocr_reference(backend, ocr_for, labelled, referen
 def test_agreement_check_detects_a_pipeline_that_is_not_paddleocrs(ocr_for, labelled, reference):
     """The >= 99 % gate has teeth: batching rec crops 12 at a time instead of PaddleOCR's 6 changes how much
     padding each crop gets, and that alone changes the text of several lines of this set."""
-    from ppdeploy.tasks.ocr.pipeline import OCR
+    from ppdeploy.tasks.ocr.builder import OCR
 
     images, _ = labelled
     ref_preds, _ = reference

@@ -6,7 +6,13 @@ import pytest
 
 from ppdeploy.core.errors import ConfigError
 from ppdeploy.tasks.ocr.crop import crop_quad
-from ppdeploy.tasks.ocr.det import DBPostProcess, DetOptions, filter_boxes, resize_for_det, sort_reading_order
+from ppdeploy.tasks.ocr.det import (
+    DBPostProcess,
+    DetOptions,
+    filter_boxes,
+    resize_for_det,
+    sort_reading_order,
+)
 from ppdeploy.tasks.ocr.pipeline import OCROptions, option_names
 from ppdeploy.tasks.ocr.rec import ctc_greedy_decode
 from ppdeploy.tasks.ocr.textline import fill_batch
@@ -133,7 +139,7 @@ def test_options_are_paddleocr_defaults_and_validated():
 
 
 def test_per_stage_choices():
-    from ppdeploy.tasks.ocr.pipeline import _per_stage
+    from ppdeploy.tasks.ocr.builder import _per_stage
 
     assert _per_stage("openvino", "backend") == {"det": "openvino", "cls": "openvino", "rec": "openvino"}
     assert _per_stage({"rec": "onnxruntime", "default": "openvino"}, "backend") == \

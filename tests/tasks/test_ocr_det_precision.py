@@ -5,9 +5,9 @@ import pytest
 
 from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import ConfigError
-from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.image_io import load_image
-from ppdeploy.tasks.ocr.pipeline import OCR, keep_fp32_for
+from ppdeploy.tasks.ocr.builder import OCR, keep_fp32_for
+from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 
 
 def test_auto_keeps_the_encoder_of_a_bf16_detector_only():
@@ -55,10 +55,10 @@ def test_cli_det_keep_fp32_flag_maps_to_the_ocr_option(monkeypatch):
     import argparse
 
     from ppdeploy.cli import ocr as cli_ocr
-    from ppdeploy.tasks.ocr import pipeline
+    from ppdeploy.tasks.ocr import builder
 
     seen = []
-    monkeypatch.setattr(pipeline, "OCR", lambda **kw: seen.append(kw["keep_fp32"]))
+    monkeypatch.setattr(builder, "OCR", lambda **kw: seen.append(kw["keep_fp32"]))
     parser = argparse.ArgumentParser()
     cli_ocr.add_ocr_model_args(parser)
     for flag, expected in (("auto", "auto"), ("off", None), ("encoder", {"det": ["encoder"]})):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ppdeploy.tasks.ocr.builder import OCR
 from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.metrics import score_image
-from ppdeploy.tasks.ocr.pipeline import OCR, TIMING_KEYS
+from ppdeploy.tasks.ocr.result import TIMING_KEYS
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ppdeploy.core.device import cpu_supports_bf16
+from ppdeploy.tasks.ocr.builder import OCR
 from ppdeploy.tasks.ocr.dataset import read_labelled_folder
-from ppdeploy.tasks.ocr.pipeline import OCR
 from ppdeploy.tasks.ocr.guard import CHAR_SWAP_FACTOR, uncertain_rows
 
 
@@ -176,7 +176,7 @@ class FixedRunner:
     """Answers fixed N x T x 5 probabilities (rows taken by the batch's first input value) and records its calls."""
 
     def __init__(self, probs: np.ndarray, borrowed: bool = False):
-        from ppdeploy.backends.base import IOSpec, TensorSpec
+        from ppdeploy.core.tensors import IOSpec, TensorSpec
 
         self.probs, self.calls = probs, []
         self.io = IOSpec((TensorSpec("x", "float32", (None, 1)),), (TensorSpec("y", "float32", (None, None, 5)),))

@@ -1,8 +1,8 @@
 from ppdeploy.backends.openvino.backend import (  # noqa: F401
     BLOB,
-    compile_config,
-    OpenVINORunner,
     OpenVINOBackend,
+    OpenVINORunner,
+    compile_config,
 )
 
 __all__ = ['BLOB', 'compile_config', 'OpenVINORunner', 'OpenVINOBackend']

@@ -2,20 +2,30 @@
 OpenVINO version, hence the device identity in its cache key), so a cached start skips reading, transforming
 and compiling the network.
 
-Precision is pinned explicitly: OpenVINO's CPU plugin otherwise lowers to bf16 on CPUs that have it, which
-moved PP-OCRv4 rec outputs by up to 0.1 here. BF16 is used only when asked for (precision="bf16").
+Precision is pinned explicitly: OpenVINO's CPU plugin otherwise lowers to bf16 on CPUs that have it, which moves
+outputs visibly (BENCHMARKS.md). BF16 is used only when asked for (precision="bf16").
 """
 from __future__ import annotations
 
 import importlib.util
+import io
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ppdeploy.backends.base import Backend, BuildOptions, IOSpec, Runner, TensorSpec, dims, numpy_dtype
+from ppdeploy.backends.base import Backend, BuildOptions, Runner
+from ppdeploy.backends.openvino import mixed as openvino_mixed
+from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import BuildError, ConfigError, PPDeployError
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype
+from ppdeploy.graph import deconv
+
+ov = lazy_import("openvino", install="openvino")
+onnx = lazy_import("onnx", install="onnx")
 
 BLOB = "model.ovblob"
 
@@ -42,17 +52,11 @@ def _keep_fp32(options: BuildOptions) -> list[str]:
 def _rewrite_for_cpu(model_path: Path, out_dir: Path) -> Path | None:
     """The graph with the rewrites that make it faster on OpenVINO's CPU plugin (ppdeploy.graph.deconv), written
     next to the artifact; None when none applies, or the graph cannot be rewritten (it is then compiled as it is)."""
-    import logging
-
-    import onnx
-
-    from ppdeploy.graph.deconv import deconv_as_depth_to_space
-
     if model_path.suffix != ".onnx":
         return None
     try:
         model = onnx.load(str(model_path))
-        if not deconv_as_depth_to_space(model):
+        if not deconv.deconv_as_depth_to_space(model):
             return None
         out = out_dir / f"rewritten-{model_path.name}"
         onnx.save(model, str(out))
@@ -98,6 +102,16 @@ class OpenVINORunner(Runner):
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+    formats = frozenset({"onnx", "openvino-ir"})
+    precisions = frozenset({"fp32", "fp16", "bf16", "int8"})  # bf16: the CPU plugin's inference precision
+    int8_quantizer = "openvino"  # NNCF on the OpenVINO model: a QDQ graph runs slower than FP32 here
+    triton_platform = "openvino"
+
+    def precision_unavailable(self, precision: str) -> str | None:
+        if precision == "bf16" and not cpu_supports_bf16():
+            # OpenVINO would quietly run f32 instead: say so rather than report a bf16 engine that is not one
+            return "bf16 requested but this CPU has no avx512_bf16/AMX"
+        return super().precision_unavailable(precision)
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("openvino") is None:
@@ -105,21 +119,15 @@ class OpenVINOBackend(Backend):
         return None
 
     def version(self) -> str:
-        import openvino
-
-        return openvino.__version__ if hasattr(openvino, "__version__") else openvino.get_version()
+        return ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
 
     def build(self, model_path: Path, out_dir: Path, options: BuildOptions) -> None:
-        import openvino as ov
-
         core = ov.Core()
         keep = _keep_fp32(options)
         rewritten = _rewrite_for_cpu(model_path, out_dir)
         try:
             with tempfile.TemporaryDirectory(prefix="ppdeploy-ov-") as work:
                 if keep:
-                    from ppdeploy.backends.openvino import mixed as openvino_mixed
-
                     model, marks = openvino_mixed.marked_model(core, rewritten or model_path, keep, Path(work))
                 else:
                     model = core.read_model(str(rewritten or model_path))
@@ -138,19 +146,12 @@ class OpenVINOBackend(Backend):
         (out_dir / BLOB).write_bytes(data)
 
     def key_parts(self, options: BuildOptions | None = None) -> dict:
-        from ppdeploy.graph import deconv
-        from ppdeploy.backends.openvino import mixed as openvino_mixed
-
         parts = {**super().key_parts(options), "rewrites": {"deconv_as_depth_to_space": deconv.VERSION}}
         if options is not None and _keep_fp32(options):
             parts["keep_fp32_marks"] = openvino_mixed.VERSION
         return parts
 
     def load(self, artifact_dir: Path, options: BuildOptions) -> Runner:
-        import io
-
-        import openvino as ov
-
         core = ov.Core()
         try:
             compiled = core.import_model(io.BytesIO((artifact_dir / BLOB).read_bytes()), "CPU", compile_config(options))

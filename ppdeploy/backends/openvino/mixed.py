@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ppdeploy.core.errors import BuildError
+from ppdeploy.core.lazy import lazy_import
 from ppdeploy.graph import regions
+
+ov = lazy_import("openvino", install="openvino")
+offline = lazy_import("openvino._offline_transformations", install="openvino")
 
 VERSION = 2  # of the marking and its check; part of the OpenVINO engine key
 OV_UPSAMPLING = frozenset({"Interpolate", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "DepthToSpace"})
@@ -49,16 +53,13 @@ class Marks:
 def marked_model(core: Any, source: Path, keep: Iterable[str], work_dir: Path) -> tuple[Any, Marks]:
     """`source` (ONNX or IR) read, transformed and with the ops of the `keep` regions marked FP32 -> (ov.Model, what was
     marked). The IR written on the way lives in `work_dir`."""
-    import openvino as ov
-    from openvino._offline_transformations import apply_moc_transformations
-
     region_names, node_names = regions.split_keep(keep)
     if node_names:
         raise BuildError(f"keep_fp32 under BF16 takes a region ({', '.join(regions.REGIONS)}), not node names "
                          f"({', '.join(node_names[:5])})",
                          hint="node names are for FP16 graphs; for BF16 use keep_fp32=['encoder']")
     model = core.read_model(str(source))
-    apply_moc_transformations(model, cf=False)
+    offline.apply_moc_transformations(model, cf=False)
     ops: list[Any] = []
     for region in region_names:
         found = [op for op in encoder_ops(model) if op.get_type_name() not in _NOT_MARKED]
@@ -107,9 +108,7 @@ def check_marks(compiled: Any, source: Path, marks: Marks) -> dict[str, int]:
     """Raise BuildError unless every convolution the marks cover runs in FP32 in the compiled model."""
     counts = conv_precisions(compiled, marks.convolutions)
     if marks.convolutions and (not counts.get("f32") or set(counts) != {"f32"}):
-        import openvino
-
-        raise BuildError(f"OpenVINO {openvino.__version__} did not keep the marked region of {source} in FP32 "
+        raise BuildError(f"OpenVINO {ov.__version__} did not keep the marked region of {source} in FP32 "
                          f"(its convolutions by runtime precision: {counts})",
                          hint="use precision bf16 without keep_fp32, or fp32")
     return counts

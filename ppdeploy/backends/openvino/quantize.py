@@ -4,18 +4,19 @@ behind the same gate and exclusion search as the ONNX Runtime path.
 Why a second quantizer: where Q/DQ pairs sit decides what an engine can fuse. ONNX Runtime's QDQ graph
 (quantized outputs, FP32 element-wise ops between) runs *slower* than FP32 in OpenVINO here, and NNCF's
 ONNX export ran PP-OCRv4 det wrongly in OpenVINO; NNCF quantizing the OpenVINO model itself places
-FakeQuantize where OpenVINO's CPU plugin fuses it (det ~3.5x, rec ~2.8x faster than OpenVINO FP32 on this
-CPU) and applies bias correction. The result is an OpenVINO IR (`model.xml` + `model.bin`), which only the
+FakeQuantize where OpenVINO's CPU plugin fuses it (several times faster than OpenVINO FP32: BENCHMARKS.md) and
+applies bias correction. The result is an OpenVINO IR (`model.xml` + `model.bin`), which only the
 openvino backend builds from; the precision cache and the gate treat it like any other graph.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from ppdeploy.core.errors import BackendUnavailable, ConversionError, InputError
-from ppdeploy.precision.calibration import CalibrationSet
 
 log = logging.getLogger("ppdeploy.precision.build")
 
@@ -45,8 +46,10 @@ def _advanced(method: str):
     return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.QUANTILE)
 
 
-def candidates(onnx_path: Path, calib: CalibrationSet, method: str, work: Path) -> tuple[Callable, list[str]]:
-    """(candidate writer, quantizable op names) — the same contract as `int8.ort_candidates`."""
+def candidates(onnx_path: Path, samples: Sequence[Mapping[str, np.ndarray]], method: str,
+               work: Path) -> tuple[Callable, list[str]]:
+    """(candidate writer, quantizable op names) — the same contract as precision's `int8.ort_candidates`.
+    `samples`: the calibration feeds, {input name: array} each."""
     reason = available()
     if reason:
         raise BackendUnavailable(f"INT8 for OpenVINO needs NNCF: {reason}")
@@ -65,18 +68,18 @@ def candidates(onnx_path: Path, calib: CalibrationSet, method: str, work: Path) 
     def candidate(excluded: Sequence[str], only: Sequence[str] | None) -> Path:
         counter[0] += 1
         ignored = list(excluded) if only is None else [n for n in names if n not in set(only)]
-        samples = calib.samples if only is None else calib.samples[:SENSITIVITY_SUBSET]
+        used = list(samples) if only is None else list(samples)[:SENSITIVITY_SUBSET]
         kwargs = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
         if advanced is not None:
             kwargs["advanced_parameters"] = advanced
         try:  # NNCF draws its own progress bars (statistics collection, bias correction)
-            quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(samples),
-                                      subset_size=len(samples), fast_bias_correction=True, **kwargs)
+            quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(used),
+                                      subset_size=len(used), fast_bias_correction=True, **kwargs)
         except Exception as exc:
             raise ConversionError(f"NNCF quantization failed: {str(exc)[:500]}") from exc
         out = work / f"int8-ov-candidate-{counter[0]}.xml"
         ov.save_model(quantized, str(out))
-        log.info("int8/openvino: candidate %d (%d ignored, %d samples)", counter[0], len(ignored), len(samples))
+        log.info("int8/openvino: candidate %d (%d ignored, %d samples)", counter[0], len(ignored), len(used))
         return out
 
     return candidate, names

@@ -1,13 +1,16 @@
-from ppdeploy.tasks.classification.task import (  # noqa: F401
+from ppdeploy.tasks.classification.preprocess import (
     PREPROCESS_FILE,
-    LABELS_FILE,
     PreprocessConfig,
     preprocess_image,
-    read_labels,
-    to_probabilities,
-    Prediction,
+)
+from ppdeploy.tasks.classification.task import (
+    LABELS_FILE,
     ClassificationResult,
     Classifier,
+    Prediction,
+    read_labels,
+    to_probabilities,
 )
 
-__all__ = ['PREPROCESS_FILE', 'LABELS_FILE', 'PreprocessConfig', 'preprocess_image', 'read_labels', 'to_probabilities', 'Prediction', 'ClassificationResult', 'Classifier']
+__all__ = ["PREPROCESS_FILE", "LABELS_FILE", "PreprocessConfig", "preprocess_image", "read_labels", "to_probabilities",
+           "Prediction", "ClassificationResult", "Classifier"]

@@ -1,111 +1,35 @@
-"""Image classification: decode -> preprocess (declared in preprocess.yaml) -> any runner -> top-k labels.
+"""Image classification: decode -> preprocess (ppdeploy.tasks.classification.preprocess) -> any runner -> top-k.
 
-A model directory may hold, next to the model files:
-  labels.txt       one class name per line (line n = class n); without it classes are named by index.
-  preprocess.yaml  how an image becomes the model input; every key is optional (ImageNet defaults):
-                     resize_short: 256        # resize so the short side is this (aspect kept); 0 = no resize
-                     crop_size: 224           # center crop to crop_size x crop_size; 0 = no crop
-                     channel_order: RGB       # order the model was trained on (RGB or BGR)
-                     mean: [0.485, 0.456, 0.406]
-                     std: [0.229, 0.224, 0.225]
-                     scale: 0.00392156862745098   # pixels are multiplied by this before mean/std
-                     interpolation: linear    # linear | cubic | area | nearest
+A model directory may hold, next to the model files, labels.txt (one class name per line, line n = class n;
+without it classes are named by index) and preprocess.yaml. `Classifier` is also the "classification" Task
+(ppdeploy.tasks.base): one role, the config's own model, served at /v1/classify.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ppdeploy.core.errors import ConfigError, InputError
+from ppdeploy.deploy.load import load_model
+from ppdeploy.precision.calibration import CalibrationSet
+from ppdeploy.precision.gate import TaskMetric
+from ppdeploy.tasks.base import Task, TaskContext
+from ppdeploy.tasks.classification.calibrate import (
+    classification_accuracy,
+    classification_calibration,
+)
+from ppdeploy.tasks.classification.preprocess import (
+    PREPROCESS_FILE,
+    PreprocessConfig,
+    preprocess_image,
+)
 from ppdeploy.tasks.image_io import DEFAULT_MAX_PIXELS, ImageInput, load_image
 
-PREPROCESS_FILE = "preprocess.yaml"
 LABELS_FILE = "labels.txt"
-_INTERPOLATIONS = ("linear", "cubic", "area", "nearest")
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    resize_short: int = 256
-    crop_size: int = 224
-    channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    scale: float = 1.0 / 255.0
-    interpolation: str = "linear"
-
-    def __post_init__(self) -> None:
-        if self.channel_order.upper() not in ("RGB", "BGR"):
-            raise ConfigError(f"preprocess channel_order must be RGB or BGR, got {self.channel_order!r}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError("preprocess mean and std need 3 values each")
-        if any(s == 0 for s in self.std):
-            raise ConfigError("preprocess std values must be non-zero")
-        if self.resize_short < 0 or self.crop_size < 0:
-            raise ConfigError("preprocess resize_short and crop_size must be >= 0")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ConfigError(f"preprocess interpolation must be one of {_INTERPOLATIONS}")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown preprocess key(s) {unknown}", hint=f"valid keys: {', '.join(sorted(known))}")
-        values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"invalid preprocess config: {exc}") from exc
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "PreprocessConfig":
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read preprocess config {path}: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path} must be a mapping of preprocess keys")
-        return cls.from_mapping(data)
-
-
-def preprocess_image(bgr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """HxWx3 BGR uint8 -> 3xHxW float32 (resize short side, center crop, channel order, scale, mean/std)."""
-    import cv2
-
-    interp = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA,
-              "nearest": cv2.INTER_NEAREST}[cfg.interpolation]
-    img = bgr
-    if cfg.resize_short:
-        h, w = img.shape[:2]
-        ratio = cfg.resize_short / min(h, w)
-        new_w, new_h = max(1, int(round(w * ratio))), max(1, int(round(h * ratio)))
-        if (new_w, new_h) != (w, h):
-            img = cv2.resize(img, (new_w, new_h), interpolation=interp)
-    if cfg.crop_size:
-        h, w = img.shape[:2]
-        size = cfg.crop_size
-        if h < size or w < size:  # an image smaller than the crop (resize_short disabled): stretch to fit
-            img = cv2.resize(img, (max(w, size), max(h, size)), interpolation=interp)
-            h, w = img.shape[:2]
-        top, left = (h - size) // 2, (w - size) // 2
-        img = img[top:top + size, left:left + size]
-    if cfg.channel_order.upper() == "RGB":
-        img = img[:, :, ::-1]
-    out = np.empty((3, img.shape[0], img.shape[1]), dtype=np.float32)
-    for c in range(3):
-        np.multiply(img[:, :, c], np.float32(cfg.scale / cfg.std[c]), out=out[c], casting="unsafe")
-        out[c] -= np.float32(cfg.mean[c] / cfg.std[c])
-    return out
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -148,15 +72,21 @@ class ClassificationResult:
         return {"topk": [p.to_dict() for p in self.topk], "timings_ms": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
-class Classifier:
+class Classifier(Task):
     """`Classifier("model_dir", backend="auto").predict("cat.jpg").top1.label`."""
+
+    name = "classification"
+    route = "classify"
+    roles = ("model",)
+
+    @classmethod
+    def claims_folder(cls, folder: Path) -> bool:
+        return folder.is_dir() and any((folder / f).is_file() for f in (PREPROCESS_FILE, LABELS_FILE))
 
     def __init__(self, model: Any, backend: str = "auto", precision: str = "fp32", topk: int = 5,
                  labels: str | Path | Sequence[str] | None = None,
                  preprocess: PreprocessConfig | Mapping[str, Any] | str | Path | None = None,
                  threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-        from ppdeploy.deploy.load import load_model
-
         model_dir = Path(model) if isinstance(model, (str, Path)) else None
         if model_dir is not None and model_dir.is_file():
             model_dir = model_dir.parent
@@ -247,3 +177,53 @@ class Classifier:
     def close(self) -> None:
         if self.deployment is not None:
             self.deployment.close()
+
+    # -- the Task contract ---------------------------------------------------------------------------------------
+    @classmethod
+    def initialize(cls, runners: Mapping[str, Any], options: Mapping[str, Any],
+                   context: TaskContext = TaskContext()) -> "Classifier":
+        """labels.txt / preprocess.yaml next to the source are used unless the options name others; relative paths
+        in the options are relative to the config's folder."""
+        options = dict(options)
+        if context.source_dir is not None:
+            for key, file in (("labels", LABELS_FILE), ("preprocess", PREPROCESS_FILE)):
+                if key not in options and (context.source_dir / file).is_file():
+                    options[key] = context.source_dir / file
+        for key in ("labels", "preprocess"):
+            if isinstance(options.get(key), str) and not Path(options[key]).is_absolute():
+                options[key] = (context.base_dir or Path.cwd()) / options[key]
+        if context.max_pixels is not None:
+            options.setdefault("max_pixels", context.max_pixels)
+        return cls.from_runner(runners["model"], **options)
+
+    def execute(self, inputs: Sequence[ImageInput]) -> list[ClassificationResult]:
+        return self.predict_batch(inputs)
+
+    def finalize(self) -> None:
+        self.close()
+
+    @classmethod
+    def role_of(cls, model: str) -> str | None:
+        """A classifier folder is one with a preprocess.yaml."""
+        return "model" if (Path(model) / PREPROCESS_FILE).is_file() else None
+
+    @classmethod
+    def calibration(cls, role: str, folder: str | Path, *, runners: Mapping[str, Any] | None = None,
+                    limit: int | None = None, input_name: str = "x", model: str | Path | None = None) -> CalibrationSet:
+        """Images through the model folder's preprocess.yaml (the ImageNet defaults without one)."""
+        yaml_file = Path(model) / PREPROCESS_FILE if model is not None else None
+        preprocess = yaml_file if yaml_file is not None and yaml_file.is_file() else None
+        return classification_calibration(folder, preprocess, limit=limit, input_name=input_name)
+
+    @classmethod
+    def metric(cls, role: str, data: Any, runners: Mapping[str, Any], *, labels: Sequence[int] = (),
+               **options: Any) -> TaskMetric:
+        """Top-1 accuracy of the candidate on `data` (a CalibrationSet of preprocessed samples), one label each."""
+        if not isinstance(data, CalibrationSet):
+            raise InputError("the classification metric takes preprocessed samples (a CalibrationSet) and their "
+                             "labels, not a folder")
+        return classification_accuracy(data, list(labels))
+
+
+
+__all__ = ["ClassificationResult", "Classifier", "LABELS_FILE", "Prediction", "read_labels", "to_probabilities"]

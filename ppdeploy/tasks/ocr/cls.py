@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.core.errors import ConfigError
+from ppdeploy.core.lazy import lazy_import
 from ppdeploy.tasks.ocr.textline import fill_batch
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,6 @@ class TextDirectionClassifier:
 
     def __call__(self, crops: list[np.ndarray]) -> tuple[list[np.ndarray], list[tuple[str, float]]]:
         """Returns the crops (the upside-down ones rotated) and (label, score) per crop."""
-        import cv2
-
         opts = self.options
         crops = list(crops)
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)

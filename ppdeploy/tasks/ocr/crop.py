@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ppdeploy.core.lazy import lazy_import
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+
 
 def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     """Perspective-warp `quad` (4x2, clockwise from top-left) to a rectangle, as PaddleOCR's get_rotate_crop_image.
@@ -10,8 +14,6 @@ def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     The output size is the longer of each pair of opposite edges; crops at least 1.5x taller than wide are
     rotated 90 degrees counter-clockwise, because vertical text lines are read after that rotation.
     """
-    import cv2
-
     pts = quad.astype(np.float32)
     width = int(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3])))
     height = int(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2])))

@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.core.errors import ConfigError
+from ppdeploy.core.lazy import lazy_import
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+pyclipper = lazy_import("pyclipper", install="pyclipper")
+shapely_geometry = lazy_import("shapely.geometry", install="shapely")
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,6 @@ class DetResult:
 
 def resize_for_det(image: np.ndarray, options: DetOptions) -> tuple[np.ndarray, float, float]:
     """DetResizeForTest type 0. Returns the resized image and the (h, w) ratios resized/original."""
-    import cv2
-
     h, w = image.shape[:2]
     limit = options.limit_side_len
     if options.limit_type == "max":
@@ -104,8 +107,6 @@ class DBPostProcess:
         self.dilation_kernel = np.array([[1, 1], [1, 1]], dtype=np.uint8) if options.use_dilation else None
 
     def __call__(self, pred: np.ndarray, src_shape: tuple[int, int]) -> tuple[np.ndarray, list[float]]:
-        import cv2
-
         prob = pred.reshape(pred.shape[-2], pred.shape[-1]) if pred.ndim > 2 else pred
         mask = (prob > self.options.thresh).astype(np.uint8)
         if self.dilation_kernel is not None:
@@ -113,8 +114,6 @@ class DBPostProcess:
         return self.boxes_from_bitmap(prob, mask, src_shape[1], src_shape[0])
 
     def boxes_from_bitmap(self, pred: np.ndarray, bitmap: np.ndarray, dest_width: int, dest_height: int):
-        import cv2
-
         opts = self.options
         height, width = bitmap.shape
         contours, _ = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)[-2:]
@@ -144,8 +143,6 @@ class DBPostProcess:
 
 
 def get_mini_boxes(contour: np.ndarray) -> tuple[np.ndarray, float]:
-    import cv2
-
     bounding_box = cv2.minAreaRect(contour)
     points = sorted(list(cv2.boxPoints(bounding_box)), key=lambda x: x[0])
     if points[1][1] > points[0][1]:
@@ -161,8 +158,6 @@ def get_mini_boxes(contour: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def box_score_fast(bitmap: np.ndarray, box: np.ndarray) -> float:
-    import cv2
-
     h, w = bitmap.shape[:2]
     box = box.copy()
     xmin = int(np.clip(np.floor(box[:, 0].min()), 0, w - 1))
@@ -177,8 +172,6 @@ def box_score_fast(bitmap: np.ndarray, box: np.ndarray) -> float:
 
 
 def box_score_slow(bitmap: np.ndarray, contour: np.ndarray) -> float:
-    import cv2
-
     h, w = bitmap.shape[:2]
     contour = contour.reshape(-1, 2).copy()
     xmin = int(np.clip(contour[:, 0].min(), 0, w - 1))
@@ -193,10 +186,7 @@ def box_score_slow(bitmap: np.ndarray, contour: np.ndarray) -> float:
 
 
 def unclip(box: np.ndarray, unclip_ratio: float) -> np.ndarray | None:
-    import pyclipper
-    from shapely.geometry import Polygon
-
-    poly = Polygon(box)
+    poly = shapely_geometry.Polygon(box)
     if poly.length == 0:
         return None
     distance = poly.area * unclip_ratio / poly.length

@@ -9,15 +9,20 @@ from typing import Any
 
 import numpy as np
 
+from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.lazy import lazy_import
 from ppdeploy.tasks.ocr.fonts import APT_HINT, find_cjk_font
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+Image = lazy_import("PIL.Image", install="pillow")
+ImageDraw = lazy_import("PIL.ImageDraw", install="pillow")
+ImageFont = lazy_import("PIL.ImageFont", install="pillow")
 
 log = logging.getLogger("ppdeploy.ocr.draw")
 
 
 def draw_result(bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> tuple[np.ndarray, bool]:
     """Return (BGR image twice as wide as the page, whether text was drawn). `lines` have .box and .text."""
-    from PIL import Image, ImageDraw, ImageFont
-
     h, w = bgr.shape[:2]
     font_file = Path(font_path) if font_path else find_cjk_font()
     if font_file is None or not font_file.is_file():
@@ -49,10 +54,6 @@ def draw_result(bgr: np.ndarray, lines: list[Any], font_path: str | Path | None 
 
 
 def save_drawing(path: str | Path, bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> bool:
-    import cv2
-
-    from ppdeploy.core.errors import PPDeployError
-
     image, with_text = draw_result(bgr, lines, font_path)
     path = Path(path)
     ok = cv2.imwrite(str(path), image)

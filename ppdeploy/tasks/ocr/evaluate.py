@@ -1,15 +1,17 @@
-"""Run an OCR pipeline over a folder (timed) and score it against labels: what `ppdeploy eval ocr` and
-`ppdeploy bench ocr` build on."""
+"""Run an OCR predictor over a folder (timed) and score it against labels: what `ppdeploy eval ocr` and
+`ppdeploy bench ocr` build on. A predictor is any callable image path -> OCRResult (an OCR pipeline is one), so this
+module depends on the result type, not on the pipeline."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ppdeploy.core.errors import InputError
 from ppdeploy.tasks.ocr.dataset import LabelledImage, read_labelled_folder
 from ppdeploy.tasks.ocr.metrics import OCRMetrics, score_dataset
+from ppdeploy.tasks.ocr.result import OCRResult, mean_timings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -27,7 +29,7 @@ def list_images(folder: str | Path) -> list[Path]:
 @dataclass
 class FolderRun:
     paths: list[Path]
-    results: list[Any]  # OCRResult per path
+    results: list[OCRResult]  # one per path
     seconds: float  # wall time of all predict calls (decode included), after the warm-up
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean per image
 
@@ -36,19 +38,20 @@ class FolderRun:
         return len(self.results) / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_ocr_folder(ocr: Any, images: str | Path | Sequence[str | Path], *, warmup: int = 1,
+Predictor = Callable[[Path], OCRResult]
+
+
+def run_ocr_folder(predict: Predictor, images: str | Path | Sequence[str | Path], *, warmup: int = 1,
                    repeat: int = 1) -> FolderRun:
     """Predict every image `repeat` times after `warmup` untimed predictions; returns results of the last pass
     and the mean per-stage milliseconds over all timed passes."""
-    from ppdeploy.tasks.ocr.pipeline import mean_timings
-
     paths = list_images(images) if isinstance(images, (str, Path)) else [Path(p) for p in images]
     for p in paths[:warmup]:
-        ocr.predict(p)
+        predict(p)
     all_results = []
     start = time.perf_counter()
     for _ in range(max(1, repeat)):
-        results = [ocr.predict(p) for p in paths]
+        results = [predict(p) for p in paths]
         all_results += results
     seconds = time.perf_counter() - start
     return FolderRun(paths, results, seconds / max(1, repeat), mean_timings(all_results))
@@ -68,9 +71,10 @@ class OCREvaluation:
         }
 
 
-def evaluate_ocr(ocr: Any, data_dir: str | Path, *, ignore_space: bool = True, nfkc: bool = False) -> OCREvaluation:
+def evaluate_ocr(predict: Predictor, data_dir: str | Path, *, ignore_space: bool = True,
+                 nfkc: bool = False) -> OCREvaluation:
     labelled = read_labelled_folder(data_dir)
-    run = run_ocr_folder(ocr, [item.path for item in labelled])
+    run = run_ocr_folder(predict, [item.path for item in labelled])
     preds = [[(line.text, line.box) for line in r.lines] for r in run.results]
     gts = [[(line.text, line.box) for line in item.lines] for item in labelled]
     return OCREvaluation(score_dataset(preds, gts, ignore_space=ignore_space, nfkc=nfkc), run, labelled)

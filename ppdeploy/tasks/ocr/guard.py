@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.core.errors import ConfigError
+from ppdeploy.core.tensors import IOSpec, TensorSpec
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 
 DEFAULT_MARGIN = 0.5
 MAX_MARGIN = 10.0  # a log-ratio: exp(-10) makes nearly every class an alternative
@@ -137,9 +139,6 @@ class GuardedRecRunner:
     """
 
     def __init__(self, fast: Any, guard: Any, margin: float = DEFAULT_MARGIN):
-        from ppdeploy.backends.base import IOSpec, TensorSpec
-        from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
-
         if any(t.name == CTC_INDEX for r in (fast, guard) for t in getattr(r.io, "outputs", ())):
             raise ConfigError("the rec guard needs rec models that return their softmax, not the ctc_greedy head")
         self.fast, self.guard, self.margin = fast, guard, margin
@@ -161,8 +160,6 @@ class GuardedRecRunner:
         return self.fast.last_timings
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
-
         probs = _as_probabilities(next(iter(self._fast_infer(feeds).values())))
         best, best_p = path = best_path(probs)
         rows = uncertain_rows(probs, self.margin, path)

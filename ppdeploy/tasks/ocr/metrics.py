@@ -13,27 +13,23 @@ With `nfkc=True` both texts are NFKC-normalised first, so full-width and half-wi
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from ppdeploy.core.lazy import lazy_import
+
+shapely_geometry = lazy_import("shapely.geometry", install="shapely")
 
 IOU_THRESHOLD = 0.5
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance of two strings (or any sequences, e.g. CTC token ids)."""
-    if a == b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance of two strings (or any sequences of hashables, e.g. CTC token ids)."""
+    return Levenshtein.distance(a, b)
 
 
 def normalized_edit_distance(pred: str, gt: str) -> float:
@@ -41,9 +37,7 @@ def normalized_edit_distance(pred: str, gt: str) -> float:
 
 
 def polygon_iou(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
-    from shapely.geometry import Polygon
-
-    pa, pb = Polygon(a), Polygon(b)
+    pa, pb = shapely_geometry.Polygon(a), shapely_geometry.Polygon(b)
     if not pa.is_valid:
         pa = pa.buffer(0)
     if not pb.is_valid:
@@ -118,8 +112,6 @@ class OCRMetrics:
 
 def _norm(text: str, ignore_space: bool, nfkc: bool = False) -> str:
     if nfkc:
-        import unicodedata
-
         text = unicodedata.normalize("NFKC", text)
     return text.replace(" ", "") if ignore_space else text
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
 from ppdeploy.core.errors import ConfigError
+from ppdeploy.graph.heads import CTC_INDEX, CTC_PROB
+from ppdeploy.source.zoo import ocr_dictionary
 from ppdeploy.tasks.ocr.guard import DEFAULT_MARGIN, MAX_MARGIN, best_path
 from ppdeploy.tasks.ocr.textline import fill_batch
 
@@ -45,8 +46,6 @@ class RecOptions:
 def load_characters(dictionary: str | Path | None, use_space_char: bool = True) -> list[str]:
     """CTC classes: index 0 is the blank, then the dictionary lines, then (optionally) a space."""
     if dictionary is None:
-        from ppdeploy.source.zoo import ocr_dictionary
-
         dictionary = ocr_dictionary()
     path = Path(dictionary)
     if not path.is_file():

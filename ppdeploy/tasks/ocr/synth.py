@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.lazy import lazy_import
+from ppdeploy.source.zoo import ocr_dictionary
 from ppdeploy.tasks.ocr.dataset import LabelledImage, LabelledLine, write_labels_json
+from ppdeploy.tasks.ocr.fonts import APT_HINT, cjk_fonts, latin_fonts
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+Image = lazy_import("PIL.Image", install="pillow")
+ImageDraw = lazy_import("PIL.ImageDraw", install="pillow")
+ImageFont = lazy_import("PIL.ImageFont", install="pillow")
 
 CHINESE_PHRASES = [
     "发票代码", "发票号码", "开票日期", "校验码", "购买方名称", "纳税人识别号", "地址电话", "开户行及账号",
@@ -103,10 +111,6 @@ class SynthOptions:
 
 
 def _load_fonts():
-    from PIL import ImageFont
-
-    from ppdeploy.tasks.ocr.fonts import APT_HINT, cjk_fonts, latin_fonts
-
     cjk = cjk_fonts()
     if not cjk:
         raise PPDeployError("no CJK font is installed; the synthetic set needs one", hint=APT_HINT)
@@ -116,8 +120,6 @@ def _load_fonts():
 
 def _allowed_characters() -> set[str] | None:
     try:
-        from ppdeploy.source.zoo import ocr_dictionary
-
         return set(ocr_dictionary().read_text(encoding="utf-8").splitlines()) | {" "}
     except PPDeployError:
         return None
@@ -125,9 +127,6 @@ def _allowed_characters() -> set[str] | None:
 
 def render_page(rng: random.Random, opts: SynthOptions, cjk_fonts, all_fonts, image_font, allowed):
     """-> (BGR uint8 image, [LabelledLine])."""
-    import cv2
-    from PIL import Image, ImageDraw
-
     width = rng.randint(560, opts.max_side)
     height = rng.randint(int(opts.max_side * 0.6), opts.max_side)
     bg = rng.randint(225, 255)
@@ -179,8 +178,6 @@ def render_page(rng: random.Random, opts: SynthOptions, cjk_fonts, all_fonts, im
 
 def generate(out_dir: str | Path, options: SynthOptions | None = None) -> list[LabelledImage]:
     """Write `options.pages` pages plus labels.json into out_dir; return the labelled images."""
-    import cv2
-
     opts = options or SynthOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

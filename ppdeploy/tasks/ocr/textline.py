@@ -5,6 +5,10 @@ import math
 
 import numpy as np
 
+from ppdeploy.core.lazy import lazy_import
+
+cv2 = lazy_import("cv2", install="opencv-python-headless")
+
 
 def resized_width(crop: np.ndarray, height: int, max_width: int) -> int:
     h, w = crop.shape[:2]
@@ -15,8 +19,6 @@ def fill_batch(crops: list[np.ndarray], height: int, width: int, rows: int = 0) 
     """N crops -> Nx3xHxW float32: aspect-preserving resize to `height` (width capped at `width`),
     (x/255 - 0.5)/0.5, right side zero-padded. One allocation for the whole batch, of at least `rows` rows (the
     rows after the crops are zeros)."""
-    import cv2
-
     batch = np.zeros((max(len(crops), rows), 3, height, width), dtype=np.float32)
     scale = np.float32(2.0 / 255.0)
     for i, crop in enumerate(crops):

@@ -1,0 +1,217 @@
+"""`OCR(...)`: the PP-OCR pipeline with its models loaded, one decision per stage.
+
+This is the one OCR module that loads models (`ppdeploy.deploy.load.load_model`). It decides, per stage, the
+backend, the precision, what stays FP32, the FP32 rec guard, the rec output head, the GPU shape buckets and the
+calibration/gate data; `OCRPipeline` (ppdeploy.tasks.ocr.pipeline) then only runs the runners it is handed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ppdeploy.backends import BACKENDS
+from ppdeploy.core.errors import ConfigError, InputError
+from ppdeploy.deploy.load import load_model
+from ppdeploy.deploy.select import first_runnable
+from ppdeploy.graph.heads import CTC_GREEDY, check_head
+from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, STAGES, OCROptions, OCRPipeline
+
+# Stage precisions that keep a region in FP32 by default (OCR's keep_fp32="auto"; ppdeploy.graph.regions): BF16 det
+# moves boxes enough to change lines unless its encoder stays FP32 (BENCHMARKS.md has the numbers).
+AUTO_KEEP_FP32 = {"det": {"bf16": ("encoder",)}}
+# Rec precisions that get the FP32 guard by default: their errors are small enough for the guard to find the lines
+# they change. INT8's are not (ppdeploy/tasks/ocr/guard.py has the numbers); rec_guard="fp32" still forces it.
+GUARDED_PRECISIONS = ("bf16", "fp16")
+# Extra options per stage for backends whose engine re-plans on every new input shape (class attribute
+# `replans_per_shape`): det pages padded to multiples of 960 (a page's long side is <= 960 by default), rec widths
+# to multiples of 320; batch dims are bucketed by the backend itself.
+GPU_SHAPE_BUCKETS = {
+    "det": {"pad_multiple": {"x": {"2": 960, "3": 960}}},
+    "rec": {"pad_multiple": {"x": {"3": 320}}, "max_cached_shapes": 24},
+    "cls": {"max_cached_shapes": 16},
+}
+# The FP32 reference the calibration crops and the task gate run on: the default CPU backend, always installed.
+REFERENCE_BACKEND = "onnxruntime"
+
+
+class OCR(OCRPipeline):
+    """PP-OCR with its models loaded. `OCR(backend="auto").predict("page.png")` -> OCRResult.
+
+    backend / precision: one name for all stages, or a dict per stage ({"det": "openvino", "default": "auto"}).
+    load_options: extra `load_model` arguments per stage, e.g. {"rec": {"max_loss": 0.01}}.
+    calib: a folder of page images for the reduced-precision stages, each calibrated on what the pipeline feeds it
+    (det: the pages; cls/rec: the crops an FP32 detector finds on them). gate_data: labelled pages (not the
+    calibration ones) on which those stages are gated by the page character accuracy of the whole pipeline.
+    gpu_shape_buckets: on a backend that re-plans per input shape (ORT's CUDA provider), pad inputs into a few shape
+    buckets, as PaddleOCR's own batching pads shorter crops; other backends are unaffected.
+    rec_guard: "auto" loads an FP32 copy of rec on the same backend when rec runs bf16/fp16 and re-reads the lines
+    the fast model is unsure of (ppdeploy.tasks.ocr.guard); a precision name forces it, None turns it off.
+    keep_fp32: what stays FP32 in a reduced-precision stage (ppdeploy.graph.regions); "auto": det's encoder under
+    BF16; a dict per stage sets it; None turns it off.
+    rec_head: "auto" appends the ctc_greedy head (ppdeploy.graph.heads) to an unguarded FP32/FP16 rec on a GPU
+    backend (best class per step instead of the whole softmax to copy back); "ctc_greedy" anywhere; None never.
+    Other keyword arguments are the pipeline options (ppdeploy.tasks.ocr.pipeline).
+    """
+
+    def __init__(self, backend: str | Mapping[str, str] = "auto", precision: str | Mapping[str, str] = "fp32",
+                 det_model: Any = DEFAULT_MODELS["det"], rec_model: Any = DEFAULT_MODELS["rec"],
+                 cls_model: Any = DEFAULT_MODELS["cls"], use_cls: bool = True, threads: int | None = None,
+                 load_options: Mapping[str, Mapping[str, Any]] | None = None, gpu_shape_buckets: bool = True,
+                 rec_guard: str | None = "auto", calib: Any = None, gate_data: Any = None,
+                 rec_head: str | None = "auto", keep_fp32: str | Mapping[str, Any] | None = "auto", **options: Any):
+        opts = OCROptions.from_kwargs(**options)  # validate before spending time on engines
+        backends = _per_stage(backend, "backend")
+        precisions = _per_stage(precision, "precision")
+        models = {"det": det_model, "rec": rec_model, "cls": cls_model}
+        extra = _per_stage_mapping(load_options)
+        if gpu_shape_buckets:
+            bucketed = BACKENDS.where(lambda cls: cls.replans_per_shape)
+            for stage, buckets in GPU_SHAPE_BUCKETS.items():
+                switches = dict(extra[stage].get("extra") or {})
+                for name in bucketed:
+                    switches.setdefault(name, buckets)
+                extra[stage]["extra"] = switches
+        stages = [s for s in STAGES if s != "cls" or use_cls]
+        keeps = keep_fp32_for(keep_fp32, precisions)
+        guard_precision = rec_guard_precision(rec_guard, precisions["rec"] or "fp32")
+        head = rec_head_for(rec_head, backends["rec"] or "auto", precisions["rec"] or "fp32", guard_precision)
+        refs = _calibrate_from_pages(stages, calib, gate_data, models, precisions, extra, threads) \
+            if calib is not None else {}
+        for stage, keep in keeps.items():  # after the calibration, which sets precision_options of its own
+            options_for_precision = dict(extra[stage].get("precision_options") or {})
+            options_for_precision.setdefault("keep_fp32", keep)  # explicit load_options win
+            extra[stage]["precision_options"] = options_for_precision
+        self.deployments: dict[str, Any] = {}
+        try:
+            for stage in stages:
+                heads = {"head": head} if stage == "rec" and head else {}
+                self.deployments[stage] = load_model(models[stage], backend=backends[stage] or "auto",
+                                                     precision=precisions[stage] or "fp32", threads=threads,
+                                                     **{**heads, **extra[stage]})
+            if guard_precision is not None:
+                # Same backend as the fast model, so the guard differs from it in precision only.
+                self.deployments["rec_guard"] = load_model(models["rec"], backend=self.deployments["rec"].backend,
+                                                           precision=guard_precision, threads=threads, **extra["rec"])
+        except BaseException:
+            self.close()  # the stages loaded before the failure
+            raise
+        finally:
+            for d in refs.values():  # the calibration's FP32 references: the gates have run
+                d.close()
+        runners = {s: d.runner for s, d in self.deployments.items()}
+        self._init(runners["det"], runners["rec"], runners.get("cls"), opts, runners.get("rec_guard"))
+
+
+def _per_stage(value: Any, what: str) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(STAGES) - {"default"}
+        if unknown:
+            raise ConfigError(f"{what} given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}"
+                              " (and 'default' for the others)")
+        default = value.get("default")
+        return {s: value.get(s, default) for s in STAGES}
+    return {s: value for s in STAGES}
+
+
+def _per_stage_mapping(load_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    load_options = load_options or {}
+    unknown = set(load_options) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"load_options given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    return {s: dict(load_options.get(s, {})) for s in STAGES}
+
+
+def _calibrate_from_pages(stages, calib, gate_data, models, precisions, extra, threads) -> dict[str, Any]:
+    """Put calibration (and the task gate) built from page images into `extra` for every reduced-precision stage.
+    Returns the FP32 reference deployments the gates use; the caller closes them once the stages are loaded."""
+    lowered = [s for s in stages if (precisions[s] or "fp32") != "fp32"]
+    if not lowered:
+        return {}
+    # FP32 reference runners: the detector finds the crops rec/cls see; all three run the task gate.
+    refs = {s: load_model(models[s], backend=REFERENCE_BACKEND, threads=threads) for s in stages}
+    try:
+        runners = {s: d.runner for s, d in refs.items()}
+        for s in lowered:
+            extra[s] = {**stage_load_kwargs(s, calib, runners=runners, gate_data=gate_data), **extra[s]}  # explicit wins
+    except BaseException:
+        for d in refs.values():
+            d.close()
+        raise
+    return refs
+
+
+CALIBRATION_METHODS = ("entropy", "minmax")  # preference order; see stage_load_kwargs
+
+
+def stage_load_kwargs(role: str, calib_dir: str | Path, *, runners: Mapping[str, Any],
+                      gate_data: str | Path | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for `load_model(model of role, precision="int8"|"fp16"|"bf16", **kwargs)` so an OCR stage
+    is calibrated on the pipeline's own inputs and, with `gate_data` (labelled pages, not the calibration pages),
+    gated on page character accuracy. `runners`: FP32 runners of the stages. The INT8 quantizer is the one native
+    to the backend that runs the stage ("auto", decided by deploy)."""
+    if gate_data is not None and Path(gate_data).resolve() == Path(calib_dir).resolve():
+        raise InputError("the gate's pages must not be the calibration pages")
+    calib = OCRPipeline.calibration(role, calib_dir, runners=runners, limit=limit)
+    # The quantizer is the backend's own (deploy decides); entropy calibration where it offers it (ONNX Runtime's QDQ
+    # kept more lines than min-max on the rec/det activations), min-max for NNCF, which has no entropy method.
+    options: dict[str, Any] = {"quantizer": "auto", "method": CALIBRATION_METHODS}
+    if gate_data is not None:
+        options.update(task_metric=OCRPipeline.metric(role, gate_data, runners),
+                       task_name=f"ocr_char_accuracy[{Path(gate_data).resolve()}]")
+    return {"calib": calib, "precision_options": options}
+
+
+def keep_fp32_for(keep_fp32: str | Mapping[str, Any] | None,
+                  precisions: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """Stage -> regions kept FP32, for OCR(keep_fp32=...) with these stage precisions."""
+    if keep_fp32 is None or keep_fp32 in ("off", "none"):
+        return {}
+    if keep_fp32 == "auto":
+        auto = {s: AUTO_KEEP_FP32.get(s, {}).get(precisions.get(s) or "fp32") for s in STAGES}
+        return {s: list(keep) for s, keep in auto.items() if keep}
+    if not isinstance(keep_fp32, Mapping):
+        raise ConfigError(f"keep_fp32={keep_fp32!r}: give 'auto', None, or a dict per stage such as "
+                          "{'det': ['encoder']}")
+    unknown = set(keep_fp32) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"keep_fp32 given for unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    out = {}
+    for stage, keep in keep_fp32.items():
+        keep = [keep] if isinstance(keep, str) else list(keep or ())
+        if keep and (precisions.get(stage) or "fp32") in ("fp32", "int8"):
+            raise ConfigError(f"keep_fp32 for {stage}: its precision is {precisions.get(stage) or 'fp32'}; "
+                              "keep_fp32 is for bf16 and fp16 stages")
+        if keep:
+            out[stage] = keep
+    return out
+
+
+def rec_guard_precision(rec_guard: str | None, rec_precision: str) -> str | None:
+    """The precision of the guard model OCR(rec_guard=...) loads for a rec model of `rec_precision` (None: no guard)."""
+    if rec_guard is None or rec_guard in ("off", "none"):
+        return None
+    if rec_guard == "auto":
+        return "fp32" if rec_precision in GUARDED_PRECISIONS else None
+    if rec_guard == rec_precision:
+        raise ConfigError(f"rec_guard={rec_guard!r} is the rec model's own precision; a guard must be more precise")
+    return rec_guard
+
+
+def rec_head_for(rec_head: str | None, backend: str, precision: str, guard_precision: str | None) -> str | None:
+    """The output head OCR(rec_head=...) appends to the rec graph (None: the model's own softmax)."""
+    if rec_head is None or rec_head in ("off", "none", "softmax"):
+        return None
+    if rec_head == "auto":
+        if guard_precision is not None or precision not in ("fp32", "fp16"):
+            return None
+        first = first_runnable(backend)
+        return CTC_GREEDY if first is not None and BACKENDS.get(first).device == "gpu" else None
+    check_head(rec_head)
+    if guard_precision is not None:
+        raise ConfigError(f"rec_head={rec_head!r} leaves only the best class per step, and the rec guard needs the "
+                          "runner-up classes", hint="pass rec_guard=None, or rec_head=None")
+    return rec_head
+
+
+__all__ = ["AUTO_KEEP_FP32", "GPU_SHAPE_BUCKETS", "GUARDED_PRECISIONS", "OCR", "keep_fp32_for", "rec_guard_precision",
+           "rec_head_for", "stage_load_kwargs"]
