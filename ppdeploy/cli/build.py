@@ -8,6 +8,7 @@ from typing import Any
 
 from ppdeploy.cli.common import add_model_args, load_from_args, print_json
 from ppdeploy.core.errors import InputError
+from ppdeploy.precision.registry import QUANTIZERS
 
 
 def register(sub) -> None:
@@ -31,9 +32,9 @@ def register(sub) -> None:
     p.add_argument("--calib-limit", type=int, default=None, metavar="N", help="use at most N calibration images/files")
     p.add_argument("--crops", action="store_true",
                    help="OCR rec/cls: --calib images are text-line crops, not pages")
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
-                   help="INT8 activation range method (default %(default)s)")
-    p.add_argument("--quantizer", default="auto", choices=["auto", "onnxruntime", "openvino", "openvino-bf16"],
+    p.add_argument("--calib-method", default=None, choices=sorted({m for _, q in QUANTIZERS.items() for m in q.methods}),
+                   help="INT8 activation range method (default: the quantizer's first, minmax)")
+    p.add_argument("--quantizer", default="auto", choices=["auto", *QUANTIZERS.names()],
                    help="INT8: onnxruntime = QDQ ONNX graph (ONNX Runtime, TensorRT); openvino = NNCF on the "
                         "OpenVINO model (OpenVINO's fast INT8; an IR only the openvino backend runs); "
                         "openvino-bf16 = the same with the unquantized ops at BF16 (CPUs with avx512_bf16/AMX); "
@@ -60,10 +61,10 @@ def _csv(text: str) -> list[str]:
 
 
 def _fp32_ort_runner(model: str, args) -> Any:
-    from ppdeploy.deploy.load import load_model
+    from ppdeploy.deploy import REFERENCE_BACKEND, load_model
 
-    # The FP32 reference the calibration crops and the task gate run on (a default: always installed).
-    return load_model(model, backend="onnxruntime", precision="fp32", threads=args.threads,
+    # The FP32 reference the calibration crops and the task gate run on.
+    return load_model(model, backend=REFERENCE_BACKEND, precision="fp32", threads=args.threads,
                       cache_dir=args.cache_dir).runner
 
 
@@ -148,8 +149,10 @@ def run(args) -> int:
         raise InputError("--calib-limit must be >= 1")
     calib = calibration_from_args(args)
     metric = args.metric
-    if metric == "auto" and (Path(args.model) / "preprocess.yaml").is_file():
-        metric = "top1"  # a classifier (logits): judged by top-1 agreement, as it is used
+    if metric == "auto":  # a model folder a task claims is judged the way that task uses it (a classifier: top-1)
+        from ppdeploy.tasks.registry import TASKS
+
+        metric = next((task.gate_metric for _, task in TASKS.items() if task.claims_folder(Path(args.model))), "auto")
     options: dict[str, Any] = {"method": args.calib_method, "metric": metric, "quantizer": args.quantizer,
                                "keep_fp32": _csv(args.keep_fp32), "exclude": _csv(args.exclude),
                                "repair": not args.no_repair, **task_gate_from_args(args)}

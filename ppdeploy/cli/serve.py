@@ -44,7 +44,10 @@ def register(sub) -> None:
                    help="also serve the model as a task route (default: classification when the folder has "
                         "preprocess.yaml or labels.txt)")
     o = p.add_argument_group("operations")
-    o.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit (MiB)")
+    o.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve Triton's gRPC protocol (tritonclient.grpc) on this port (0: a free one); "
+                        "same models, batching, limits, API key and drain as HTTP")
+    o.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit (MiB, gRPC messages too)")
     o.add_argument("--max-image-pixels", type=int, default=50_000_000, help="largest image accepted by task routes")
     o.add_argument("--task-threads", type=int, default=4, help="threads running task pipelines (pre/post-processing)")
     o.add_argument("--max-task-queue", type=int, default=64,
@@ -95,7 +98,7 @@ def settings_from_args(args):
                              max_body_bytes=int(args.max_body_mb * (1 << 20)),
                              max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
                              max_task_queue=args.max_task_queue, strict_readiness=not args.no_strict_readiness,
-                             drain_timeout_s=args.drain_timeout, workers=args.workers)
+                             drain_timeout_s=args.drain_timeout, workers=args.workers, grpc_port=args.grpc_port)
 
 
 def run(args) -> int:
@@ -105,6 +108,10 @@ def run(args) -> int:
         raise ConfigError("--workers is for the built-in server; with --ray, scale with --replicas (model replicas) "
                           "and --gateway-replicas (HTTP)")
     check_workers(args.workers)
+    if args.grpc_port is not None and (args.workers != 1 or args.ray):
+        raise ConfigError("--grpc-port is served by the single-process built-in server; drop --workers or --ray")
+    if args.grpc_port is not None and not 0 <= args.grpc_port <= 65535:
+        raise ConfigError(f"--grpc-port must be a port number (0-65535), got {args.grpc_port}")
     if args.ray:
         if importlib.util.find_spec(RAY_MODULE) is None:
             raise PPDeployError("the Ray Serve variant is not part of this ppdeploy build")

@@ -17,6 +17,8 @@ from ppdeploy.core.errors import BackendUnavailable
 log = logging.getLogger("ppdeploy.deploy.select")
 
 USED, SKIPPED, FAILED = "used", "skipped", "failed"
+# The default FP32 reference that calibration crops and task gates run on: always installed, CPU, deterministic.
+REFERENCE_BACKEND = "onnxruntime"
 
 _lock = threading.Lock()
 # (backend, outcome) -> count, where outcome is "skipped" or "failed". Read by ppdeploy.serve.metrics.

@@ -10,6 +10,8 @@ Routes
   GET  /v2/models[/{m}[/versions/{v}]]/stats Triton statistics extension
   POST /v2/models/{m}[/versions/{v}]/infer   JSON and binary tensors
   POST /v2/repository/index                  model repository extension (index only)
+  GET  /v2/systemsharedmemory[/region/{r}]/status, POST .../region/{r}/register, POST [.../region/{r}]/unregister
+                                             system shared-memory extension (ppdeploy.serve.shm)
   POST /v1/<route>[/{m}]                     one per registered task (ppdeploy.tasks.registry.TASKS; /v1/ocr,
                                              /v1/classify): request body (raw or multipart) -> JSON
   GET  /metrics                              Prometheus
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hmac
 import itertools
@@ -44,7 +47,7 @@ from starlette.routing import Route
 from ppdeploy import __version__
 from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.repository.config import ModelConfig
-from ppdeploy.serve import kserve
+from ppdeploy.serve import kserve, shm
 from ppdeploy.serve.batcher import (
     ClientGone,
     InferenceFailed,
@@ -52,6 +55,8 @@ from ppdeploy.serve.batcher import (
     RequestTimeout,
     ServingError,
 )
+from ppdeploy.serve.grpc import start_grpc_server
+from ppdeploy.serve.grpc import stop as stop_grpc_server
 from ppdeploy.serve.metrics import ServerMetrics
 from ppdeploy.serve.models import (
     READY,
@@ -74,7 +79,7 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 # request); 16 hex digits like before.
 _RID_PREFIX = secrets.token_hex(4)
 _rid_counter = itertools.count(1)
-EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository", "system_shared_memory"]
 
 
 @dataclass
@@ -91,6 +96,7 @@ class ServerSettings:
     cache_dir: str | None = None
     workers: int = 1  # HTTP worker processes (ppdeploy.serve.workers); 1: this process serves
     worker_id: int | None = None  # set in each worker of --workers N: its index, written to the access log
+    grpc_port: int | None = None  # Triton's gRPC protocol on this port too (0: a free one); None: HTTP only
 
 
 class BodyTooLarge(InputError):
@@ -300,6 +306,7 @@ class Handlers:
         # --workers N: the sibling workers (ppdeploy.serve.workers.Peers). Readiness, /metrics and /stats answer
         # for the whole server, whichever worker the client reached.
         self.peers = None
+        self.shm = shm.SharedMemoryRegistry()  # one namespace of regions per server, for HTTP and gRPC alike
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def _model(self, request: Request, need_ready: bool = True) -> ServedModel:
@@ -319,6 +326,44 @@ class Handlers:
             why = "is still loading" if model.state == "LOADING" else f"is unavailable: {model.reason}"
             raise ModelNotReady(f"model '{name}' {why}")
         return model
+
+    def _shm_owner(self, auth: bytes | str | None, api_key: bytes | str | None, tag: bytes | str | None) -> str:
+        """The client's shared-memory namespace: the API key it presented (when the server has one) and its tag."""
+        if self.settings.api_key is None:
+            return shm.owner_of(None, tag)
+        if isinstance(auth, str):
+            auth = auth.encode("latin-1")
+        given = auth[7:].strip() if auth is not None and auth[:7].lower() == b"bearer " else api_key
+        return shm.owner_of(given.strip() if isinstance(given, (bytes, str)) else None, tag)
+
+    def _request_owner(self, request: Request) -> str:
+        h = request.headers
+        return self._shm_owner(h.get("authorization"), h.get("x-api-key"), h.get("x-ppdeploy-client"))
+
+    # -- system shared memory -------------------------------------------------------------------------------
+    async def shm_status(self, request: Request) -> Response:
+        try:
+            return json_response(self.shm.status(self._request_owner(request), request.path_params.get("region")))
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def shm_register(self, request: Request) -> Response:
+        try:
+            try:
+                body = json.loads(await read_body(request, self.settings.max_body_bytes))
+            except ValueError:
+                raise kserve.ProtocolError("the register request body is not JSON") from None
+            if not isinstance(body, dict):
+                raise kserve.ProtocolError("the register request body must be a JSON object")
+            self.shm.register(self._request_owner(request), request.path_params["region"], body.get("key"),
+                              body.get("offset", 0), body.get("byte_size"))
+            return Response(b"", 200)
+        except PPDeployError as exc:
+            return error_response(exc)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        self.shm.unregister(self._request_owner(request), request.path_params.get("region"))
+        return Response(b"", 200)
 
     # -- health / metadata ----------------------------------------------------------------------------------
     async def live(self, request: Request) -> Response:
@@ -385,9 +430,15 @@ class Handlers:
         """POST /v2/models/{name}[/versions/{version}]/infer as a raw ASGI handler (see ServingMiddleware)."""
         start = time.perf_counter_ns()
         model = None
-        header_length = content_encoding = accept_encoding = None
+        header_length = content_encoding = accept_encoding = auth = api_key = client_tag = None
         for k, v in scope["headers"]:
-            if k == b"inference-header-content-length":
+            if k == b"authorization":
+                auth = v
+            elif k == b"x-api-key":
+                api_key = v
+            elif k == b"x-ppdeploy-client":
+                client_tag = v
+            elif k == b"inference-header-content-length":
                 header_length = v.decode("latin-1")
             elif k == b"content-encoding":
                 content_encoding = v.decode("latin-1")
@@ -398,7 +449,10 @@ class Handlers:
             body = await receive_body(receive)
             if content_encoding:
                 body = decode_body(body, content_encoding, self.settings.max_body_bytes)
-            req = kserve.parse_infer_request(body, header_length, model.io)
+            owner = self._shm_owner(auth, api_key, client_tag)
+            req = kserve.parse_infer_request(body, header_length, model.io,
+                                             region_input=functools.partial(shm.read_input, self.shm, owner),
+                                             region_output=functools.partial(shm.output_target, self.shm, owner))
             result = await model.batcher.infer(req.inputs, timeout_ms=req.timeout_ms,
                                                disconnected=lambda: _until_disconnect(receive))
             parts, header_len = kserve.encode_infer_response_parts(model.name, model.cfg.version, req,
@@ -537,6 +591,11 @@ def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSetti
         Route("/v2/health/ready", h.ready, methods=["GET"]),
         Route("/v2/models/stats", h.model_stats, methods=["GET"]),
         Route("/v2/repository/index", h.repository_index, methods=["POST"]),
+        Route("/v2/systemsharedmemory/status", h.shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/status", h.shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/register", h.shm_register, methods=["POST"]),
+        Route("/v2/systemsharedmemory/unregister", h.shm_unregister, methods=["POST"]),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", h.shm_unregister, methods=["POST"]),
         *versioned("/infer", _AsgiEndpoint(infer), ["POST"]),
         *versioned("/ready", h.model_ready, ["GET"]),
         *versioned("/config", h.model_config, ["GET"]),
@@ -549,11 +608,19 @@ def build_app(configs: list[ModelConfig], settings: ServerSettings = ServerSetti
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await host.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            grpc_server = await start_grpc_server(host, metrics, settings, settings.grpc_port, shm=h.shm, handlers=h)
+            app.state.grpc_port = grpc_server.ppdeploy_port
+            log.warning("gRPC (Triton protocol) on %s:%d", settings.host, grpc_server.ppdeploy_port)
         try:
             yield
         finally:
             h.draining = True
+            if grpc_server is not None:  # before the batchers close: its calls in progress finish first
+                await stop_grpc_server(grpc_server, settings.drain_timeout_s)
             await host.close()
+            h.shm.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.host = host

@@ -81,6 +81,7 @@ class RequestedOutput:
     name: str
     binary: bool
     class_count: int = 0
+    target: Any = None  # a shared-memory region to write the output into (ppdeploy.serve.shm.OutputTarget)
 
 
 @dataclass
@@ -127,8 +128,11 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
 
 
 def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec,
-                        max_elements: int = 1 << 28) -> InferRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensors) against the model's inputs."""
+                        max_elements: int = 1 << 28, *, region_input=None, region_output=None) -> InferRequest:
+    """Decode an infer request body (JSON, or JSON header + binary tensors) against the model's inputs.
+    `region_input(params, datatype, shape, where)` / `region_output(params, where)`: resolve inputs and outputs
+    that name a shared-memory region (ppdeploy.serve.shm.read_input / output_target bound to the client);
+    None: such requests are refused."""
     view = memoryview(body)
     if header_length is not None:
         try:
@@ -178,7 +182,12 @@ def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec
             raise ProtocolError(f"{where}: {count} elements is more than this server accepts ({max_elements})")
         iparams = _parameters(item, where)
         if "shared_memory_region" in iparams:
-            raise ProtocolError(f"{where}: shared-memory inputs are not supported by this server; send the data")
+            if region_input is None:
+                raise ProtocolError(f"{where}: shared-memory inputs are not supported by this server; send the data")
+            if "data" in item or "binary_data_size" in iparams:
+                raise ProtocolError(f"{where}: has both data and a shared-memory region")
+            inputs[name] = region_input(iparams, datatype, shape, where)
+            continue
         size = iparams.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -218,15 +227,18 @@ def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec
             if name not in out_names:
                 raise ProtocolError(f"unknown output '{name}'; the model produces {out_names}")
             oparams = _parameters(item, f"output '{name}'")
+            target = None
             if "shared_memory_region" in oparams:
-                raise ProtocolError(f"output '{name}': shared-memory outputs are not supported by this server")
+                if region_output is None:
+                    raise ProtocolError(f"output '{name}': shared-memory outputs are not supported by this server")
+                target = region_output(oparams, f"output '{name}'")
             binary = oparams.get("binary_data", binary_default)
             classes = oparams.get("classification", 0)
             if not isinstance(binary, bool):
                 raise ProtocolError(f"output '{name}': binary_data must be true or false")
             if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
                 raise ProtocolError(f"output '{name}': classification must be a non-negative integer")
-            outputs.append(RequestedOutput(name, binary, classes))
+            outputs.append(RequestedOutput(name, binary, classes, target))
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
         raise ProtocolError("parameters.timeout must be a non-negative number of microseconds")
@@ -367,7 +379,10 @@ def encode_infer_response_parts(model_name: str, model_version: str, request: In
             arr = _classify(arr, out.class_count, labels)
         datatype = kserve_datatype(arr.dtype)
         item: dict[str, Any] = {"name": out.name, "datatype": datatype, "shape": list(arr.shape)}
-        if out.binary:
+        if out.target is not None:
+            out.target.write(arr, datatype, f"output '{out.name}'")
+            item["parameters"] = out.target.parameters()
+        elif out.binary:
             if datatype == "BYTES":
                 blob: bytes | memoryview = _bytes_payload(arr)
             else:

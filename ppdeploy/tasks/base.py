@@ -3,7 +3,8 @@
 A task is a class registered in `ppdeploy.tasks.registry.TASKS`; its instances are the runnable pipelines.
 - class data: `name` (the repository's `task:` value), `route` (served at `/v1/<route>`), `roles` (the models it
   runs, e.g. det/cls/rec), `required_roles`, `default_models` (role -> zoo name), `composite` (True: each role is
-  another model of the repository, named in the config's `pipeline:`; False: the config's own model is the one role).
+  another model of the repository, named in the config's `pipeline:`; False: the config's own model is the one role),
+  `head_role`, `gate_metric`, and `claims_folder(dir)` (serve a model folder given without a task as this task).
 - life cycle: `initialize(runners, options, context)` builds an instance on runner-like objects (`.io`, `.infer`),
   `execute(inputs) -> results` predicts a batch, `finalize()` frees what the instance owns.
 - precision: `calibration(role, folder, runners=...)` -> CalibrationSet through the task's own preprocessing
@@ -42,6 +43,8 @@ class Task(abc.ABC):
     required_roles: ClassVar[tuple[str, ...] | None] = None  # None: every role
     default_models: ClassVar[Mapping[str, str]] = {}
     composite: ClassVar[bool] = False
+    # The output agreement metric (precision/compare.py) its models' precision gates use without a task metric.
+    gate_metric: ClassVar[str] = "auto"
     # The role whose model takes `--head` (an output head appended to its graph, graph/heads.py), if any.
     head_role: ClassVar[str | None] = None
     # role -> roles whose FP32 runners its calibration set needs (OCR: rec/cls crops come from the det runner)

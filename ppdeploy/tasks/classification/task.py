@@ -78,6 +78,7 @@ class Classifier(Task):
     name = "classification"
     route = "classify"
     roles = ("model",)
+    gate_metric = "top1"  # logits: judged by top-1 agreement, as they are used
 
     @classmethod
     def claims_folder(cls, folder: Path) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ppdeploy.backends import BACKENDS
 from ppdeploy.core.errors import ConfigError, InputError
 from ppdeploy.deploy.load import load_model
-from ppdeploy.deploy.select import first_runnable
+from ppdeploy.deploy.select import REFERENCE_BACKEND, first_runnable
 from ppdeploy.graph.heads import CTC_GREEDY, check_head
 from ppdeploy.tasks.ocr.pipeline import DEFAULT_MODELS, STAGES, OCROptions, OCRPipeline
 
@@ -31,7 +31,6 @@ GPU_SHAPE_BUCKETS = {
     "cls": {"max_cached_shapes": 16},
 }
 # The FP32 reference the calibration crops and the task gate run on: the default CPU backend, always installed.
-REFERENCE_BACKEND = "onnxruntime"
 
 
 class OCR(OCRPipeline):
