@@ -36,6 +36,8 @@ A config.yaml::
     task: none                     # none | a registered task (ppdeploy.tasks.registry): ocr | classification
     autoscaling:                   # only `ppdeploy serve --ray`: Ray Serve replicas of this model (--replicas wins)
       {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}
+    limits:                        # per request, checked before it runs (413 beyond them)
+      {max_input_elements: 16777216, max_output_bytes: 268435456}
 """
 from __future__ import annotations
 
@@ -121,6 +123,17 @@ class DynamicBatching(_Strict):
         return {k: sorted(set(a)) for k, a in v.items()}
 
 
+class Limits(_Strict):
+    """What one request may ask of a model, checked before it runs (4xx naming the limit, never an engine crash).
+    A shape profile (`inputs`, or the engine's own) bounds shapes too; these apply to every request."""
+
+    max_input_elements: int = Field(1 << 24, ge=1)
+    """Elements of one input of one request (16.7 M: a 64 MB float32 tensor). Larger: 413."""
+    max_output_bytes: int = Field(256 << 20, ge=1)
+    """Estimated bytes of one request's outputs (output shapes with their dynamic dims resolved from the request,
+    else scaled from the bytes per input element seen on earlier calls). Larger: 413."""
+
+
 class Autoscaling(_Strict):
     """Ray Serve autoscaling of this model's deployment (ppdeploy.serve.ray); the plain server ignores it."""
 
@@ -163,6 +176,7 @@ class ModelConfig(_Strict):
     task_options: dict[str, Any] = Field(default_factory=dict)
     version: str = Field("1", pattern=r"^[0-9]+$")
     autoscaling: Autoscaling | None = None  # Ray Serve only (ppdeploy serve --ray)
+    limits: Limits = Field(default_factory=Limits)  # per-request size limits (413 beyond them)
 
     _base_dir: Path | None = PrivateAttr(default=None)
     _file: Path | None = PrivateAttr(default=None)
@@ -394,5 +408,5 @@ def check_references(configs: list[ModelConfig], invalid: set[str] = frozenset()
     return errors
 
 
-__all__ = ["Autoscaling", "CONFIG_FILE", "DynamicBatching", "InputShape", "ModelConfig", "NO_TASK", "check_references",
+__all__ = ["Autoscaling", "CONFIG_FILE", "DynamicBatching", "InputShape", "Limits", "ModelConfig", "NO_TASK", "check_references",
            "load_config", "load_repository"]

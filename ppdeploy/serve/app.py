@@ -107,7 +107,8 @@ def _status_of(exc: BaseException) -> int:
     if isinstance(exc, (ServingError, ModelNotFound, ModelNotReady, BodyTooLarge)):
         return exc.status
     if isinstance(exc, InputError):
-        return 400
+        status = getattr(exc, "status", 400)  # RequestTooLarge: 413
+        return status if isinstance(status, int) and 400 <= status < 500 else 400
     return 500
 
 

@@ -13,6 +13,8 @@ Guarantees (each has a test):
   time, so one bad request cannot fail its neighbours);
 - a full queue refuses at once (`QueueFull`, with a retry-after estimate), it never blocks;
 - a request still queued at its deadline is answered `RequestTimeout`; one that is already running finishes;
+- a request beyond the model's size limits is refused before it runs (`RequestTooLarge`, 413), and an engine
+  error caused by the request's own shape is answered 4xx, not 500 (`_engine_error`);
 - a request whose client went away before it ran is dropped from the batch;
 - `drain()` stops new requests and returns once everything queued and running has been answered.
 """
@@ -23,6 +25,7 @@ import concurrent.futures
 import functools
 import logging
 import math
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -74,6 +77,18 @@ class InferenceFailed(ServingError):
     status = 500  # only for a runner that fails on a request that passed validation: a real server-side fault
 
 
+class RequestTooLarge(InputError):
+    """A request beyond a model's size limits (config `limits`), or one the engine could not allocate."""
+
+    status = 413
+
+
+# An engine error that names shapes or memory: on a request whose shape never ran, the request's fault (4xx).
+_ALLOC_ERROR = re.compile(r"bad_alloc|failed to allocate|out of memory|cannot allocate|allocation fail", re.I)
+_SHAPE_ERROR = re.compile(r"shape|dimension|\bdims?\b|broadcast|reshape|invalid_argument|size mismatch|"
+                          r"out of range|kernel size|padding", re.I)
+
+
 @dataclass(frozen=True)
 class BatcherSettings:
     max_batch_size: int = 8
@@ -85,13 +100,19 @@ class BatcherSettings:
     # A batch expected to take at most this long runs on the event loop itself instead of the inference thread:
     # for a sub-millisecond model the two thread hops cost as much as the inference (only with one instance).
     inline_max_ms: float = 1.0
+    # Per request (config `limits`): elements of one input, and the estimated bytes of all outputs (413 beyond).
+    max_input_elements: int = 1 << 24
+    max_output_bytes: int = 256 << 20
 
     @classmethod
     def from_config(cls, cfg) -> "BatcherSettings":
         """From a `ppdeploy.repository.config.ModelConfig`."""
         db = cfg.dynamic_batching
+        limits = getattr(cfg, "limits", None)
+        sizes = {} if limits is None else dict(max_input_elements=limits.max_input_elements,
+                                               max_output_bytes=limits.max_output_bytes)
         return cls(cfg.max_batch_size, db.max_queue_delay_ms, tuple(db.preferred_batch_sizes), db.max_queue_size,
-                   db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()}, db.inline_max_ms)
+                   db.default_timeout_ms, {k: tuple(v) for k, v in db.pad.items()}, db.inline_max_ms, **sizes)
 
 
 @dataclass
@@ -150,7 +171,15 @@ class DynamicBatcher:
         self.settings = settings
         self._runners = list(runners)
         self.io: IOSpec = runners[0].io
-        self._shapes = shapes or ShapeProfile()
+        # The config's profile, and the engine's own for the inputs the config leaves open (a built TensorRT or
+        # OpenVINO profile): a shape outside it is refused here, not by the engine.
+        engine_shapes = getattr(runners[0], "_shapes", None)
+        ranges = dict(engine_shapes.ranges) if isinstance(engine_shapes, ShapeProfile) else {}
+        ranges.update((shapes or ShapeProfile()).ranges)
+        self._shapes = ShapeProfile(ranges)
+        # output name -> most bytes seen per input element: sizes the outputs whose dims the inputs don't give
+        self._out_ratio: dict[str, float] = {}
+        self._unsized = any(d is None for t in self.io.outputs for d in t.shape[1:])
         self._observer = observer or _NullObserver()
         self._batch_axis_ok = all(t.shape and t.shape[0] is None for t in self.io.inputs)
         # A model whose batch dim is fixed (or absent) cannot concatenate requests.
@@ -223,7 +252,78 @@ class DynamicBatcher:
         if self._batch_axis_ok and rows > self.settings.max_batch_size:
             raise InputError(f"batch of {rows} exceeds max_batch_size {self.settings.max_batch_size} of model '{self.name}'",
                              hint="split the request, or raise max_batch_size in the model's config.yaml")
+        self._check_size(feeds, rows)
         return feeds, rows
+
+    def _check_size(self, feeds: dict[str, np.ndarray], rows: int) -> None:
+        """The model's `limits`: elements per input, and the outputs' estimated bytes (`estimate_output_bytes`)."""
+        limit = self.settings.max_input_elements
+        for name, arr in feeds.items():
+            if arr.size > limit:
+                raise RequestTooLarge(
+                    f"input '{name}' of shape {list(arr.shape)} has {arr.size} elements, more than model "
+                    f"'{self.name}' accepts per request ({limit})",
+                    hint="send a smaller input, or raise limits.max_input_elements in the model's config.yaml")
+        need = self.estimate_output_bytes(feeds, rows)
+        if need > self.settings.max_output_bytes:
+            shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in feeds.items())
+            raise RequestTooLarge(
+                f"the outputs of model '{self.name}' for input {shapes} would take about {need / 2**20:.0f} MiB, "
+                f"more than its limit of {self.settings.max_output_bytes / 2**20:.0f} MiB per request",
+                hint="send a smaller input, or raise limits.max_output_bytes in the model's config.yaml")
+
+    def estimate_output_bytes(self, feeds: Mapping[str, np.ndarray], rows: int) -> int:
+        """The outputs' bytes for `feeds`: each output's declared shape with dim 0 as the request's rows and every
+        other dynamic dim taken from an input of the same rank that has it dynamic too (a det map from its image);
+        an output whose dims stay unknown (a rec's time steps) is scaled from the most bytes per input element it
+        has taken on earlier calls (0 before its first call)."""
+        in_elements = sum(int(a.size) for a in feeds.values())
+        by_rank = {}
+        for t in self.io.inputs:
+            arr = feeds.get(t.name)
+            if arr is not None:
+                by_rank.setdefault(arr.ndim, (t, arr))
+        total = 0
+        for out in self.io.outputs:
+            dims: list[int] | None = []
+            match = by_rank.get(len(out.shape))
+            for i, d in enumerate(out.shape):
+                if d is None and i == 0 and self._batch_axis_ok:
+                    d = rows
+                elif d is None and match is not None and match[0].shape[i] is None:
+                    d = int(match[1].shape[i])
+                if d is None:
+                    dims = None
+                    break
+                dims.append(int(d))
+            if dims is not None:
+                total += math.prod(dims) * _itemsize(out.dtype)
+            else:
+                total += int(self._out_ratio.get(out.name, 0.0) * in_elements)
+        return total
+
+    def _learn_sizes(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        in_elements = max(1, sum(int(a.size) for a in feeds.values()))
+        for name, arr in outputs.items():
+            ratio = getattr(arr, "nbytes", 0) / in_elements
+            if ratio > self._out_ratio.get(name, 0.0):
+                self._out_ratio[name] = ratio
+
+    def _engine_error(self, exc: BaseException, req: _Request) -> PPDeployError:
+        """A runner's own exception as the answer to `req`: the request's fault (4xx) when the engine could not
+        allocate it, or named shapes on a shape that never ran; else a server fault (InferenceFailed, 500)."""
+        if isinstance(exc, PPDeployError):
+            return exc
+        text = f"{type(exc).__name__}: {exc}"
+        first = text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+        shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in req.feeds.items())
+        if isinstance(exc, MemoryError) or _ALLOC_ERROR.search(text):
+            return RequestTooLarge(f"model '{self.name}' could not allocate memory for input {shapes}: {first}",
+                                   hint="send a smaller input")
+        if (req.key, req.rows) not in self._seen_shapes and _SHAPE_ERROR.search(text):
+            return InputError(f"model '{self.name}' cannot run input {shapes}: {first}",
+                              hint="check the input's shape against the model metadata (GET /v2/models/<name>)")
+        return InferenceFailed(f"model '{self.name}' failed: {exc}")
 
     def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
         parts = []
@@ -413,11 +513,13 @@ class DynamicBatcher:
             if outcome.error is not None:
                 exc = outcome.error
                 log.warning("model %s failed on a request: %s", self.name, exc)
-                err = exc if isinstance(exc, PPDeployError) else InferenceFailed(f"model '{self.name}' failed: {exc}")
+                err = self._engine_error(exc, r)
                 if not r.future.done():
                     r.future.set_exception(err)
             else:
                 answered.setdefault(id(outcome.run), outcome.run)
+                if self._unsized:
+                    self._learn_sizes(r.feeds, outcome.outputs)
         for done in answered.values():
             members = [batch[i] for i in done.members]
             # The batch's queue time ends when it was taken; a request re-run alone waited for its own run.
@@ -442,6 +544,13 @@ class DynamicBatcher:
         self._seen_shapes.add(shape)
         self._row_ms_avg = row_ms if self._row_ms_avg is None else 0.8 * self._row_ms_avg + 0.2 * row_ms
         self._observer.on_batch(timings, queue_ns)
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize or 8
+    except TypeError:
+        return 2 if "16" in str(dtype) else 4  # bfloat16 and other names numpy lacks
 
 
 class BatchedRunner(Runner):
@@ -493,4 +602,4 @@ class BatchedRunner(Runner):
 
 
 __all__ = ["BatchObserver", "BatchResult", "BatchTimings", "BatchedRunner", "BatcherClosed", "BatcherSettings",
-           "ClientGone", "DynamicBatcher", "InferenceFailed", "QueueFull", "RequestTimeout", "ServingError"]
+           "ClientGone", "DynamicBatcher", "InferenceFailed", "QueueFull", "RequestTimeout", "RequestTooLarge", "ServingError"]

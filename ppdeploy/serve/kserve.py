@@ -105,6 +105,9 @@ def _json_object(data: bytes | memoryview, what: str) -> dict:
         raise ProtocolError(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # the decoder recurses per nesting level: thousands of '[' exhaust the stack
+        raise ProtocolError(f"{what} nests JSON arrays or objects too deeply",
+                            hint="send 'data' flat (row-major) with its 'shape'") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj

@@ -25,6 +25,7 @@ from ppdeploy.serve.engine_process import (
     SharedEngine,
     connect_engine,
 )
+from ppdeploy.serve.engine_process.supervisor import run_dir_base
 from tests.serve.conftest import CLS_OUT, REC_OUT
 from tests.serve.test_engine_process import alive, arena_mappings, wait_for
 
@@ -300,13 +301,13 @@ def test_a_shared_engine_that_cannot_load_raises_the_load_error_and_frees_its_ad
     missing = str(tmp_path / "missing.onnx")
     with pytest.raises(PPDeployError) as in_process:
         load_model(missing, backend="onnxruntime")
-    numbers = SharedEngine._numbers
+    base = run_dir_base()
+    before = {p for p in os.listdir(base) if p.startswith("ppdeploy-")}
     with pytest.raises(PPDeployError) as err:
         SharedEngine.start(missing, backend="onnxruntime", label="missing", max_batch_size=4)
     assert type(err.value) is type(in_process.value) and str(err.value) == str(in_process.value)
-    address = f"@ppdeploy-engine-{os.getpid()}-{next(numbers) - 1}"  # the number the failed start took
-    with pytest.raises(EngineProcessUnreachable, match="Connection refused"):
-        connect_engine(address, label="missing", timeout_s=0.2)
+    # its socket and private run directory are gone with it
+    assert {p for p in os.listdir(base) if p.startswith("ppdeploy-")} <= before
 
 
 @pytest.mark.slow
@@ -394,10 +395,11 @@ def test_close_leaves_no_process_and_no_shared_memory(cls_runner):
 
 def test_connecting_to_a_missing_address_fails_clearly_after_the_timeout():
     start = time.monotonic()
+    address = "/nonexistent/ppdeploy-engine-nobody-listens-here.sock"
     with pytest.raises(EngineProcessUnreachable) as err:
-        connect_engine("@ppdeploy-engine-nobody-listens-here", label="cls", timeout_s=0.3)
+        connect_engine(address, label="cls", timeout_s=0.3)
     assert time.monotonic() - start >= 0.3
-    assert "@ppdeploy-engine-nobody-listens-here" in str(err.value) and "0.3 s" in str(err.value)
+    assert address in str(err.value) and "0.3 s" in str(err.value)
     assert "'cls'" in str(err.value) and err.value.status == 503
 
 

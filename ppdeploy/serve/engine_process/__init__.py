@@ -5,9 +5,10 @@
 number of HTTP worker processes reach with `connect_engine(address, label=...)`, and merges their concurrent
 calls into one engine call. Both give an `EngineProcessDeployment` whose `.runner` validates in the caller and
 runs the engine in the child. Tensors travel in shared-memory arenas, never through the socket; only small
-control messages do. Off by default (`engine_process: true` in a config, or `ppdeploy serve --engine-process`).
+framed JSON control messages do (nothing is unpickled). A shared engine listens in a private 0700 run directory
+and refuses peers of another uid (SO_PEERCRED). Off by default (`engine_process: true` in a config, or `ppdeploy serve --engine-process`).
 
-Modules: protocol (framing), arena (memfd arenas), errors (error transport), client (the caller's runner),
+Modules: protocol (framing, message checks), arena (memfd arenas), errors (error transport), client (the caller's runner),
 supervisor (starting and restarting engine processes), child (the child's loop), merge (the merge scheduler).
 """
 from ppdeploy.serve.engine_process.client import (

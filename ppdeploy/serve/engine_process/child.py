@@ -13,7 +13,12 @@ import socket
 from ppdeploy.deploy.load import load_model
 from ppdeploy.serve.engine_process.errors import encode_error
 from ppdeploy.serve.engine_process.merge import Connection, Engine
-from ppdeploy.serve.engine_process.protocol import Channel, LoadRequest, PeerGone
+from ppdeploy.serve.engine_process.protocol import (
+    Channel,
+    LoadRequest,
+    PeerGone,
+    ProtocolViolation,
+)
 
 
 def main(control_fd: int, listen_fd: int = -1) -> None:
@@ -23,8 +28,11 @@ def main(control_fd: int, listen_fd: int = -1) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = Channel(socket.socket(fileno=control_fd))
     try:
-        request: LoadRequest = control.recv()[1]
-    except PeerGone:
+        msg = control.recv()
+    except (PeerGone, ProtocolViolation):
+        return
+    request = msg[1] if msg[0] == "load" and len(msg) == 2 else None
+    if not isinstance(request, LoadRequest):
         return
     try:
         dep = load_model(request.source, backend=request.backend, **request.kwargs)

@@ -46,13 +46,15 @@ from ppdeploy.serve.engine_process.protocol import (
     Channel,
     LoadRequest,
     PeerGone,
-    sockaddr,
+    ProtocolViolation,
+    peer_uid,
 )
 from ppdeploy.serve.engine_process.supervisor import exit_text, reap, spawn_engine, stop
 
 log = logging.getLogger("ppdeploy.serve.engine_process")
 
 _MAX_FREE_OUTPUT_ARENAS = 2
+_REPLY_TAGS = frozenset({"$tuple", "$io", "$attempt", "$path"})  # what an engine process's replies may carry
 
 
 @dataclass
@@ -163,14 +165,21 @@ def _connect(address: str, label: str, timeout_s: float) -> tuple[Channel, dict]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(left)  # a full backlog makes connect wait
-            sock.connect(sockaddr(address))
+            sock.connect(address)
             sock.settimeout(None)
         except (OSError, ValueError) as exc:
             sock.close()
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
             continue
-        chan = Channel(sock, hold_gil=True)
+        owner = peer_uid(sock)
+        if owner != os.getuid():  # never talk to another user's process, whatever it listens at
+            sock.close()
+            raise EngineProcessUnreachable(
+                f"the process listening at {address!r} for '{label}' runs as uid {owner}, not as this server's "
+                f"uid {os.getuid()}; refusing to use it",
+                hint="the shared engine must be started by this server's own supervisor")
+        chan = Channel(sock, hold_gil=True, tags=_REPLY_TAGS)
         try:
             chan.send(("hello", label))
             # A supervisor restarting its engine keeps the address: the hello waits in the backlog till it's up.
@@ -179,12 +188,12 @@ def _connect(address: str, label: str, timeout_s: float) -> tuple[Channel, dict]
             chan.close()
             why = "connected, but the engine process did not answer (loading, or its supervisor is restarting it)"
             continue
-        except PeerGone:
+        except (PeerGone, ProtocolViolation):
             chan.close()
             why = "the engine process closed the connection"
             time.sleep(0.05)
             continue
-        if reply[0] != "ready":
+        if reply[0] != "ready" or len(reply) != 2 or not isinstance(reply[1], dict):
             chan.close()
             raise PPDeployError(f"the engine process at {address!r} answered '{label}' with {reply[0]!r}")
         return chan, reply[1]

@@ -1,18 +1,27 @@
 """Errors across the process boundary, and the errors of a dead or unreachable engine process.
 
-An exception raised in the child comes back as the same class with the same message (and hint) when it can be
-rebuilt in the caller (every PPDeployError subclass, builtins), otherwise as a RuntimeError naming the original
-type; the child's traceback is attached as a note.
+An exception raised in the child crosses as plain data: its class's name, message, hint and traceback text
+(`encode_error`); nothing is pickled. The caller rebuilds it (`rebuild_error`) only as a class on an allow-list:
+ppdeploy's own errors (a PPDeployError subclass already imported in the caller: nothing is imported for an
+error) and a few builtins; any other class comes back as a RuntimeError naming the original type. The child's
+traceback is attached as a note.
 """
 from __future__ import annotations
 
-import importlib
+import builtins
 import os
-import pickle
 import traceback
 
 from ppdeploy.core.errors import PPDeployError
 from ppdeploy.serve.batcher import ServingError
+
+# builtin exceptions rebuilt as themselves (class(message)); anything else that is not a PPDeployError is a
+# RuntimeError naming it
+_BUILTINS = frozenset({
+    "ArithmeticError", "AssertionError", "BufferError", "FileNotFoundError", "IndexError", "KeyError", "LookupError",
+    "MemoryError", "NotImplementedError", "OSError", "OverflowError", "PermissionError", "RuntimeError",
+    "TimeoutError", "TypeError", "ValueError", "ZeroDivisionError"})
+_TEXT_LIMIT = 64 << 10  # message and traceback are cut to this many characters
 
 
 class EngineProcessDied(ServingError):
@@ -26,48 +35,54 @@ class EngineProcessUnreachable(EngineProcessDied):
 
 
 def encode_error(exc: BaseException) -> dict:
-    out = {"module": type(exc).__module__, "qualname": type(exc).__qualname__, "message": str(exc.args[0])
-           if len(exc.args) == 1 else str(exc), "hint": getattr(exc, "hint", None),
-           "traceback": "".join(traceback.format_exception(exc)), "pickled": None, "pid": os.getpid()}
-    if isinstance(exc, PPDeployError) or type(exc).__module__ == "builtins":
-        try:
-            data = pickle.dumps(exc)
-            pickle.loads(data)  # rebuildable (a subclass with its own __init__ signature may not be)
-            out["pickled"] = data
-        except Exception:
-            pass
-    return out
+    """The plain-data form of `exc`: {"cls": "module.qualname", "message", "hint", "traceback", "pid"}."""
+    message = exc.args[0] if len(exc.args) == 1 else str(exc)
+    hint = getattr(exc, "hint", None)
+    return {"cls": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(message)[:_TEXT_LIMIT],
+            "hint": str(hint)[:_TEXT_LIMIT] if hint is not None else None,
+            "traceback": "".join(traceback.format_exception(exc))[-_TEXT_LIMIT:], "pid": os.getpid()}
 
 
 def rebuild_error(info: dict) -> BaseException:
-    exc: BaseException | None = None
-    if info.get("pickled") is not None:
-        try:
-            exc = pickle.loads(info["pickled"])
-        except Exception:
-            exc = None
-    if exc is None:
-        cls = _importable_class(info["module"], info["qualname"])
-        if cls is not None and issubclass(cls, PPDeployError):
-            exc = cls.__new__(cls)
-            Exception.__init__(exc, info["message"])
-            exc.hint = info.get("hint")
-        else:
-            exc = RuntimeError(f"{info['module']}.{info['qualname']}: {info['message']}")
+    """The exception `encode_error` described, as a class of the allow-list (module docstring)."""
+    if not isinstance(info, dict):
+        info = {}
+    name = str(info.get("cls", "builtins.RuntimeError"))
+    message = str(info.get("message", ""))
+    hint = info.get("hint")
+    cls = allowed_class(name)
+    if cls is None:
+        exc: BaseException = RuntimeError(f"{name}: {message}")
+    elif issubclass(cls, PPDeployError):
+        exc = cls.__new__(cls)  # never its __init__: subclasses take other arguments (QueueFull's retry_after_s)
+        Exception.__init__(exc, message)
+        exc.hint = hint if isinstance(hint, str) else None
+    else:
+        exc = cls(message)
     exc.add_note(f"raised in the engine process (pid {info.get('pid')}):\n{info.get('traceback', '')}")
     return exc
 
 
-def _importable_class(module: str, qualname: str):
-    if not (module == "builtins" or module.startswith("ppdeploy.")):
-        return None  # never import a third-party library (onnxruntime, paddle) into the HTTP process for an error
-    try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
-    except Exception:
+def allowed_class(name: str) -> type[BaseException] | None:
+    """The exception class called `name` ("module.qualname") if it is on the allow-list, else None."""
+    module, _, qualname = name.rpartition(".")
+    if module == "builtins":
+        return getattr(builtins, qualname) if qualname in _BUILTINS else None
+    if not module.startswith("ppdeploy."):
         return None
+    return _ppdeploy_errors().get(name)
 
 
-__all__ = ["EngineProcessDied", "EngineProcessUnreachable", "encode_error", "rebuild_error"]
+def _ppdeploy_errors() -> dict[str, type[BaseException]]:
+    """Every PPDeployError subclass defined by ppdeploy and imported so far, by 'module.qualname'."""
+    out: dict[str, type[BaseException]] = {}
+    todo = [PPDeployError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__.startswith("ppdeploy."):
+            out[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+__all__ = ["EngineProcessDied", "EngineProcessUnreachable", "allowed_class", "encode_error", "rebuild_error"]

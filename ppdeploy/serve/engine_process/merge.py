@@ -15,6 +15,7 @@ import mmap
 import os
 import selectors
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -27,7 +28,17 @@ from ppdeploy.backends.base import Runner
 from ppdeploy.core.shapes import ShapeProfile
 from ppdeploy.serve.engine_process.arena import close_map, grown, make_arena, plan
 from ppdeploy.serve.engine_process.errors import encode_error
-from ppdeploy.serve.engine_process.protocol import Channel, PeerGone
+from ppdeploy.serve.engine_process.protocol import (
+    PEER_TAGS,
+    Channel,
+    PeerGone,
+    ProtocolViolation,
+    check_arena,
+    check_drop,
+    check_hello,
+    check_infer,
+    peer_uid,
+)
 from ppdeploy.serve.merge import NotSplittable, run_merged
 
 log = logging.getLogger("ppdeploy.serve.engine_process")
@@ -48,17 +59,24 @@ class Connection:
 
     def handle(self, msg: tuple) -> None:
         if msg[0] == "arena":
+            arena_id, size = check_arena(msg)
             fd = self.chan.take_fd()
             try:
-                self.arenas[msg[1]] = mmap.mmap(fd, msg[2])
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size < size:  # a short file would SIGBUS on access
+                    raise ProtocolViolation(f"arena {arena_id} is not a memory file of {size} bytes")
+                old = self.arenas.pop(arena_id, None)
+                if old is not None:
+                    close_map(old)
+                self.arenas[arena_id] = mmap.mmap(fd, size)
             finally:
                 os.close(fd)
         elif msg[0] == "drop":
-            mm = self.arenas.pop(msg[1], None)
+            mm = self.arenas.pop(check_drop(msg), None)
             if mm is not None:
                 close_map(mm)
         else:
-            raise RuntimeError(f"engine process: unexpected message {msg[0]!r}")
+            raise ProtocolViolation(f"unexpected message {msg[0]!r}")
 
     def release(self) -> None:
         self.chan.close()
@@ -96,7 +114,7 @@ class Engine:
 
     # -- queue --------------------------------------------------------------------------------------------------
     def call_of(self, client: Connection, msg: tuple) -> _Call:
-        _, in_id, layout, out_id = msg
+        in_id, layout, out_id = check_infer(msg)
         rows = {shape[0] if shape else None for _, _, shape, _ in layout}
         n = rows.pop() if len(rows) == 1 else None
         key = None
@@ -189,7 +207,9 @@ class Engine:
                         except OSError as exc:  # out of descriptors, say: the caller retries
                             log.warning("engine process: accept failed: %s", exc)
                             continue
-                        sel.register(sock, selectors.EVENT_READ, Connection(Channel(sock)))
+                        if not self._trusted(sock):
+                            continue
+                        sel.register(sock, selectors.EVENT_READ, Connection(Channel(sock, tags=PEER_TAGS)))
                     elif key.data == "control":
                         alive = control.fill()
                         while alive and (msg := control.next_message()) is not None:
@@ -204,7 +224,7 @@ class Engine:
                                 if msg[0] == "infer":
                                     calls.append(self.call_of(client, msg))
                                 elif msg[0] == "hello":
-                                    client.label = str(msg[1])
+                                    client.label = check_hello(msg)
                                     client.chan.send(("ready", info))
                                 elif msg[0] == "close":
                                     alive = False
@@ -212,7 +232,10 @@ class Engine:
                                     client.handle(msg)
                         except PeerGone:
                             alive = False
-                        except Exception:  # a protocol error ends that connection, never the engine
+                        except ProtocolViolation as exc:  # ends that connection, never the engine
+                            log.warning("engine process: dropping a connection of %s: %s", client.label, exc)
+                            alive = False
+                        except Exception:
                             log.exception("engine process: dropping a connection of %s", client.label)
                             alive = False
                         if not alive:
@@ -224,6 +247,21 @@ class Engine:
             log.exception("engine process: the I/O thread failed")
         finally:
             self.stop()
+
+    @staticmethod
+    def _trusted(sock: socket.socket) -> bool:
+        """Only a process of this uid may talk to the engine: anyone else is closed on before a byte is read."""
+        try:
+            uid = peer_uid(sock)
+        except OSError as exc:
+            uid, why = None, str(exc)
+        else:
+            why = f"uid {uid}"
+        if uid == os.getuid():
+            return True
+        log.warning("engine process: refused a connection from %s (this engine runs as uid %d)", why, os.getuid())
+        sock.close()
+        return False
 
     # -- one engine call ----------------------------------------------------------------------------------------
     def execute(self, batch: list[_Call]) -> None:

@@ -2,8 +2,9 @@
 
 `spawn_engine` starts a fresh interpreter (never a fork after paddle / openvino / CUDA are loaded) that loads
 the model (ppdeploy.serve.engine_process.child) and reports what it loaded. `SharedEngine` is one such process at
-a unix socket address for any number of callers; it keeps the listening socket, so the address outlives a child
-and callers that connect during a restart wait in its backlog instead of being refused.
+a unix socket in a private 0700 run directory (`listen_privately`), for any number of callers of this uid (the
+child checks each peer's uid too). It keeps the listening socket, so the address outlives a child and callers
+that connect during a restart wait in its backlog instead of being refused.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Any
 
 import ppdeploy
-from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.errors import ConfigError, PPDeployError
 from ppdeploy.core.tensors import IOSpec
 from ppdeploy.serve.engine_process.arena import require_memfd
 from ppdeploy.serve.engine_process.errors import EngineProcessDied, rebuild_error
@@ -27,7 +29,8 @@ from ppdeploy.serve.engine_process.protocol import (
     Channel,
     LoadRequest,
     PeerGone,
-    sockaddr,
+    encode,
+    write_holding_gil,
 )
 
 log = logging.getLogger("ppdeploy.serve.engine_process")
@@ -62,20 +65,14 @@ class SharedEngine:
     def start(cls, source: Any, *, backend: Any = "auto", label: str, max_batch_size: int,
               **load_model_kwargs: Any) -> SharedEngine:
         require_memfd()
-        address = f"@ppdeploy-engine-{os.getpid()}-{next(cls._numbers)}"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(sockaddr(address))
-            listener.listen(socket.SOMAXCONN)
-        except OSError as exc:
-            listener.close()
-            raise PPDeployError(f"cannot listen at {address!r} for the engine of '{label}': {exc}") from None
         request = LoadRequest(source, backend, dict(load_model_kwargs), label, int(max_batch_size or 0))
+        listener, address = listen_privately(f"engine-{next(cls._numbers)}", label)
         engine = cls(request, listener, address)
         try:
             engine._spawn()
         except BaseException:
             listener.close()
+            remove_socket(address)
             raise
         engine._request = dataclasses.replace(request, backend=[engine.backend])
         return engine
@@ -115,6 +112,7 @@ class SharedEngine:
                 return
             self._closed = True
             self._listener.close()
+            remove_socket(self.address)
             stop(self._proc, self._control)
             self._proc = self._control = None
 
@@ -122,6 +120,48 @@ class SharedEngine:
         try:
             self.close()
         except Exception:
+            pass
+
+
+def run_dir_base() -> str:
+    """Where private run directories go: $XDG_RUNTIME_DIR when it is ours (a per-user 0700 tmpfs), else the
+    temporary directory (each run directory is 0700 itself, so either is private)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        try:
+            st = os.stat(xdg)
+            if st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                return xdg
+        except OSError:
+            pass
+    return tempfile.gettempdir()
+
+
+def listen_privately(name: str, label: str) -> tuple[socket.socket, str]:
+    """A listening unix socket at `<fresh 0700 run directory>/<name>.sock`: (socket, its path). Only this uid can
+    reach it (the directory's permissions), and the engine process checks every peer's uid as well (SO_PEERCRED)."""
+    run_dir = tempfile.mkdtemp(prefix="ppdeploy-", dir=run_dir_base())  # created 0700, owned by us
+    address = os.path.join(run_dir, f"{name}.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        listener.close()
+        remove_socket(address)
+        raise PPDeployError(f"cannot listen at {address!r} for the engine of '{label}': {exc}",
+                            hint="unix socket paths are limited to 107 bytes: set TMPDIR to a shorter "
+                                 "directory") from None
+    return listener, address
+
+
+def remove_socket(address: str) -> None:
+    """Remove a socket made by `listen_privately`, and its run directory."""
+    for fn, path in ((os.unlink, address), (os.rmdir, os.path.dirname(address))):
+        try:
+            fn(path)
+        except OSError:
             pass
 
 
@@ -139,6 +179,11 @@ def spawn_engine(request: LoadRequest, listener: socket.socket | None = None) ->
     `listener` the child serves every connection to it; without, it serves the control channel only."""
     # A fresh interpreter (fork + exec at once: nothing of paddle / openvino / CUDA is inherited), not
     # multiprocessing's spawn, which would re-run the caller's __main__ script in the child.
+    try:
+        frame = encode(("load", request))  # a load argument that cannot cross fails here, before a process starts
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the engine process of '{request.label}' cannot be started: {exc}",
+                          hint="run this model in-process (engine_process: false)") from None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = child_env()
     argv, fds = [sys.executable, "-c", _CHILD_ENTRY, str(child.fileno())], [child.fileno()]
@@ -154,7 +199,7 @@ def spawn_engine(request: LoadRequest, listener: socket.socket | None = None) ->
         child.close()  # only the child holds its end now: its death reads as EOF here
     chan = Channel(parent, hold_gil=True)
     try:
-        chan.send(("load", request))
+        write_holding_gil(chan.fd, frame)
         reply = chan.recv()
     except PeerGone:
         code = reap(proc, chan)
@@ -202,4 +247,5 @@ def exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
-__all__ = ["SharedEngine", "child_env", "exit_text", "reap", "spawn_engine", "stop"]
+__all__ = ["SharedEngine", "child_env", "exit_text", "listen_privately", "reap", "remove_socket", "run_dir_base",
+           "spawn_engine", "stop"]
