@@ -84,3 +84,33 @@ def test_quickstart_verifies_every_bundled_model_and_reads_pages(capsys):
     assert "FAIL" not in out
     accuracy = float(out.split("character accuracy ")[1].split("%")[0])
     assert accuracy > 95.0  # the real trained models reading rendered pages, scored against the labels
+
+
+def test_bad_inputs_give_one_line_errors_not_tracebacks(tmp_path):
+    # an engine error during `run`: PP-OCRv4 det cannot broadcast its FPN at 33 x 33 (ONNX Runtime raises Fail)
+    np.save(tmp_path / "odd.npy", np.zeros((1, 3, 33, 33), np.float32))
+    proc = ppdeploy("run", "ppocrv4-det", "-b", "onnxruntime", "-i", str(tmp_path / "odd.npy"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "onnxruntime failed to run ch_PP-OCRv4_det_infer on inputs {'x': [1, 3, 33, 33]}: Fail:" in proc.stderr
+    # a corrupt .npz for `verify` (and for `run`)
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, x=np.zeros((1, 3, 48, 192), np.float32))
+    npz.write_bytes(npz.read_bytes()[:200])
+    for cmd in (["verify", "ppocr-cls", "-b", "onnxruntime"], ["run", "ppocr-cls", "-b", "onnxruntime"]):
+        proc = ppdeploy(*cmd, "-i", str(npz), check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{npz} is not a readable .npz archive (BadZipFile" in proc.stderr
+    # a corrupt model: every backend of the chain is tried, and the one-line error says why each failed
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an ONNX model")
+    proc = ppdeploy("run", str(bad), "-b", "openvino,onnxruntime", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count(f"{bad} is not a readable ONNX model (DecodeError") >= 2
+
+
+def test_a_config_yaml_that_is_not_utf8_is_a_clear_error(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.yaml").write_bytes(b"source: ppocr-cls\n# caf\xe9\n")
+    proc = ppdeploy("serve", "--repo", str(tmp_path), "--port", "0", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "config.yaml" in proc.stderr and "UTF-8" in proc.stderr

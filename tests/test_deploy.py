@@ -27,7 +27,11 @@ def test_corrupt_engine_is_rebuilt_with_a_warning(tmp_path, backend, artifact, c
     engine.write_bytes(engine.read_bytes()[:1000])  # truncated by a full disk, say
     again = load_model("ppocr-cls", backend=backend, cache_dir=tmp_path)
     assert not again.cache_hit and "unusable" in caplog.text
-    assert again.runner.infer({"x": np.zeros((1, 3, 48, 192), np.float32)})
+    x = np.random.default_rng(1).random((2, 3, 48, 192), np.float32)
+    (want,) = dep.runner.infer({"x": x}).values()  # the engine loaded before the truncation, still in memory
+    (got,) = again.runner.infer({"x": x}).values()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert got.shape == (2, 2) and not np.allclose(got[0], got[1])  # a real answer, not a constant
 
 
 def test_auto_skips_unavailable_backends_and_records_why(tmp_path):
@@ -131,3 +135,95 @@ def test_int8_quantizer_choice_asks_the_backend_class():
     assert quantizer_for(BACKENDS.get("openvino"), {"quantizer": "onnxruntime"}) == "onnxruntime"
     with pytest.raises(PPDeployError, match="unknown quantizer"):
         quantizer_for(BACKENDS.get("onnxruntime"), {"quantizer": "nonsense"})
+
+
+def flaky_backend_class(fail_after: int, error: type[Exception] = RuntimeError, name: str = "flaky-test"):
+    """A backend registered from a test: ONNX Runtime underneath, but its runner raises `error` on every call after
+    the first `fail_after` (0: the trial inference of its load already fails)."""
+    from ppdeploy.backends.base import Runner
+    from ppdeploy.backends.onnxruntime import OnnxRuntimeBackend
+
+    class FlakyRunner(Runner):
+        backend = name
+
+        def __init__(self, inner):
+            super().__init__(inner.io)
+            self.inner, self.calls = inner, 0
+
+        def _infer(self, feeds):
+            self.calls += 1
+            if self.calls > fail_after:
+                raise error("an illegal memory access was encountered (simulated engine fault)")
+            return self.inner.infer(feeds)
+
+        def close(self):
+            self.inner.close()
+
+    class FlakyBackend(OnnxRuntimeBackend):
+        precisions = frozenset({"fp32"})
+        int8_quantizer = None
+
+        def load(self, artifact_dir, options):
+            return FlakyRunner(super().load(artifact_dir, options))
+
+    FlakyBackend.name = name
+    return FlakyBackend
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ZeroDivisionError])
+def test_a_backend_whose_first_inference_fails_falls_through_with_the_reason(tmp_path, error, caplog):
+    from ppdeploy.backends.registry import BACKENDS
+
+    BACKENDS.register("flaky-test", flaky_backend_class(0, error))
+    try:
+        before = select.FALLBACKS[("flaky-test", "failed")]
+        dep = load_model("ppocr-cls", backend="flaky-test,onnxruntime", cache_dir=tmp_path)
+        assert dep.backend == "onnxruntime" and "trial" in dep.timings
+        [failed] = [a for a in dep.attempts if a.status == "failed"]
+        assert failed.backend == "flaky-test"
+        assert "trial inference at x[1, 3, 48, 192] failed" in failed.reason and error.__name__ in failed.reason
+        assert select.FALLBACKS[("flaky-test", "failed")] == before + 1
+        assert "backend flaky-test failed: trial inference" in caplog.text
+        with pytest.raises(BuildError, match=f"backend flaky-test failed .*{error.__name__}"):
+            load_model("ppocr-cls", backend="flaky-test", cache_dir=tmp_path)
+        # the trial can be skipped by a caller that cannot afford it: the broken engine then loads
+        assert load_model("ppocr-cls", backend="flaky-test", cache_dir=tmp_path, trial=False).backend == "flaky-test"
+    finally:
+        BACKENDS.unregister("flaky-test")
+
+
+def test_a_runner_with_non_finite_or_misshapen_outputs_fails_its_trial(tmp_path):
+    from ppdeploy.backends.base import Runner
+    from ppdeploy.deploy.trial import trial_inference
+
+    dep = load_model("ppocr-cls", backend="onnxruntime", cache_dir=tmp_path)
+
+    class Bad(Runner):
+        def __init__(self, inner, fn):
+            super().__init__(inner.io)
+            self.inner, self.fn = inner, fn
+
+        def _infer(self, feeds):
+            return {k: self.fn(v) for k, v in self.inner.infer(feeds).items()}
+
+    assert trial_inference(dep.runner, example={"x": (1, 3, 48, 192)}) == {"x": (1, 3, 48, 192)}
+    assert trial_inference(dep.runner) == {"x": (1, 3, 224, 224)}  # H and W are dynamic in the graph
+    with pytest.raises(BuildError, match="1 non-finite value"):
+        trial_inference(Bad(dep.runner, lambda v: np.where(np.arange(v.size).reshape(v.shape) == 0, np.nan, v)))
+    with pytest.raises(BuildError, match=r"has shape \(1, 3\), declared"):
+        trial_inference(Bad(dep.runner, lambda v: np.zeros((1, 3), v.dtype)))
+
+
+def test_a_corrupt_onnx_falls_through_every_backend_with_a_clear_source_error(tmp_path):
+    from ppdeploy.core.errors import SourceError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an ONNX model")
+    with pytest.raises(BackendUnavailable) as info:
+        load_model(bad, backend="openvino,onnxruntime", cache_dir=tmp_path / "cache")
+    attempts = info.value.attempts
+    assert [(a.backend, a.status) for a in attempts] == [("openvino", "failed"), ("onnxruntime", "failed")]
+    assert all(f"{bad} is not a readable ONNX model (DecodeError" in a.reason for a in attempts)
+    with pytest.raises(BuildError, match="not a readable ONNX model") as forced:
+        load_model(bad, backend="onnxruntime", cache_dir=tmp_path / "cache")
+    assert isinstance(forced.value.__cause__, SourceError)

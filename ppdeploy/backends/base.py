@@ -65,6 +65,12 @@ class Runner(abc.ABC):
         return self._io
 
     @property
+    def shapes(self) -> ShapeProfile:
+        """The profile inputs are checked against (empty: unconstrained): a caller sizes its inputs to it (the
+        trial inference of ppdeploy.deploy.trial, OCR rec's widest batch)."""
+        return self._shapes
+
+    @property
     def input_names(self) -> list[str]:
         return [t.name for t in self._io.inputs]
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 from ppdeploy.backends.registry import BACKENDS
 from ppdeploy.core.errors import PPDeployError
@@ -82,3 +84,57 @@ def load_from_args(args: argparse.Namespace, **overrides: Any):
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def expand_images(items: Sequence[str]) -> list[Path]:
+    """Image files and folders (their images, sorted; not recursive) -> files, in the order given."""
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PPDeployError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a failed input: our errors by their message, anything else with its type."""
+    if isinstance(exc, PPDeployError):
+        return " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+
+
+def for_each_input(command: str, items: Iterable[Path], work: Callable[[Path], Any],
+                   emit: Callable[[Path, Any], None], emit_error: Callable[[Path, str], None] | None = None) -> int:
+    """Run `work` on each input and `emit` its result as soon as it is ready; an input that fails is reported on
+    stderr (`ppdeploy COMMAND: error: PATH: reason`, and to `emit_error`, e.g. a JSONL record) and the others go on.
+    Returns the exit status: 0, or 2 when any input failed (with a count on stderr when there were several)."""
+    failed = total = 0
+    for path in items:
+        total += 1
+        try:
+            result = work(path)
+        except Exception as exc:  # one bad file must not lose the others' results
+            failed += 1
+            print(f"ppdeploy {command}: error: {path}: {error_text(exc)}", file=sys.stderr, flush=True)
+            if emit_error is not None:
+                emit_error(path, error_text(exc))
+                sys.stdout.flush()
+            continue
+        emit(path, result)
+        sys.stdout.flush()
+    if failed and total > 1:
+        print(f"ppdeploy {command}: {failed} of {total} inputs failed", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def print_jsonl(record: dict) -> None:
+    """One JSON document per line (JSONL), written at once: a consumer can read results while the rest run."""
+    print(json.dumps(record, ensure_ascii=False, default=str), flush=True)

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ppdeploy.core.errors import PPDeployError
+
 # CLI flag -> OCR option (defaults live in the option dataclasses; None here means "keep the default")
 _OPTION_FLAGS = [
     ("--det-limit-side-len", int, "det_limit_side_len", "detector resize limit (default 960)"),
@@ -71,7 +73,9 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, WebP, TIFF) or folders of them")
     add_ocr_model_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON document with lines, boxes, scores, timings")
+    p.add_argument("--json", action="store_true",
+                   help="JSON with lines, boxes, scores, timings: one document for one image, else one line per image "
+                        "(JSONL) as each is read")
     p.add_argument("--draw", metavar="OUT", default=None,
                    help="write a visualisation (boxes + text); with several images OUT is a folder")
     p.add_argument("--font", default=None, help="font for --draw (default: an installed CJK font)")
@@ -80,41 +84,56 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One image: as before (text, or one JSON document). Several (or a folder): each result is printed as soon as it
+    is ready (with --json one JSONL line per image, {"image", "error"} for one that failed); a bad image is reported
+    with its reason and the others go on; the exit status is 2 when any failed."""
+    from ppdeploy.cli.common import expand_images, for_each_input, print_jsonl
     from ppdeploy.tasks.image_io import load_image
-    from ppdeploy.tasks.ocr.evaluate import list_images
+    from ppdeploy.tasks.ocr.draw import check_drawing_target, check_font, save_drawing
 
-    args.images = [str(p) for item in args.images
-                   for p in (list_images(item) if Path(item).is_dir() else [Path(item)])]
-    ocr = build_ocr(args)
-    outputs = []
+    images = expand_images(args.images)
+    several = len(images) > 1 or any(Path(i).is_dir() for i in args.images)
+    font = check_font(args.font) if args.font else None  # checked before the models load
     draw_dir = None
-    if args.draw and len(args.images) > 1:
+    if args.draw and several:
         draw_dir = Path(args.draw)
+        if draw_dir.suffix and not draw_dir.is_dir():
+            raise PPDeployError(f"--draw {draw_dir}: with several images --draw names a folder",
+                                hint="pass a folder; one <image>_ocr.png is written per image")
         draw_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        for image in args.images:
-            result = ocr.predict(image)
-            outputs.append((image, result))
-            if args.draw:
-                from ppdeploy.tasks.ocr.draw import save_drawing
+    elif args.draw:
+        check_drawing_target(args.draw)
+    ocr = build_ocr(args)
 
-                target = draw_dir / f"{Path(image).stem}_ocr.png" if draw_dir else Path(args.draw)
-                with_text = save_drawing(target, load_image(image), result.lines, args.font)
-                if not with_text:
-                    print(f"warning: no CJK font found, {target} shows boxes only", file=sys.stderr)
-    finally:
-        ocr.close()
+    def work(image: Path):
+        result = ocr.predict(image)
+        if args.draw:
+            target = draw_dir / f"{image.stem}_ocr.png" if draw_dir else Path(args.draw)
+            if not save_drawing(target, load_image(image), result.lines, font):
+                print(f"warning: no CJK font found, {target} shows boxes only", file=sys.stderr)
+        return result
 
-    if args.json:
-        doc = [{"image": str(img), "backends": ocr.backends, **res.to_dict()} for img, res in outputs]
-        print(json.dumps(doc[0] if len(doc) == 1 else doc, ensure_ascii=False, indent=1))
-        return 0
-    for img, res in outputs:
-        if len(outputs) > 1:
-            print(f"== {img}")
+    def emit(image: Path, res) -> None:
+        if args.json:
+            doc = {"image": str(image), "backends": ocr.backends, **res.to_dict()}
+            if several:
+                print_jsonl(doc)
+            else:
+                print(json.dumps(doc, ensure_ascii=False, indent=1))
+            return
+        if several:
+            print(f"== {image}")
         for line in res.lines:
             print(f"{line.text}\t{line.score:.3f}")
         if args.timings:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
             print(f"timings (ms): {stages}", file=sys.stderr)
-    return 0
+
+    def emit_error(image: Path, reason: str) -> None:
+        if args.json and several:
+            print_jsonl({"image": str(image), "error": reason})
+
+    try:
+        return for_each_input("ocr", images, work, emit, emit_error)
+    finally:
+        ocr.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ppdeploy.cli.common import add_model_args, load_from_args, print_json
+from ppdeploy.core.errors import PPDeployError
 
 
 def register(sub) -> None:
@@ -17,17 +18,28 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ppdeploy.deploy.trial import describe
     from ppdeploy.deploy.verify import generate_inputs, load_inputs
     from ppdeploy.source import zoo
 
     dep = load_from_args(args)
     runner = dep.runner
-    if args.input:
-        feeds = load_inputs(args.input, runner.io)
-    else:
-        example = {runner.io.inputs[0].name: zoo.MODELS[args.model].example_shape} if args.model in zoo.MODELS else None
-        feeds = generate_inputs(runner.io, seed=args.seed, shapes=example)
-    outputs = runner.infer(feeds)
+    try:
+        if args.input:
+            feeds = load_inputs(args.input, runner.io)
+        else:
+            example = ({runner.io.inputs[0].name: zoo.MODELS[args.model].example_shape} if args.model in zoo.MODELS
+                       else None)
+            feeds = generate_inputs(runner.io, seed=args.seed, shapes=example)
+        outputs = runner.infer(feeds)
+    except PPDeployError:
+        dep.close()
+        raise
+    except Exception as exc:  # the engine's own error on these inputs: one line, not a traceback
+        dep.close()
+        raise PPDeployError(f"{dep.backend} failed to run {dep.source.name} on inputs "
+                            f"{ {k: list(v.shape) for k, v in feeds.items()} }: {describe(exc)}",
+                            hint="check the inputs' shapes and values; `ppdeploy verify` compares backends") from None
     if args.save:
         np.savez(args.save, **outputs)
     summary = {**dep.summary(), "inputs": {k: list(v.shape) for k, v in feeds.items()},

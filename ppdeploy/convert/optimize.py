@@ -5,16 +5,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ppdeploy.core.errors import ConversionError
+from ppdeploy.core.errors import ConversionError, SourceError
 
 log = logging.getLogger("ppdeploy.convert.pipeline")
 
 
-def optimize_and_check(path: Path, *, simplify: bool = True) -> dict:
-    """Rewrite `path` in place; return facts about the final graph (node count, opset, io)."""
+def optimize_and_check(path: Path, *, simplify: bool = True, origin: Path | None = None) -> dict:
+    """Rewrite `path` in place; return facts about the final graph (node count, opset, io).
+
+    `origin`: the user's own .onnx that `path` is a copy of; a file that does not parse is then a SourceError
+    naming it (a corrupt download, a truncated copy), else a ConversionError (our converter wrote garbage)."""
     import onnx
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError, a truncated external-data file, ...
+        what = f"{type(exc).__name__}: {_first_line(exc)}"
+        if origin is not None:
+            raise SourceError(f"{origin} is not a readable ONNX model ({what})",
+                              hint="the file is corrupt or not ONNX; export or download it again") from exc
+        raise ConversionError(f"converted graph {path} is not a readable ONNX model ({what})",
+                              hint="rebuild with --rebuild; if it persists, report the model") from exc
     nodes_before = len(model.graph.node)
     if simplify:
         model = _slim(model)

@@ -75,7 +75,7 @@ def _onnx_passthrough(source: ModelSource, cache: EngineCache, *, simplify: bool
 
     def build(out_dir: Path) -> None:
         shutil.copyfile(source.model_file, out_dir / ONNX_FILE)
-        facts = optimize_and_check(out_dir / ONNX_FILE, simplify=simplify)
+        facts = optimize_and_check(out_dir / ONNX_FILE, simplify=simplify, origin=source.model_file)
         (out_dir / "conversion.json").write_text(json.dumps(facts, indent=2))
 
     start = time.perf_counter()

@@ -30,8 +30,10 @@ from ppdeploy.deploy.select import (
     format_attempts,
     record,
 )
+from ppdeploy.deploy.trial import describe, trial_inference
 from ppdeploy.graph.heads import check_head
 from ppdeploy.precision.registry import PRECISIONS
+from ppdeploy.source import zoo
 from ppdeploy.source.model import ModelSource, detect
 
 log = logging.getLogger("ppdeploy.deploy.load")
@@ -80,6 +82,7 @@ def load_model(
     rebuild: bool = False,
     precision_options: Mapping[str, Any] | None = None,
     head: str | None = None,
+    trial: bool = True,
 ) -> Deployment:
     """Prepare `model` (zoo name, Paddle model dir/file, .onnx, or paddle.nn.Layer + input_spec) and load it.
 
@@ -88,6 +91,12 @@ def load_model(
     switches for that backend alone, so a chain can carry GPU settings without changing the CPU engines' keys.
     head: an output head appended to the converted graph (ppdeploy.graph.heads, e.g. "ctc_greedy"); Paddle
     Inference, which runs the original program, is skipped then.
+    trial: end each backend's load with one inference on generated input (ppdeploy.deploy.trial); when it fails,
+    a cached engine is rebuilt once, then the chain falls through to the next backend. No caller in ppdeploy turns
+    it off; do so only where one call at the profile's opt shape cannot be afforded and the engine is known to run.
+
+    Any exception of a backend attempt (conversion, build, load, trial) is a failed attempt: recorded with its type
+    and message in `attempts`, the log and the FALLBACKS counter, and the chain moves on.
     """
     if precision not in PRECISIONS:
         raise PPDeployError(f"unknown precision '{precision}'", hint=f"choose from {', '.join(PRECISIONS)}")
@@ -116,25 +125,29 @@ def load_model(
             attempts.append(record(Attempt(name, SKIPPED, reason)))
             continue
         try:
-            deployment = _deploy_on(be, prepared, backend_options(options, name))
+            deployment = _deploy_on(be, prepared, backend_options(options, name), trial)
         except BackendUnavailable as exc:  # learnt only once the graph exists (e.g. an INT8 IR of another format)
             attempts.append(record(Attempt(name, SKIPPED, _one_line(exc), time.perf_counter() - start)))
             if explicit:
                 raise
             continue
-        except (PPDeployError, OSError, RuntimeError) as exc:
-            attempts.append(record(Attempt(name, FAILED, _one_line(exc), time.perf_counter() - start)))
+        except Exception as exc:  # any failure of one backend is that backend's; KeyboardInterrupt etc. go through
+            attempts.append(record(Attempt(name, FAILED, _reason(exc), time.perf_counter() - start)))
             if explicit:
-                raise BuildError(f"backend {name} failed for {source.name}: {exc}") from exc
+                why = exc if isinstance(exc, PPDeployError) else describe(exc)
+                raise BuildError(f"backend {name} failed for {source.name}: {why}") from exc
             continue
         attempts.append(record(Attempt(name, USED, "", time.perf_counter() - start)))
         deployment.attempts = attempts
         return deployment
 
     if explicit and attempts and attempts[-1].status == SKIPPED:
-        raise BackendUnavailable(f"backend {names[0]} cannot run here: {attempts[-1].reason}")
-    raise BackendUnavailable(f"no backend could run {source.name}: {format_attempts(attempts)}",
-                             hint="`ppdeploy doctor` shows what each backend needs")
+        error = BackendUnavailable(f"backend {names[0]} cannot run here: {attempts[-1].reason}")
+    else:
+        error = BackendUnavailable(f"no backend could run {source.name}: {format_attempts(attempts)}",
+                                   hint="`ppdeploy doctor` shows what each backend needs")
+    error.attempts = attempts  # for callers that count them (the server's fallback metric)
+    raise error
 
 
 def _precision_mismatch(be: Backend, precision: str, source: ModelSource) -> str | None:
@@ -155,7 +168,7 @@ def _head_mismatch(be: Backend, head: str | None) -> str | None:
     return None
 
 
-def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions) -> Deployment:
+def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions, trial: bool = True) -> Deployment:
     source = prepared.source
     precision_report = None
     if be.consumes == "paddle":
@@ -178,23 +191,46 @@ def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions) -> Deploy
     label = f"{source.name} {be.name} {options.precision}"
     entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
                                         label=label, rebuild=prepared.rebuild)
-    start = time.perf_counter()
-    try:
-        runner = be.load(entry.path, options)
-    except Exception as exc:  # a cached engine that does not load (driver/library drift) is rebuilt once
-        if not entry.hit:
-            raise
-        log.warning("cached %s engine in %s failed to load (%s); rebuilding once", be.name, entry.path, _one_line(exc))
-        entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
-                                            label=label, rebuild=True)
+    timings = dict(prepared.timings)
+
+    def load_and_try():
         start = time.perf_counter()
         runner = be.load(entry.path, options)
-    timings = dict(prepared.timings)
+        timings["load"] = time.perf_counter() - start
+        if trial:
+            start = time.perf_counter()
+            try:
+                trial_inference(runner, options.shapes, _example(source, runner))
+            except BaseException:
+                runner.close()
+                raise
+            timings["trial"] = time.perf_counter() - start
+        return runner
+
+    try:
+        runner = load_and_try()
+    except Exception as exc:  # a cached engine that does not load or run (driver/library drift) is rebuilt once
+        if not entry.hit:
+            raise
+        log.warning("cached %s engine in %s failed (%s); rebuilding once", be.name, entry.path, _reason(exc))
+        entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
+                                            label=label, rebuild=True)
+        runner = load_and_try()
     timings["build"] = entry.build_s
-    timings["load"] = time.perf_counter() - start
     cache_hit = entry.hit and (be.consumes == "paddle" or prepared.conversion_hit)
     return Deployment(runner, be.name, source, options.precision, [], onnx_path, entry.path, cache_hit, timings,
                       precision_report, prepared.head)
+
+
+def _example(source: ModelSource, runner: Runner) -> dict[str, tuple[int, ...]] | None:
+    """The bundled model's typical input shape, for a trial without a shape profile."""
+    known = next((m for m in zoo.MODELS.values() if m.subdir == source.directory.name), None)
+    return {runner.io.inputs[0].name: known.example_shape} if known and runner.io.inputs else None
+
+
+def _reason(exc: BaseException) -> str:
+    """An attempt's reason: our own errors by their message; anything else also by its type (DecodeError...)."""
+    return _one_line(exc) if isinstance(exc, PPDeployError) else describe(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -150,13 +150,18 @@ def load_inputs(paths: Sequence[str | Path], io: IOSpec) -> dict[str, np.ndarray
         if not path.is_file():
             raise InputError(f"input file not found: {path}")
         if path.suffix == ".npz":
-            with np.load(path) as data:
-                feeds.update({k: data[k] for k in data.files})
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    feeds.update({k: data[k] for k in data.files})
+            except Exception as exc:  # BadZipFile, a truncated member (EOFError, ValueError), an object array...
+                raise InputError(f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc})",
+                                 hint="write it with numpy.savez(path, name=array, ...)") from None
             continue
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{path} is not a readable .npy array: {exc}") from exc
+        except Exception as exc:  # not .npy at all, truncated, or an object array (never unpickled)
+            raise InputError(f"{path} is not a readable .npy array ({type(exc).__name__}: {exc})",
+                             hint="write it with numpy.save(path, array)") from None
         if name is None:
             if i >= len(names):
                 raise InputError(f"more input files than model inputs ({names})")

@@ -310,7 +310,10 @@ def _registered(registry, name: str) -> str:
 
 def _parse_file(path: Path, default_name: str | None) -> tuple[ModelConfig | None, list[str]]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                      "save the file as UTF-8"]
     except OSError as exc:
         return None, [f"{path}: cannot read: {exc}"]
     try:

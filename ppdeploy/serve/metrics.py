@@ -253,6 +253,9 @@ class ServerMetrics:
         self.engine_process_restarts = Counter("ppdeploy_engine_process_restarts",
                                                "Engine processes started again after one died", ["model"],
                                                registry=self.registry)
+        self.engine_demotions = Counter("ppdeploy_engine_demotions", "Engines taken out of service after failing at "
+                                        "run time (the model reloads on the next backend of its chain)",
+                                        ["model", "backend"], registry=self.registry)
         self.worker_restarts = Counter("ppdeploy_worker_restarts", "HTTP worker processes started again after one "
                                        "died (ppdeploy serve --workers N)", registry=self.registry)
         self.models: dict[str, ModelMetrics] = {}

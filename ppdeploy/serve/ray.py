@@ -37,6 +37,7 @@ from ppdeploy.repository.resolve import resolve_configs
 from ppdeploy.serve.app import ServerSettings
 from ppdeploy.serve.app import build_app as build_server_app
 from ppdeploy.serve.batcher import (
+    BatcherClosed,
     BatchResult,
     BatchTimings,
     InferenceFailed,
@@ -149,17 +150,35 @@ def _shape_key(feeds: Mapping[str, np.ndarray]) -> tuple:
     return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
 
 
-def run_grouped(runner: Runner, requests: Sequence[Mapping[str, np.ndarray]], batchable: bool) -> list[dict]:
+def run_grouped(runner: Runner, requests: Sequence[Mapping[str, np.ndarray]], batchable: bool,
+                arrived_ns: Sequence[int] | None = None) -> list[dict]:
     """Run one batch of requests on `runner`: requests of the same shape go through one merged call
     (ppdeploy.serve.merge.run_merged: a failing request fails alone). Each result is {"outputs": ...} or
-    {"error": message, "status": http_status}."""
+    {"error": message, "status": http_status}.
+
+    With `arrived_ns` (perf_counter_ns when each request reached this replica), the first member of every runner
+    call also carries that call's record, {"execution": {"size", "requests", "input_ns", "infer_ns", "output_ns",
+    "queue_ns": [one per member]}}: the gateway counts each execution once, from the reply that carries it."""
     results: list[dict | None] = [None] * len(requests)
     groups: dict[tuple, list[int]] = {}
     for i, feeds in enumerate(requests):
         groups.setdefault(_shape_key(feeds) if batchable else (i,), []).append(i)
     for members in groups.values():
-        for i, outcome in zip(members, run_merged(runner.infer, [requests[i] for i in members])):
+        started = time.perf_counter_ns()
+        outcomes = run_merged(runner.infer, [requests[i] for i in members])
+        runs: dict[int, Any] = {}
+        for i, outcome in zip(members, outcomes):
             results[i] = _reply(outcome)
+            if outcome.error is None and outcome.run is not None:
+                runs.setdefault(id(outcome.run), outcome.run)
+        if arrived_ns is None:
+            continue
+        for run in runs.values():
+            ids = [members[m] for m in run.members]
+            began = started if len(ids) == len(members) else run.started_ns  # a re-run alone began later
+            results[ids[0]]["execution"] = {"size": run.rows, "requests": len(ids), "input_ns": run.merge_ns,
+                                            "infer_ns": run.infer_ns, "output_ns": run.split_ns,
+                                            "queue_ns": [max(0, began - arrived_ns[i]) for i in ids]}
     return results  # type: ignore[return-value]
 
 
@@ -203,7 +222,7 @@ class ModelReplica:
         self._batched = _serve_batch(serve, self._run_batch, max_batch_size=cfg.max_batch_size if self.batchable else 1,
                                      batch_wait_timeout_s=cfg.dynamic_batching.max_queue_delay_ms / 1000.0,
                                      max_concurrent_batches=len(self._free),
-                                     batch_size_fn=lambda items: sum(rows_of(f) for f in items))
+                                     batch_size_fn=lambda items: sum(rows_of(f) for f, _ in items))
         log.info("model %s ready on %s in this replica", cfg.name, self.backend)
 
     def describe(self) -> dict:
@@ -211,14 +230,16 @@ class ModelReplica:
                 "source_dir": self.source_dir, "batchable": self.batchable, "pid": os.getpid()}
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> dict:
-        """{"outputs": {...}} or {"error": message, "status": http_status}; never raises for a bad request."""
-        return await self._batched(feeds)
+        """{"outputs": {...}} or {"error": message, "status": http_status}; never raises for a bad request. The
+        first request of each runner call also gets the call's "execution" record (see run_grouped)."""
+        return await self._batched((feeds, time.perf_counter_ns()))
 
-    async def _run_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict]:
+    async def _run_batch(self, items: list[tuple[dict[str, np.ndarray], int]]) -> list[dict]:
         runner = self._free.pop()  # max_concurrent_batches = runners, so one is always free here
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, run_grouped, runner, requests, self.batchable)
+            return await loop.run_in_executor(self._pool, run_grouped, runner, [f for f, _ in items], self.batchable,
+                                              [t for _, t in items])
         finally:
             self._free.append(runner)
 
@@ -231,10 +252,18 @@ class ModelReplica:
 
 class RayModelBatcher:
     """Stands where `ppdeploy.serve.batcher.DynamicBatcher` stands in the server (same duck type: `io`, `loop`,
-    `max_rows`, `batch_axis`, `infer`, `close`), forwarding each request to the model's Ray deployment."""
+    `max_rows`, `batch_axis`, `infer`, `drain`, `close`), forwarding each request to the model's Ray deployment.
 
-    def __init__(self, cfg, handle, info: Mapping[str, Any]):
+    Metrics are the replicas' own figures: each runner call's rows, compute stages and its requests' queue time
+    (from reaching the replica to the call starting; the hop from the gateway is not in it) go to `observer.on_batch`
+    once, from the reply that carries the call's record. `drain` refuses new requests and waits for those sent."""
+
+    def __init__(self, cfg, handle, info: Mapping[str, Any], observer: Any = None):
         self.cfg = cfg
+        self._observer = observer
+        self._closing = False
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
         self.name = cfg.name
         self.io = io_from_json(info["io"])
         self._handle = handle
@@ -245,6 +274,16 @@ class RayModelBatcher:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing and self.loop is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._in_flight
 
     def check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = validate_inputs(self.io, feeds, self._shapes)
@@ -258,36 +297,58 @@ class RayModelBatcher:
 
     async def infer(self, feeds: Mapping[str, np.ndarray], *, timeout_ms: float | None = None,
                     disconnected: Any = None):
-        from ray.serve.exceptions import BackPressureError
 
         if disconnected is not None and asyncio.iscoroutine(disconnected):
             disconnected.close()  # Ray cancels nothing on client disconnect; don't leave the coroutine unawaited
+        if self._closing or self.loop is None:
+            raise BatcherClosed(f"model '{self.name}' is not accepting requests (server shutting down)")
         checked = self.check(feeds)
         timeout_ms = self.cfg.dynamic_batching.default_timeout_ms if timeout_ms is None else timeout_ms
-        start = time.perf_counter_ns()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            reply = await self._send(checked, timeout_ms)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        execution = reply.get("execution")
+        timings = None
+        if execution is not None:
+            timings = BatchTimings(execution["size"], execution["requests"], execution["input_ns"],
+                                   execution["infer_ns"], execution["output_ns"])
+            if self._observer is not None:
+                self._observer.on_batch(timings, execution["queue_ns"])
+        if "error" in reply:
+            if reply.get("status") == 400:
+                raise InputError(reply["error"])
+            raise InferenceFailed(f"model '{self.name}': {reply['error']}")
+        queue_ns = execution["queue_ns"][0] if execution else 0
+        return BatchResult(reply["outputs"], queue_ns, timings or BatchTimings(rows_of(checked), 1, 0, 0, 0))
+
+    async def _send(self, checked: dict[str, np.ndarray], timeout_ms: float) -> dict:
+        from ray.serve.exceptions import BackPressureError
+
         response = self._handle.infer.remote(checked)
         try:
             if timeout_ms and timeout_ms > 0:
-                reply = await asyncio.wait_for(_await(response), timeout_ms / 1000.0)
-            else:
-                reply = await response
+                return await asyncio.wait_for(_await(response), timeout_ms / 1000.0)
+            return await response
         except asyncio.TimeoutError:
             response.cancel()
             raise RequestTimeout(f"model '{self.name}' did not answer within {timeout_ms:g} ms") from None
         except BackPressureError:
             raise QueueFull(f"model '{self.name}' is at its queue limit on every replica", 1) from None
-        if "error" in reply:
-            if reply.get("status") == 400:
-                raise InputError(reply["error"])
-            raise InferenceFailed(f"model '{self.name}': {reply['error']}")
-        elapsed = time.perf_counter_ns() - start
-        return BatchResult(reply["outputs"], 0, BatchTimings(rows_of(checked), 1, 0, elapsed, 0))
 
     async def drain(self) -> None:
-        pass
+        """Stop accepting; return once every request already sent to the replicas has its answer."""
+        self._closing = True
+        if self._idle is not None:
+            await self._idle.wait()
 
     async def close(self) -> None:
-        pass
+        """Drain; the replicas themselves belong to Ray Serve (`serve.shutdown` stops them)."""
+        await self.drain()
 
 
 async def _await(response):
@@ -304,7 +365,7 @@ def ray_model_host_class(app_name: str):
             try:
                 handle = serve.get_deployment_handle(deployment_name(cfg.name), app_name=app_name)
                 info = await handle.describe.remote()
-                batcher = RayModelBatcher(cfg, handle, info)
+                batcher = RayModelBatcher(cfg, handle, info, observer=model.metrics)
                 await batcher.start()
             except Exception as exc:  # the model is unavailable; the gateway keeps serving the others
                 model.state, model.reason = UNAVAILABLE, f"Ray deployment of '{cfg.name}': {exc}"

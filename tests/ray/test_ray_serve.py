@@ -144,6 +144,33 @@ def test_v2_infer_through_tritonclient_matches_local_runner(cluster, local_engin
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_metrics_are_the_replicas_figures(cluster):
+    """Under Ray the execution count, batch sizes and queue time come from the replicas (they read 0 before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stats() -> dict:
+        return httpx.get(f"{cluster}/v2/models/rec/stats", timeout=30).json()["model_stats"][0]
+
+    before = stats()
+    x = np.random.default_rng(9).random((1, 3, 48, 160), dtype=np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"{cluster}/v2/models/rec/infer", json=body, timeout=60).status_code,
+                              range(8)))
+    assert codes == [200] * 8
+    after = stats()
+    executions = after["execution_count"] - before["execution_count"]
+    assert after["inference_count"] - before["inference_count"] == 8  # rows run, each counted once
+    assert 1 <= executions <= 8
+    queue = after["inference_stats"]["queue"]
+    assert queue["count"] - before["inference_stats"]["queue"]["count"] == 8 and queue["ns"] > 0
+    assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
+    assert sum(b["compute_infer"]["count"] for b in after["batch_stats"]) == after["execution_count"]
+    text = httpx.get(f"{cluster}/metrics", timeout=30).text
+    [histogram] = [ln for ln in text.splitlines() if ln.startswith('ppdeploy_batch_size_count{model="rec"}')]
+    assert float(histogram.rsplit(" ", 1)[1]) == after["execution_count"]  # one batch-size sample per execution
+
+
 def test_v2_bad_request_is_a_400_with_the_reason(cluster):
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * (3 * 32 * 32)}]}
     response = httpx.post(f"{cluster}/v2/models/rec/infer", json=body, timeout=30)

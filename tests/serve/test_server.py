@@ -91,7 +91,13 @@ def test_streamed_request_body_and_large_outputs_both_ways(server, rec_runner):
 
 def test_unavailable_model_is_reported_while_others_serve(server):
     index = {m["name"]: m for m in server.post("/v2/repository/index").json()}
-    assert index["broken"]["state"] == "UNAVAILABLE" and "onnx" in index["broken"]["reason"].lower()
+    assert index["broken"]["state"] == "UNAVAILABLE"
+    reason = index["broken"]["reason"]
+    # both backends of its chain were tried, each failing on the unreadable file, named with protobuf's error
+    assert "onnxruntime: failed" in reason and "openvino: failed" in reason, reason
+    assert reason.count("model.onnx is not a readable ONNX model (DecodeError") == 2, reason
+    for backend in ("onnxruntime", "openvino"):
+        assert server.metric("ppdeploy_backend_fallbacks_total", model="broken", backend=backend) == 1
     for name in ("cls", "rec", "rec_tight", "det", "ocr", "shapes"):
         assert index[name]["state"] == "READY", index[name]
     assert server.get("/v2/health/ready").status_code == 503  # strict readiness: not every model is READY
@@ -382,6 +388,7 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
                "Accept-Encoding": "identity"}
     body += x.tobytes()
     received: dict[str, tuple[int, float]] = {}
+    answers: dict[str, np.ndarray] = {}  # checked in the main thread: a failed assert in a thread only warns
     stop = threading.Event()
 
     def worker(t: int) -> None:
@@ -398,9 +405,12 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
                     continue
                 received[rid] = (r.status_code, time.time())
                 if r.status_code == 200:
-                    out = httpclient.InferResult.from_response_body(
-                        r.content, header_length=int(r.headers["inference-header-content-length"]))
-                    np.testing.assert_allclose(out.as_numpy(REC_OUT), want, rtol=1e-4, atol=1e-5)
+                    try:
+                        out = httpclient.InferResult.from_response_body(
+                            r.content, header_length=int(r.headers["inference-header-content-length"]))
+                        answers[rid] = out.as_numpy(REC_OUT)
+                    except Exception as exc:  # an unreadable answer is a wrong answer, judged below
+                        answers[rid] = exc
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
     for th in threads:
@@ -412,7 +422,12 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
     for th in threads:
         th.join(60)
     assert code == 0
+    assert not any(th.is_alive() for th in threads)
     assert all(status == 200 for status, _ in received.values()), {k: v for k, v in received.items() if v[0] != 200}
+    assert received and set(answers) == set(received)
+    for rid, got in answers.items():
+        assert isinstance(got, np.ndarray), (rid, got)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=rid)
     assert any(t > signalled for _, t in received.values())  # requests in flight at the signal were finished
     accepted = {}
     for line in srv.lines:
@@ -422,3 +437,99 @@ def test_sigterm_during_load_drains_every_accepted_request(keyed_server, rec_run
                 accepted[entry["request_id"]] = entry["status"]
     assert accepted and set(accepted) == set(received)  # every request the server took was answered, and received
     assert set(accepted.values()) == {200}
+
+
+@pytest.fixture
+def flaky_backend():
+    """A backend registered from the test: ONNX Runtime whose runner passes its load's trial inference, then fails
+    on every call, like a GPU engine that dies after start."""
+    from ppdeploy.backends.registry import BACKENDS
+    from tests.test_deploy import flaky_backend_class
+
+    BACKENDS.register("flaky-test", flaky_backend_class(1))
+    yield "flaky-test"
+    BACKENDS.unregister("flaky-test")
+
+
+def test_an_engine_that_fails_at_run_time_is_demoted_to_the_next_backend(flaky_backend, cls_runner):
+    """Served by the real app: requests that meet the broken engine get 503 (none hangs, none is a 500), the model
+    reloads on the next backend of its chain in the background, is READY again, answers right, and it is counted."""
+    import asyncio
+
+    from ppdeploy.repository.config import ModelConfig
+    from ppdeploy.serve.app import build_app
+
+    cfg = ModelConfig.for_source("ppocr-cls", name="cls", backends=[flaky_backend, "onnxruntime"], max_batch_size=4)
+    app = build_app([cfg])
+    rng = np.random.default_rng(3)
+    xs = [rng.random((1, 3, 48, 192), np.float32) for _ in range(6)]
+
+    def body(x):
+        return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            await app.state.host.wait_loaded()
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+                first = await asyncio.wait_for(asyncio.gather(*(h.post("/v2/models/cls/infer", json=body(x))
+                                                                for x in xs)), 30)
+                deadline = time.monotonic() + 120
+                while (await h.get("/v2/models/cls/ready")).status_code != 200:
+                    assert time.monotonic() < deadline, "the model never became ready again"
+                    await asyncio.sleep(0.2)
+                after = await asyncio.wait_for(asyncio.gather(*(h.post("/v2/models/cls/infer", json=body(x))
+                                                                for x in xs)), 30)
+                return (first, after, (await h.get("/metrics")).text,
+                        (await h.post("/v2/repository/index")).json(), app.state.host.models["cls"].engine)
+
+    first, after, metrics, index, engine = asyncio.run(main())
+    statuses = [r.status_code for r in first]
+    assert statuses[0] == 503 and set(statuses) <= {503, 200}, [(r.status_code, r.text[:200]) for r in first]
+    refused = first[0].json()["error"]
+    assert "flaky-test engine failed (RuntimeError: an illegal memory access" in refused and "reloaded" in refused
+    for x, r in zip(xs, after):
+        assert r.status_code == 200, r.text[:300]
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], cls_runner.infer({"x": x})[CLS_OUT].ravel(),
+                                   rtol=1e-5, atol=1e-6)
+    assert [m["state"] for m in index] == ["READY"]
+    assert engine.backend == "onnxruntime"
+    assert [(a.backend, a.status) for a in engine.attempts] == [("flaky-test", "used"), ("flaky-test", "failed"),
+                                                               ("onnxruntime", "used")]
+    lines = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in metrics.splitlines() if ln and ln[0] != "#"}
+    assert lines['ppdeploy_engine_demotions_total{backend="flaky-test",model="cls"}'] == 1
+    assert lines['ppdeploy_backend_fallbacks_total{backend="flaky-test",model="cls"}'] == 1
+    assert lines['ppdeploy_model_ready{model="cls"}'] == 1
+
+
+def test_a_request_the_engine_cannot_take_does_not_demote_the_model(det_runner):
+    """PP-OCRv4 det fails inside ONNX Runtime at 33 x 33 (its FPN cannot broadcast): that request fails, but the
+    engine still passes its trial input, so it is the request's fault: the model stays READY on its backend."""
+    import asyncio
+
+    from ppdeploy.repository.config import ModelConfig
+    from ppdeploy.serve.app import build_app
+
+    app = build_app([ModelConfig.for_source("ppocrv4-det", name="det", backends=["onnxruntime", "openvino"],
+                                            max_batch_size=1)])
+    odd = np.zeros((1, 3, 33, 33), np.float32)
+    good = np.random.default_rng(5).random((1, 3, 64, 96), np.float32)
+
+    def body(x):
+        return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            await app.state.host.wait_loaded()
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+                bad = await h.post("/v2/models/det/infer", json=body(odd))
+                ready = (await h.get("/v2/models/det/ready")).status_code
+                fine = await h.post("/v2/models/det/infer", json=body(good))
+                return bad, ready, fine, (await h.get("/metrics")).text, app.state.host.models["det"]
+
+    bad, ready, fine, metrics, model = asyncio.run(main())
+    assert bad.status_code not in (200, 503) and "Add" in bad.json()["error"], bad.text[:300]
+    assert ready == 200 and model.state == "READY" and model.engine.backend == "onnxruntime"
+    assert fine.status_code == 200
+    np.testing.assert_allclose(np.asarray(fine.json()["outputs"][0]["data"]),
+                               det_runner.infer({"x": good})["sigmoid_0.tmp_0"].ravel(), rtol=1e-4, atol=1e-5)
+    assert "ppdeploy_engine_demotions_total{" not in metrics

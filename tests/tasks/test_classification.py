@@ -99,3 +99,33 @@ def test_cli_classify(shapes_model, shapes_images, tmp_path, capsys):
     assert main(["classify", str(path), "--model", str(shapes_model), "--backend", "onnxruntime",
                  "--labels", str(labels_file)]) == 2
     assert "4 classes" in capsys.readouterr().err
+
+
+def test_cli_classify_a_folder_streams_jsonl_and_reports_bad_files(shapes_model, shapes_images, tmp_path, capsys):
+    import cv2
+
+    from ppdeploy.cli import main
+
+    images, labels = shapes_images
+    names = ["circle", "square", "triangle", "cross"]
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), images[i])
+    (folder / "1b_broken.png").write_bytes(b"\x89PNG truncated")  # sorts between the good ones
+    (folder / "notes.txt").write_text("not an image suffix: skipped")
+    code = main(["classify", str(folder), "--model", str(shapes_model), "--backend", "onnxruntime", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2  # something failed: non-zero, after every other image was classified
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"].rsplit("/", 1)[1] for r in records] == ["0.png", "1.png", "1b_broken.png", "2.png"]
+    assert "not a recognised image" in records[2]["error"] and "topk" not in records[2]
+    for r, i in zip([records[0], records[1], records[3]], range(3)):
+        assert r["topk"][0]["label"] == names[labels[i]]
+    assert f"error: {folder / '1b_broken.png'}: " in err and "1 of 4 inputs failed" in err
+    assert "Traceback" not in err
+    # every image fine: exit 0, plain text output in order
+    (folder / "1b_broken.png").unlink()
+    assert main(["classify", str(folder), "--model", str(shapes_model), "--backend", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("0.png") < out.index("1.png") < out.index("2.png")

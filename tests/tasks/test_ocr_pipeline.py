@@ -163,3 +163,125 @@ def test_cli_synth_then_eval_ocr(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["images"] == 2 and doc["char_accuracy"] > 0.95 and doc["det_recall"] > 0.95
     assert doc["pages_per_s"] > 0 and doc["stage_ms"]["rec_infer"] > 0
+
+
+def _wide_line_page(path) -> str:
+    """A page with one line about 68 times as wide as it is high (3300 px at rec's 48 px height) and a short one."""
+    from PIL import ImageDraw, ImageFont
+
+    from ppdeploy.tasks.ocr.fonts import latin_fonts
+
+    text = "314159265358979323846264338327950288419716939937510582097494459230781640628620899862803482"
+    font = ImageFont.truetype(str(latin_fonts()[0]), 18)
+    img = Image.new("RGB", (int(font.getlength(text)) + 40, 140), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((20, 20), text, fill="black", font=font)
+    draw.text((20, 80), "short line 2026", fill="black", font=font)
+    img.save(path)
+    return text
+
+
+@pytest.mark.slow
+def test_an_unusually_wide_line_is_squeezed_to_the_served_rec_profile_not_a_400(tmp_path):
+    """The served rec model allows lines up to 1600 px wide (its shape profile); a page with a 3300 px line is
+    still read (the line squeezed to 1600, as PaddleOCR does), not refused with a 400."""
+    import asyncio
+
+    import httpx
+
+    from ppdeploy.repository.config import ModelConfig
+    from ppdeploy.serve.app import build_app
+    from ppdeploy.tasks.ocr.metrics import normalized_edit_distance
+
+    text = _wide_line_page(tmp_path / "wide.png")
+    profile = {"x": {"min": [1, 3, 48, 32], "opt": [6, 3, 48, 320], "max": [6, 3, 48, 1600]}}
+    configs = [ModelConfig.for_source("ppocrv4-det", name="det", backends=["onnxruntime"], max_batch_size=1),
+               ModelConfig.for_source("ppocr-cls", name="cls", backends=["onnxruntime"]),
+               ModelConfig.for_source("ppocrv4-rec", name="rec", backends=["onnxruntime"], max_batch_size=6,
+                                      inputs=profile),
+               ModelConfig(name="ocr", task="ocr", pipeline={"det": "det", "cls": "cls", "rec": "rec"})]
+    app = build_app(configs)
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            await app.state.host.wait_loaded()
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+                page = await h.post("/v1/ocr", content=(tmp_path / "wide.png").read_bytes(),
+                                    headers={"content-type": "image/png"})
+                too_wide = np.zeros((1, 3, 48, 1632), np.float32)  # the model itself still refuses wider input
+                direct = await h.post("/v2/models/rec/infer", json={"inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": list(too_wide.shape), "data": too_wide.ravel().tolist()}]})
+                return page, direct
+
+    page, direct = asyncio.run(main())
+    assert direct.status_code == 400 and "outside the build profile" in direct.json()["error"]
+    assert page.status_code == 200, page.text[:300]
+    texts = [line["text"] for line in page.json()["lines"]]
+    longest = max(texts, key=len)
+    assert normalized_edit_distance(longest, text) < 0.1, texts
+    assert any("2026" in t for t in texts), texts
+
+
+def test_rec_batch_width_stays_within_the_model_limits(ocr_ort):
+    from ppdeploy.core.errors import ConfigError
+    from ppdeploy.core.shapes import InputRange, ShapeProfile
+    from ppdeploy.core.tensors import IOSpec, TensorSpec
+    from ppdeploy.tasks.ocr.rec import RecOptions, width_range
+
+    class Stub:  # only io and shapes are read
+        def __init__(self, width, shapes=None):
+            self.io = IOSpec((TensorSpec("x", "float32", (None, 3, 48, width)),), ())
+            self.shapes = shapes
+
+    assert width_range(Stub(None), RecOptions()) == (320, 3200)
+    assert width_range(Stub(None), RecOptions(max_width=5000)) == (320, 5000)
+    assert width_range(Stub(640), RecOptions()) == (640, 640)  # a fixed width is the width
+    profile = ShapeProfile({"x": InputRange((1, 3, 48, 400), (1, 3, 48, 640), (8, 3, 48, 960))})
+    assert width_range(Stub(None, profile), RecOptions()) == (400, 960)
+    with pytest.raises(ConfigError, match="max_width 100 is below image_width 320"):
+        RecOptions(max_width=100)
+    crops = [np.full((20, 20 * k, 3), 255, np.uint8) for k in (1, 5, 200)]  # the last: 9600 px at 48 high
+    assert [w for _, w in ocr_ort.recognizer._batches(crops)] == [3200]  # one batch of 3 (batch_size 6)
+    texts, _ = ocr_ort.recognizer(crops)  # the model runs it: blank crops read as nothing
+    assert len(texts) == 3
+
+
+def test_cli_ocr_over_a_folder_streams_jsonl_and_carries_on_past_bad_files(page, tmp_path, capsys, ocr_ort):
+    from ppdeploy.cli import main
+
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(page.path.read_bytes())
+    (folder / "b.jpg").write_text("not an image")
+    (folder / "c.png").write_bytes(page.path.read_bytes())
+    drawn = tmp_path / "drawn"
+    code = main(["ocr", str(folder), "--backend", "onnxruntime", "--json", "--draw", str(drawn)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    records = [json.loads(line) for line in out.splitlines()]  # JSONL: one record per image, in order
+    assert [r["image"] for r in records] == [str(folder / n) for n in ("a.png", "b.jpg", "c.png")]
+    want = [line.text for line in ocr_ort.predict(page.path).lines]
+    assert [line["text"] for line in records[0]["lines"]] == want == [line["text"] for line in records[2]["lines"]]
+    assert "not a recognised image" in records[1]["error"]
+    assert sorted(p.name for p in drawn.iterdir()) == ["a_ocr.png", "c_ocr.png"]
+    assert f"ppdeploy ocr: error: {folder / 'b.jpg'}: " in err and "1 of 3 inputs failed" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--font", "/nonexistent/font.ttf"], "font file not found: /nonexistent/font.ttf"),
+    (["--font", "__NOT_A_FONT__"], "is not a font PIL can read"),
+    (["--draw", "out.xyz"], "'.xyz' is not an image format OpenCV writes"),
+    (["--draw", "/nonexistent/dir/out.png"], "folder /nonexistent/dir does not exist"),
+])
+def test_cli_ocr_bad_font_or_draw_target_is_one_clear_line(page, tmp_path, capsys, flags, message):
+    from ppdeploy.cli import main
+
+    not_a_font = tmp_path / "font.ttf"
+    not_a_font.write_text("plain text")
+    flags = [str(not_a_font) if f == "__NOT_A_FONT__" else f for f in flags]
+    if flags[0] == "--draw" and not flags[1].startswith("/"):
+        flags[1] = str(tmp_path / flags[1])
+    assert main(["ocr", str(page.path), "--backend", "onnxruntime", "--draw", str(tmp_path / "d.png"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("ppdeploy ocr: error: ") and "Traceback" not in err

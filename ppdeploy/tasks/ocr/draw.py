@@ -53,6 +53,31 @@ def draw_result(bgr: np.ndarray, lines: list[Any], font_path: str | Path | None 
     return np.asarray(canvas)[:, :, ::-1].copy(), font_file is not None
 
 
+def check_font(font_path: str | Path) -> Path:
+    """`font_path` if it is a font file PIL can draw with; else a PPDeployError saying why (checked before any model
+    loads, so a typo does not cost a pipeline build)."""
+    path = Path(font_path)
+    if not path.is_file():
+        raise PPDeployError(f"font file not found: {path}", hint=APT_HINT)
+    try:
+        ImageFont.truetype(str(path), 12)
+    except (OSError, ValueError) as exc:
+        raise PPDeployError(f"{path} is not a font PIL can read ({type(exc).__name__}: {exc})",
+                            hint="pass a .ttf/.ttc/.otf file; " + APT_HINT) from None
+    return path
+
+
+def check_drawing_target(path: str | Path) -> Path:
+    """`path` if an image can be written there (a format OpenCV writes, an existing folder); else a PPDeployError."""
+    path = Path(path)
+    if not cv2.haveImageWriter(str(path)):
+        raise PPDeployError(f"cannot write a drawing to {path}: '{path.suffix or '(no extension)'}' is not an image "
+                            "format OpenCV writes", hint="use .png or .jpg")
+    if not path.parent.is_dir():
+        raise PPDeployError(f"cannot write a drawing to {path}: folder {path.parent} does not exist")
+    return path
+
+
 def save_drawing(path: str | Path, bgr: np.ndarray, lines: list[Any], font_path: str | Path | None = None) -> bool:
     image, with_text = draw_result(bgr, lines, font_path)
     path = Path(path)

@@ -156,6 +156,11 @@ class GuardedRecRunner:
         return self._io
 
     @property
+    def shapes(self):
+        """The fast model's input profile (the one its inputs must fit)."""
+        return getattr(self.fast, "shapes", None)
+
+    @property
     def last_timings(self):
         return self.fast.last_timings
 

@@ -26,6 +26,10 @@ class RecOptions:
     """Crops per inference call; crops are sorted by aspect ratio first, so a batch pads little."""
     use_space_char: bool = True
     """The model's last class is a space (PP-OCR's dictionaries are used with it)."""
+    max_width: int = 3200
+    """Widest batch: a line that would need more (height x its aspect ratio) is squeezed to it, so one unusually
+    long line is still read (PaddleX's max_img_w). Lowered to the model's own limit: its fixed width, or the max of
+    its shape profile."""
     dictionary: str | None = None
     """Character list, one per line; None: ppocr_keys_v1.txt of the bundled models."""
     guard_margin: float = DEFAULT_MARGIN
@@ -41,6 +45,8 @@ class RecOptions:
                               f"{self.guard_margin}")
         if self.image_height < 8 or self.image_width < 8:
             raise ConfigError(f"rec image size {self.image_height}x{self.image_width} is too small")
+        if self.max_width < self.image_width:
+            raise ConfigError(f"rec max_width {self.max_width} is below image_width {self.image_width}")
 
 
 def load_characters(dictionary: str | Path | None, use_space_char: bool = True) -> list[str]:
@@ -107,6 +113,7 @@ class TextRecognizer:
         self.input_name = runner.io.inputs[0].name
         self.characters = characters or load_characters(self.options.dictionary, self.options.use_space_char)
         self.greedy_head = has_greedy_head(runner)
+        self.min_width, self.max_width = width_range(runner, self.options)
         classes = getattr(runner, "classes", None)  # a GuardedRecRunner's softmax, behind its ctc_greedy outputs
         if classes is None and runner.io.outputs and not self.greedy_head:
             classes = runner.io.outputs[0].shape[-1]
@@ -143,7 +150,7 @@ class TextRecognizer:
 
     def _batches(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
         """PaddleOCR's batches: crops sorted by aspect ratio, `batch_size` at a time, each batch padded to the width
-        its widest member needs (at least image_width)."""
+        its widest member needs (at least image_width, at most max_width: wider members are squeezed to it)."""
         opts = self.options
         ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
         order = np.argsort(ratios, kind="stable").tolist()
@@ -151,5 +158,22 @@ class TextRecognizer:
         for start in range(0, len(order), opts.batch_size):
             idx = order[start:start + opts.batch_size]
             max_ratio = max(opts.image_width / opts.image_height, max(ratios[i] for i in idx))
-            batches.append((idx, int(opts.image_height * max_ratio)))
+            width = int(opts.image_height * max_ratio)
+            batches.append((idx, min(self.max_width, max(self.min_width, width))))
         return batches
+
+
+def width_range(runner: Any, options: RecOptions) -> tuple[int, int]:
+    """(narrowest, widest) batch width `runner` takes: its fixed width (both), else options.image_width ..
+    options.max_width narrowed to its shape profile's range, when it has one."""
+    spec = runner.io.inputs[0]
+    fixed = spec.shape[3] if len(spec.shape) == 4 else None
+    if fixed is not None:
+        return fixed, fixed
+    lo, hi = options.image_width, options.max_width
+    shapes = getattr(runner, "shapes", None)
+    profile = shapes.ranges.get(spec.name) if shapes else None
+    if profile is not None and len(profile.max) == 4:
+        hi = min(hi, profile.max[3])
+        lo = min(max(lo, profile.min[3]), hi)
+    return lo, hi
