@@ -147,6 +147,15 @@ class Backend(abc.ABC):
     def unavailable_reason(self) -> str | None:
         """None when this backend can run here; otherwise why not and how to fix it."""
 
+    def build_unavailable_reason(self, target: str | None = None) -> str | None:
+        """None when this backend can build here — for `target` (one of `targets()`), ahead of time for another
+        machine's GPU; otherwise why not. Most backends build where they run."""
+        return self.unavailable_reason() if target is None else f"{self.name} does not build for other targets"
+
+    def targets(self) -> tuple[str, ...]:
+        """The GPU targets it can build for ahead of time (e.g. compute capabilities); empty: none."""
+        return ()
+
     @abc.abstractmethod
     def version(self) -> str:
         ...

@@ -12,7 +12,7 @@ import numpy as np
 
 from ppdeploy.backends.base import Backend, BuildOptions, Runner
 from ppdeploy.core.errors import BuildError
-from ppdeploy.core.lazy import import_paddle
+from ppdeploy.core.lazy import import_paddle, install_hint
 from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype
 
 
@@ -59,7 +59,7 @@ class PaddleBackend(Backend):
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("paddle") is None:
-            return "paddlepaddle is not installed (pip install paddlepaddle)"
+            return f"paddlepaddle is not installed ({install_hint('paddle')})"
         return None
 
     def version(self) -> str:

@@ -14,7 +14,8 @@ from ppdeploy.core.device import cpu_info, gpu_info
 # Distribution names whose versions decide benchmark numbers.
 PACKAGES = (
     "ppdeploy", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "paddlepaddle", "paddle2onnx",
-    "opencv-python-headless", "tensorrt-rtx-cu13-bindings", "rapidocr-paddle", "fastapi", "uvicorn", "httpx",
+    "opencv-python-headless", "tensorrt-rtx-cu13-bindings", "rapidocr-paddle", "starlette", "uvicorn", "uvloop",
+    "httptools", "httpx", "grpcio", "tritonclient",
 )
 
 

@@ -1,4 +1,4 @@
-"""Open-loop HTTP load generator (Poisson or constant arrivals).
+"""Open-loop load generator for HTTP and gRPC (Poisson or constant arrivals).
 
 Arrival times are drawn before the run starts and requests are sent at those times whether or not
 earlier ones have answered, so a slow server builds a queue and the queueing shows in the latencies
@@ -11,6 +11,10 @@ The requests come from `LoadSettings.workers` client processes (`ppdeploy.bench.
 connections, the request encoded once, a few microseconds of client CPU per request), so the generator is not
 what limits a fast server; the arrival schedule is one process drawn from one seed and dealt round-robin to
 the workers, and their records are merged back in schedule order.
+
+The same schedules drive Triton's gRPC protocol (`grpc_v2_request`, a `grpc://host:port` target) and inputs
+placed once in system shared memory (`SharedMemoryInputs`: the requests then name a region instead of carrying
+the tensor), so HTTP and gRPC, bytes and shared memory, are measured by one generator.
 
 Bounded on every side: a maximum request count, the run duration, a drain timeout after the last
 arrival, a per-request timeout and a cap on requests in flight. Only loopback addresses are allowed
@@ -37,6 +41,10 @@ import numpy as np
 from ppdeploy.bench.load_worker import WorkerJob, WorkerResult
 from ppdeploy.bench.stats import summarize
 from ppdeploy.core.errors import InputError, PPDeployError
+from ppdeploy.core.lazy import lazy_import
+
+pb = lazy_import("tritonclient.grpc.service_pb2")
+shm_utils = lazy_import("tritonclient.utils.shared_memory")
 
 DISTRIBUTIONS = ("poisson", "constant")
 KINDS = ("v2", "ocr", "classify")
@@ -76,8 +84,8 @@ def arrival_schedule(rate: float, duration_s: float, distribution: str = "poisso
 def ensure_loopback(url: str, allow_remote: bool = False) -> None:
     """Refuse a target that resolves to anything but loopback, unless explicitly allowed."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"'{url}' is not an http(s) URL", hint="e.g. http://127.0.0.1:8000")
+    if parts.scheme not in ("http", "https", "grpc") or not parts.hostname:
+        raise InputError(f"'{url}' is not an http(s) or grpc URL", hint="e.g. http://127.0.0.1:8000")
     if allow_remote:
         return
     try:
@@ -103,25 +111,112 @@ class RequestTemplate:
     headers: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes, str]] | None = None
     describe: str = ""
+    # "grpc": `content` is a serialized inference.ModelInferRequest, `path` the gRPC method, `headers` its metadata.
+    protocol: str = "http"
 
 
-def v2_request(model: str, inputs: dict[str, np.ndarray], binary: bool = True) -> RequestTemplate:
+DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+             "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def _datatype(name: str, arr: np.ndarray) -> str:
+    if arr.dtype.name not in DATATYPES:
+        raise InputError(f"input '{name}' has dtype {arr.dtype}, which KServe v2 cannot carry")
+    return DATATYPES[arr.dtype.name]
+
+
+def _raw(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _shapes(inputs: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
+
+
+class SharedMemoryInputs:
+    """The inputs written once into POSIX shared memory and registered with the server (Triton's system
+    shared-memory extension), for requests that name the region instead of carrying the bytes. A context manager:
+    leaving it unregisters and destroys the regions. `params[name]` is what an input's parameters carry."""
+
+    def __init__(self, base_url: str, inputs: dict[str, np.ndarray], prefix: str = "ppdeploy-load",
+                 headers: dict[str, str] | None = None, timeout_s: float = 30.0):
+        self.base_url, self.headers, self.timeout_s = base_url.rstrip("/"), dict(headers or {}), timeout_s
+        self.inputs = inputs
+        self.params: dict[str, dict[str, Any]] = {}
+        self._handles: list[tuple[str, Any]] = []
+        self._prefix = f"{prefix}-{os.getpid()}"
+
+    def __enter__(self) -> "SharedMemoryInputs":
+        import httpx
+
+        try:
+            for i, (name, arr) in enumerate(self.inputs.items()):
+                raw = np.ascontiguousarray(arr)
+                region, key = f"{self._prefix}-{i}", f"/{self._prefix}-{i}"
+                handle = shm_utils.create_shared_memory_region(region, key, raw.nbytes)
+                self._handles.append((region, handle))
+                shm_utils.set_shared_memory_region(handle, [raw])
+                resp = httpx.post(f"{self.base_url}/v2/systemsharedmemory/region/{region}/register",
+                                  json={"key": key, "offset": 0, "byte_size": raw.nbytes}, headers=self.headers,
+                                  timeout=self.timeout_s)
+                if resp.status_code != 200:
+                    raise PPDeployError(f"registering shared memory region {region} answered {resp.status_code}: "
+                                        f"{resp.text[:200]}")
+                self.params[name] = {"shared_memory_region": region, "shared_memory_byte_size": raw.nbytes}
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import httpx
+
+        for region, handle in self._handles:
+            try:
+                httpx.post(f"{self.base_url}/v2/systemsharedmemory/region/{region}/unregister",
+                           headers=self.headers, timeout=self.timeout_s)
+            except httpx.HTTPError:
+                pass  # the server is gone; its registry went with it
+            shm_utils.destroy_shared_memory_region(handle)
+        self._handles.clear()
+
+
+def grpc_v2_request(model: str, inputs: dict[str, np.ndarray],
+                    shm: SharedMemoryInputs | None = None) -> RequestTemplate:
+    """A gRPC ModelInfer request (raw tensor contents, as tritonclient.grpc sends), serialized once; with `shm`, the
+    inputs name their shared-memory regions instead."""
+    request = pb.ModelInferRequest(model_name=model)
+    for name, arr in inputs.items():
+        tensor = request.inputs.add(name=name, datatype=_datatype(name, arr), shape=list(arr.shape))
+        if shm is not None:
+            tensor.parameters["shared_memory_region"].string_param = shm.params[name]["shared_memory_region"]
+            tensor.parameters["shared_memory_byte_size"].int64_param = shm.params[name]["shared_memory_byte_size"]
+        else:
+            request.raw_input_contents.append(_raw(arr))
+    how = "shared memory" if shm is not None else "raw contents"
+    return RequestTemplate("POST", GRPC_INFER, request.SerializeToString(), {},
+                           describe=f"gRPC ModelInfer {model} {_shapes(inputs)} ({how})", protocol="grpc")
+
+
+def v2_request(model: str, inputs: dict[str, np.ndarray], binary: bool = True,
+               shm: SharedMemoryInputs | None = None) -> RequestTemplate:
     """KServe v2 inference request for numpy inputs.
 
     binary (default): Triton's binary tensor extension — a JSON header followed by the raw tensor bytes, outputs
     asked back binary too — which is what tritonclient and perf_analyzer send; JSON-encoding a 3x48x320 float
     tensor costs the client and the server far more than running a small model does.
+    shm: the inputs name their shared-memory regions (a JSON header only; outputs still come back binary).
     """
-    dtypes = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-              "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
     header: dict[str, Any] = {"inputs": []}
     blobs = []
+    binary = binary or shm is not None
     for name, arr in inputs.items():
-        if arr.dtype.name not in dtypes:
-            raise InputError(f"input '{name}' has dtype {arr.dtype}, which KServe v2 cannot carry")
-        spec: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": dtypes[arr.dtype.name]}
-        if binary:
-            raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        spec: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": _datatype(name, arr)}
+        if shm is not None:
+            spec["parameters"] = dict(shm.params[name])
+        elif binary:
+            raw = _raw(arr)
             spec["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -135,9 +230,9 @@ def v2_request(model: str, inputs: dict[str, np.ndarray], binary: bool = True) -
         headers["inference-header-content-length"] = str(len(head))
     else:
         content = json.dumps(header).encode()
-    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
+    how = "shared memory" if shm is not None else "binary" if binary else "JSON"
     return RequestTemplate("POST", f"/v2/models/{model}/infer", content, headers,
-                           describe=f"v2 infer {model} {shapes} ({'binary' if binary else 'JSON'} tensors)")
+                           describe=f"v2 infer {model} {_shapes(inputs)} ({how} tensors)")
 
 
 def image_request(kind: str, image: bytes, filename: str = "image.png", model: str | None = None) -> RequestTemplate:
@@ -238,10 +333,12 @@ def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, se
     The schedule is dealt round-robin (worker i sends arrivals i, i+N, ...), so the merged arrivals are exactly
     the one process drawn from `settings.seed`, whatever N is; all workers share one start time."""
     parts = urlsplit(base_url)
-    if parts.scheme != "http":
-        raise InputError(f"the load generator speaks plain HTTP; '{base_url}' is {parts.scheme}")
-    host, port = parts.hostname, parts.port or 80
-    request = encode_http_request(template, parts.netloc)
+    if parts.scheme != ("grpc" if template.protocol == "grpc" else "http"):
+        raise InputError(f"a {template.protocol} request needs a {'grpc' if template.protocol == 'grpc' else 'http'}"
+                         f":// target; '{base_url}' is {parts.scheme}", hint="gRPC: grpc://127.0.0.1:8001")
+    host, port = parts.hostname, parts.port or (8001 if template.protocol == "grpc" else 80)
+    grpc_mode = template.protocol == "grpc"
+    request = template.content if grpc_mode else encode_http_request(template, parts.netloc)
     n_workers = max(1, min(settings.workers or default_workers(), schedule.size))
     per_worker_cap = max(1, math.ceil(settings.max_in_flight / n_workers))
     shares = [schedule[i::n_workers] for i in range(n_workers)]
@@ -249,7 +346,9 @@ def _run_rate(base_url: str, template: RequestTemplate, schedule: np.ndarray, se
     try:
         for share in shares:
             job = WorkerJob(host, port, request, share.tolist(), settings.timeout_s, settings.drain_s, per_worker_cap,
-                            preconnect=min(per_worker_cap, 8))
+                            preconnect=min(per_worker_cap, 8), protocol=template.protocol,
+                            method=template.path if grpc_mode else "",
+                            metadata=tuple((k.lower(), v) for k, v in template.headers.items()) if grpc_mode else ())
             proc = subprocess.Popen([sys.executable, "-m", "ppdeploy.bench.load_worker"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)

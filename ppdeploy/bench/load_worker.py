@@ -1,12 +1,19 @@
 """One process of the open-loop load generator (`ppdeploy.bench.load`): sends one pre-encoded HTTP/1.1 request
 at each scheduled time over keep-alive connections and records when it was sent and when the answer ended.
 
-Why a hand-written client: a general HTTP client (httpx) spends ~1 ms of CPU per request in Python, so one
-client process tops out at a few hundred requests/s, below what the server under test can do. Here a request
-is one `transport.write` of bytes encoded once, and a response is parsed only as far as its status line and
-framing (Content-Length, chunked, or read-to-close); the body is counted, not kept (a rec model answers 2 MB).
+Why not a general HTTP client: httpx spends ~1 ms of CPU per request in Python, so one client process tops out
+at a few hundred requests/s, below what the server under test can do. Here a request is one `transport.write` of
+bytes encoded once, and responses go through httptools' C parser (llhttp, uvicorn's): status, framing
+(Content-Length, chunked, or read-to-close) and keep-alive come from it; the body is counted, not kept (a rec
+model answers 2 MB), apart from a short prefix for error reports.
 
-Runs as `python -m ppdeploy.bench.load_worker` (stdlib + optional uvloop only, so it starts fast):
+gRPC mode (`WorkerJob.protocol == "grpc"`): one grpc.aio channel (HTTP/2, requests multiplexed) calls the method
+with the request message serialized once; the reply is not deserialized, only its status kept. A gRPC status maps
+to the HTTP code the report counts (RESOURCE_EXHAUSTED 429, INVALID_ARGUMENT 400, ...); DEADLINE_EXCEEDED and
+UNAVAILABLE are failures, as a timeout or a refused connection is over HTTP.
+
+Runs as `python -m ppdeploy.bench.load_worker` (stdlib, httptools and optional uvloop only, so it starts fast;
+grpcio only in gRPC mode):
   stdin:  pickled WorkerJob, then, once this process has opened its first connections and written b"ready\\n",
           one line with the shared start time (time.monotonic(), which is CLOCK_MONOTONIC: the same clock in
           every process of the machine)
@@ -22,6 +29,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import httptools
+
 KEEP_PREFIX = 200  # bytes of an error response body kept for the report
 
 
@@ -35,6 +44,15 @@ class WorkerJob:
     drain_s: float
     max_in_flight: int
     preconnect: int = 4  # connections opened before the start, so the first arrivals pay no TCP handshake
+    protocol: str = "http"  # "grpc": `request` is a serialized protobuf message for the gRPC `method`
+    method: str = ""  # gRPC: the full method name, e.g. /inference.GRPCInferenceService/ModelInfer
+    metadata: tuple[tuple[str, str], ...] = ()  # gRPC: call metadata (authorization, ...)
+
+
+# gRPC status -> the HTTP code the report counts; the ones that mean "no answer" raise instead (see _grpc_sender).
+GRPC_AS_HTTP = {"OK": 200, "INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "FAILED_PRECONDITION": 400,
+                "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+                "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "UNIMPLEMENTED": 501}
 
 
 @dataclass
@@ -46,7 +64,7 @@ class WorkerResult:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection carrying one request at a time."""
+    """One keep-alive connection carrying one request at a time; httptools calls back as the response arrives."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -54,14 +72,13 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.waiter: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self.buf = bytearray()
         self.head_done = False
+        self.framed = False  # Content-Length or Transfer-Encoding seen; otherwise the body ends with the connection
         self.status = 0
-        self.remaining = -1  # body bytes still expected; -1: read to close
-        self.chunked = False
         self.keep_alive = True
         self.prefix = b""
 
@@ -79,85 +96,39 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None:  # bytes nobody asked for: the server is broken; drop the connection
             self.abort()
             return
-        if not self.head_done:
-            self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > 65536:
-                    self._fail(ConnectionError("response header larger than 64 KiB"))
-                return
-            try:
-                self._parse_head(bytes(self.buf[:end]))
-            except ValueError as exc:
-                self._fail(ConnectionError(f"malformed response: {exc}"))
-                return
-            data = bytes(self.buf[end + 4:])
-            self.buf = bytearray()
-            if self.remaining == 0 and not self.chunked:
-                self._finish()
-                return
-        if self.chunked:
-            self._chunked(data)
-            return
-        if len(self.prefix) < KEEP_PREFIX:
-            self.prefix += data[:KEEP_PREFIX - len(self.prefix)]
-        if self.remaining >= 0:
-            self.remaining -= len(data)
-            if self.remaining <= 0:
-                self._finish()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed response: {exc}"))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         if self.waiter is not None and not self.waiter.done():
-            if self.head_done and self.remaining < 0 and not self.chunked:
+            if self.head_done and not self.framed:
+                self.keep_alive = False
                 self._finish()  # a body framed by the end of the connection
             else:
                 self._fail(ConnectionError("server closed the connection" + (f": {exc}" if exc else "")))
 
-    # -- framing -----------------------------------------------------------------------------------------------
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        self.status = int(rest[:3])
-        self.keep_alive = version == b"HTTP/1.1"
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            value = value.strip().lower()
-            if name == b"content-length":
-                self.remaining = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value:
-                self.chunked = True
-            elif name == b"connection":
-                self.keep_alive = value == b"keep-alive" or (self.keep_alive and value != b"close")
-        if self.status in (204, 304) or 100 <= self.status < 200:
-            self.remaining = 0
-        self.head_done = True
-        if self.remaining < 0 and not self.chunked:
-            self.keep_alive = False
+    # -- httptools callbacks -----------------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
-    def _chunked(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            line_end = self.buf.find(b"\r\n")
-            if line_end < 0:
-                return
-            try:
-                size = int(bytes(self.buf[:line_end]).split(b";")[0], 16)
-            except ValueError:
-                self._fail(ConnectionError("malformed chunk size"))
-                return
-            if size == 0:
-                if self.buf.find(b"\r\n\r\n", line_end) < 0:
-                    return  # the empty line after the (optional) trailers has not arrived yet
-                self._finish()
-                return
-            if len(self.buf) < line_end + 2 + size + 2:
-                return
-            chunk = self.buf[line_end + 2:line_end + 2 + size]
-            if len(self.prefix) < KEEP_PREFIX:
-                self.prefix += bytes(chunk[:KEEP_PREFIX - len(self.prefix)])
-            del self.buf[:line_end + 2 + size + 2]
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.prefix) < KEEP_PREFIX:
+            self.prefix += body[:KEEP_PREFIX - len(self.prefix)]
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim response (100 Continue): the real one follows
+            self._reset()
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        self._finish()
 
     # -- requests ----------------------------------------------------------------------------------------------
     def send(self, request: bytes, timeout_s: float) -> asyncio.Future:
@@ -194,6 +165,31 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+async def _grpc_sender(job: WorkerJob):
+    """(channel, send): send() makes one call of `job.method` with `job.request` and returns (status, detail)."""
+    import grpc  # the [grpc] extra; only gRPC runs need it
+
+    channel = grpc.aio.insecure_channel(f"{job.host}:{job.port}", options=[
+        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    await asyncio.wait_for(channel.channel_ready(), job.timeout_s)
+    call = channel.unary_unary(job.method)  # no serializers: bytes out, bytes back, nothing parsed per request
+    metadata = tuple(job.metadata) or None
+
+    async def send() -> tuple[int, bytes]:
+        try:
+            await call(job.request, timeout=job.timeout_s, metadata=metadata)
+            return 200, b""
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            if code == "DEADLINE_EXCEEDED":
+                raise TimeoutError(f"no complete response within {job.timeout_s:g} s") from None
+            if code == "UNAVAILABLE":
+                raise ConnectionError(f"gRPC UNAVAILABLE: {exc.details()}") from None
+            return GRPC_AS_HTTP.get(code, 500), f"gRPC {code}: {exc.details()}".encode()
+
+    return channel, send
+
+
 async def run_job(job: WorkerJob, start: float | None = None, ready=None) -> WorkerResult:
     """Run one worker's share of the schedule. `start` (time.monotonic()) defaults to right after the
     connections are open; `ready` is called once they are (the process entry point uses it to sync workers)."""
@@ -207,7 +203,13 @@ async def run_job(job: WorkerJob, start: float | None = None, ready=None) -> Wor
         _, proto = await loop.create_connection(lambda: _Connection(loop), job.host, job.port)
         return proto
 
-    for _ in range(min(job.preconnect, job.max_in_flight, max(1, n))):
+    channel = grpc_send = None
+    if job.protocol == "grpc":
+        try:
+            channel, grpc_send = await _grpc_sender(job)
+        except (OSError, asyncio.TimeoutError):
+            pass  # the requests will meet (and record) the same error
+    for _ in range(min(job.preconnect, job.max_in_flight, max(1, n)) if job.protocol == "http" else 0):
         try:
             idle.append(await asyncio.wait_for(connect(), job.timeout_s))
         except (OSError, asyncio.TimeoutError):
@@ -224,6 +226,15 @@ async def run_job(job: WorkerJob, start: float | None = None, ready=None) -> Wor
         result.sent[i] = clock() - start
         conn = None
         try:
+            if job.protocol == "grpc":
+                if grpc_send is None:
+                    raise ConnectionError(f"gRPC channel to {job.host}:{job.port} did not become ready")
+                status, prefix = await grpc_send()
+                result.done[i] = clock() - start
+                result.status[i] = status
+                if status >= 400:
+                    result.errors[i] = prefix[:200].decode("utf-8", "replace")
+                return
             while idle:
                 c = idle.pop()
                 if not c.closed:
@@ -263,6 +274,8 @@ async def run_job(job: WorkerJob, start: float | None = None, ready=None) -> Wor
             await asyncio.gather(*pending, return_exceptions=True)
     for c in idle:
         c.abort()
+    if channel is not None:
+        await channel.close()
     for i in range(n):
         if result.sent[i] == result.sent[i] and result.status[i] == 0 and i not in result.errors:
             result.errors[i] = "did not complete before the drain timeout"
@@ -291,7 +304,8 @@ def main() -> int:
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.readline)
         return float(line)
 
-    loop = _new_loop()
+    # grpc.aio runs its own completion queue against the asyncio loop; uvloop is kept to HTTP, where it was measured.
+    loop = asyncio.new_event_loop() if job.protocol == "grpc" else _new_loop()
     try:
         result = loop.run_until_complete(load_worker.run_job(job, ready=ready))
     finally:

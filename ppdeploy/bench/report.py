@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ppdeploy.bench.stats import ecdf
+from ppdeploy.core.lazy import missing
 
 # Speed-ups are reported relative to Paddle Inference FP32 (what a PaddleOCR user runs today), measured in the same run.
 BASELINE_BACKEND = "paddle"
@@ -90,8 +91,10 @@ def ratio_markdown(results: Sequence[Mapping[str, Any]], baseline_backend: str =
 
 
 def _plt():
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:  # plots are the [bench] extra; a base install still writes JSON and markdown
+        raise missing("matplotlib", exc) from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,6 +7,9 @@
 - `ceiling_benchmark`: the server's own ceiling — a near-free ONNX model (one ReduceMax) behind the server, offered
   increasing Poisson rates by the multi-process load generator; reported: what it sustains, latency, and the
   server process's CPU time per answered request.
+- `transport_benchmark`: the same near-free model (so what differs is the transport) at large tensors — a det page,
+  a batch of rec lines — sent as binary HTTP, gRPC raw contents, and from system shared memory over either, at
+  offered Poisson rates; reported: achieved rate, latency and the server's CPU time per request.
 - `batching_benchmark`: open-loop Poisson load (`ppdeploy.bench.load`) on the same model served twice — with
   dynamic batching and with `max_batch_size: 1` — over a ladder of offered rates. For a p99 budget, each
   configuration's throughput is the highest achieved rate whose p99 stays within it; the ratio is the gain.
@@ -31,7 +34,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ppdeploy.bench.load import LoadSettings, RequestTemplate, default_workers, run_load
+from ppdeploy.bench.load import (
+    LoadSettings,
+    RequestTemplate,
+    SharedMemoryInputs,
+    default_workers,
+    grpc_v2_request,
+    run_load,
+    v2_request,
+)
 from ppdeploy.bench.server_process import ServerProcess
 from ppdeploy.core.errors import PPDeployError
 from ppdeploy.deploy.load import load_model
@@ -378,6 +389,89 @@ def ceiling_benchmark(rates: Sequence[float] = (500, 1000, 2000, 3000, 4000), du
     return CeilingResult([1, *input_shape], [1, output_elems], max_batch_size, duration_s, workers, points)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Transports: binary HTTP vs gRPC, bytes vs system shared memory, at large tensors
+# ----------------------------------------------------------------------------------------------------------
+TRANSPORT_CASES = {"det page": (1, 3, 960, 960), "rec lines": (8, 3, 48, 320)}
+TRANSPORTS = ("http binary", "grpc raw", "http shm", "grpc shm")
+
+
+@dataclass
+class TransportPoint:
+    case: str
+    shape: list[int]
+    transport: str
+    offered_rps: float
+    achieved_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    lost: int
+    server_cpu_us_per_request: float | None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def transport_benchmark(rates: dict[str, Sequence[float]] | None = None, duration_s: float = 3.0,
+                        cases: dict[str, Sequence[int]] | None = None, transports: Sequence[str] = TRANSPORTS,
+                        workers: int = 0) -> list[TransportPoint]:
+    """Each case's tensor through each transport at each offered rate, against one server (HTTP + gRPC) whose
+    model is near free, so the numbers are the cost of moving the tensor: encode, send, receive, decode."""
+    cases = dict(cases or TRANSPORT_CASES)
+    rates = dict(rates or {"det page": (20, 60), "rec lines": (50, 150)})
+    workers = workers or default_workers()
+    points: list[TransportPoint] = []
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-transport-") as tmp:
+        configs = []
+        for i, shape in enumerate(cases.values()):
+            model = near_free_model(Path(tmp) / f"m{i}.onnx", shape[1:], 2)
+            configs.append(f"name: m{i}\nsource: {model}\nbackends: [onnxruntime]\nthreads: 1\n"
+                           f"max_batch_size: {max(8, shape[0])}\ndynamic_batching: {{max_queue_size: 4096}}\n")
+        grpc_port = _free_port()
+        with running_server(configs, extra_args=["--no-access-log", "--grpc-port", str(grpc_port)]) as server:
+            settings = LoadSettings(timeout_s=20, drain_s=10, max_in_flight=512, workers=workers)
+            for i, (case, shape) in enumerate(cases.items()):
+                x = np.random.default_rng(i).standard_normal(shape, dtype=np.float32)
+                for transport in transports:
+                    proto, how = transport.split()
+                    url = f"grpc://127.0.0.1:{grpc_port}" if proto == "grpc" else server.url
+                    shm = SharedMemoryInputs(server.url, {"x": x}, prefix=f"ppdeploy-transport-{i}") \
+                        if how == "shm" else None
+                    with shm or _nothing():
+                        template = grpc_v2_request(f"m{i}", {"x": x}, shm) if proto == "grpc" else \
+                            v2_request(f"m{i}", {"x": x}, shm=shm)
+                        run_load(url, template, [min(rates[case])], 1.0, settings=settings)  # warm-up
+                        for rate in rates[case]:
+                            c0 = _process_cpu_s(server.process.pid)
+                            [res] = run_load(url, template, [rate], duration_s, settings=settings)
+                            c1 = _process_cpu_s(server.process.pid)
+                            lat = res.latency_ms or {}
+                            cpu = (round((c1 - c0) / res.ok * 1e6, 1)
+                                   if c0 is not None and c1 is not None and res.ok else None)
+                            points.append(TransportPoint(case, list(shape), transport, rate, res.achieved_rps,
+                                                         lat.get("p50"), lat.get("p99"), res.scheduled - res.ok, cpu))
+    return points
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def transport_table(points: Sequence[TransportPoint]) -> str:
+    rows = ["| case | transport | offered req/s | achieved req/s | p50 ms | p99 ms | lost | server CPU us/request |",
+            "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        rows.append(f"| {p.case} {'x'.join(map(str, p.shape))} | {p.transport} | {p.offered_rps:g} | "
+                    f"{p.achieved_rps:.1f} | {p.p50_ms} | {p.p99_ms} | {p.lost} | {p.server_cpu_us_per_request} |")
+    return "\n".join(rows)
+
+
 def _table(points: Sequence[LadderPoint]) -> str:
     rows = ["| offered req/s | achieved req/s | p50 ms | p99 ms | mean batch | failed |", "|---|---|---|---|---|---|"]
     for p in points:
@@ -388,7 +482,7 @@ def _table(points: Sequence[LadderPoint]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ppdeploy.bench.serving", description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["overhead", "batching", "ceiling"])
+    ap.add_argument("which", choices=["overhead", "batching", "ceiling", "transport"])
     ap.add_argument("--model")
     ap.add_argument("--backend", help="default: onnxruntime for overhead, openvino for batching (it gains from "
                                       "batches on CPU; ONNX Runtime's CPU kernels barely do)")
@@ -412,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
                                  args.requests,
                                  threads=args.threads, inline_max_ms=args.inline_max_ms)
         print(json.dumps(asdict(res), indent=2))
+    elif args.which == "transport":
+        res = transport_benchmark(duration_s=args.duration, workers=args.workers)
+        print(transport_table(res))
+        res = {"points": [asdict(p) for p in res]}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return 0
     elif args.which == "ceiling":
         kw = {"rates": [float(r) for r in args.rates.split(",")]} if args.rates else {}
         res = ceiling_benchmark(duration_s=args.duration, max_batch_size=args.max_batch_size,

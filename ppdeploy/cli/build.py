@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ppdeploy.cli.common import add_model_args, load_from_args, print_json
+from ppdeploy.cli.common import add_model_args, load_from_args, parse_shapes, print_json
 from ppdeploy.core.errors import InputError
+from ppdeploy.core.shapes import ShapeProfile
 from ppdeploy.precision.registry import QUANTIZERS
 
 
@@ -20,6 +21,7 @@ def register(sub) -> None:
                     "  ppdeploy build ppocrv4-rec --precision int8 --calib pages/ --gate-data eval_pages/\n"
                     "  ppdeploy build model.onnx --precision int8 --calib-npy samples/ --max-loss 0.01\n"
                     "  ppdeploy build ppocrv4-det --precision fp16 --calib pages/\n"
+                    "  ppdeploy build model.onnx --backend tensorrt-rtx --target 8.9   (ahead of time, no GPU needed)\n"
                     "Loss is measured in points of agreement with FP32 (0.005 = half a point), or of the task\n"
                     "metric when one is given (OCR: page character accuracy on --gate-data).")
     add_model_args(p)
@@ -52,6 +54,10 @@ def register(sub) -> None:
     p.add_argument("--exclude", default="", metavar="NODE,..", help="INT8: nodes never to quantize")
     p.add_argument("--no-repair", action="store_true",
                    help="fail at once when the first candidate misses the gate (no FP32 keep / exclusion search)")
+    p.add_argument("--target", default=None, metavar="CC",
+                   help="build ahead of time for another GPU, on a machine that need not have one: tensorrt-rtx "
+                        "takes a compute capability (8.9, 12.0; `ppdeploy doctor` lists them), tensorrt takes "
+                        "'ampere+'. The engine is cached under the target and only loads on a matching GPU")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=run)
 
@@ -156,6 +162,8 @@ def run(args) -> int:
     options: dict[str, Any] = {"method": args.calib_method, "metric": metric, "quantizer": args.quantizer,
                                "keep_fp32": _csv(args.keep_fp32), "exclude": _csv(args.exclude),
                                "repair": not args.no_repair, **task_gate_from_args(args)}
+    if args.target is not None:
+        return build_for_target(args, calib, options)
     dep = load_from_args(args, calib=calib, max_loss=args.max_loss, precision_options=options)
     report = dep.precision_report or {}
     summary = {**dep.summary(), "precision_report": report}
@@ -164,6 +172,47 @@ def run(args) -> int:
     else:
         print(format_summary(dep, report))
     dep.close()
+    return 0
+
+
+def build_for_target(args, calib: Any, precision_options: dict[str, Any]) -> int:
+    """`--target`: convert, apply the precision and build for the named GPU, without loading the engine (this
+    machine may have no GPU, or another one). The cache key carries the target in place of this machine's GPU."""
+    from ppdeploy.backends.base import BuildOptions
+    from ppdeploy.backends.registry import get_backend
+    from ppdeploy.core.cache import EngineCache, sha256_file
+    from ppdeploy.core.errors import BackendUnavailable
+    from ppdeploy.deploy.prepared import Prepared
+    from ppdeploy.source.model import detect
+
+    backend = get_backend(args.backend)  # one backend: a target names a GPU of one library
+    targets = backend.targets()
+    if not targets:
+        raise InputError(f"--target is for backends that build ahead of time for another GPU; {args.backend} "
+                         "does not (or its library is not installed)", hint="--backend tensorrt-rtx or tensorrt")
+    reason = backend.build_unavailable_reason(args.target)
+    if reason:
+        raise BackendUnavailable(f"cannot build {args.backend} engines for target {args.target} here: {reason}")
+    cache = EngineCache(args.cache_dir)
+    source = detect(args.model, None, export_dir=None, exports_root=cache.root / "layer-exports")
+    options = BuildOptions(precision=args.precision, threads=args.threads,
+                           shapes=parse_shapes(args.shapes) or ShapeProfile(), extra={"target": args.target})
+    prepared = Prepared(source, cache, args.opset, args.rebuild, calib, args.max_loss, precision_options, args.head)
+    variant = prepared.for_precision(args.precision, backend)
+    parts = {"model": {"onnx": sha256_file(variant.model_path), "precision": variant.key_parts},
+             "backend": backend.key_parts(options), "options": options.key_parts(), "device": {"target": args.target}}
+    entry = cache.get_or_build("engine", parts, lambda out: backend.build(variant.model_path, out, options),
+                               label=f"{source.name} {backend.name} {args.precision} for {args.target}",
+                               rebuild=args.rebuild)
+    summary = {"model": source.name, "backend": backend.name, "precision": args.precision, "target": args.target,
+               "engine": str(entry.path), "cache_hit": entry.hit, "build_s": entry.build_s,
+               "precision_report": variant.report or {}}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{source.name}: {args.precision} on {backend.name} for target {args.target} — "
+              f"{'engine from cache' if entry.hit else f'built now in {entry.build_s:.1f} s'} (not loaded: "
+              f"ahead-of-time build)\n  engine: {entry.path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`ppdeploy doctor`: versions, backends and why each one can or cannot run here."""
+"""`ppdeploy doctor`: versions, backends, and why each one can or cannot build and run here."""
 from __future__ import annotations
 
 from ppdeploy.cli.common import print_json
@@ -33,10 +33,13 @@ def run(args) -> int:
     print("conversion routes:")
     for fmt, desc in info["conversion_routes"].items():
         print(f"  {fmt:<16}{desc}")
-    print("backends:")
+    print("backends (build here / run here):")
     for name, b in info["backends"].items():
         runs = f"{b.get('device', '?')} {'/'.join(b.get('precisions', []))}"
-        print(f"  {name:<18}{runs:<24}{'ok' if b['available'] else 'no: ' + str(b['reason'])}")
+        print(f"  {name:<18}{runs}")
+        targets = f" (--target {', '.join(b['build_targets'])})" if b.get("build") and b.get("build_targets") else ""
+        print(f"    build: {'yes' + targets if b.get('build') else 'no: ' + str(b.get('build_reason'))}")
+        print(f"    run:   {'yes' if b['available'] else 'no: ' + str(b['reason'])}")
     print(f"cache: {info['cache_dir']}")
     print(f"bundled models: {info['bundled_models']}")
     return 0

@@ -10,7 +10,8 @@ import importlib
 import importlib.util
 import sys
 
-from ppdeploy.core.errors import ConfigError, PPDeployError
+from ppdeploy.core.errors import BackendUnavailable, ConfigError, PPDeployError
+from ppdeploy.core.lazy import install_hint
 from ppdeploy.precision.registry import PRECISIONS
 
 # The Ray Serve variant is optional in a build; its flags are registered only when its module is there.
@@ -92,7 +93,7 @@ def configs_from_args(args) -> list:
 
 def settings_from_args(args):
     """The server settings of the parsed `serve` flags (API key from $PPDEPLOY_API_KEY unless given)."""
-    from ppdeploy.serve.app import settings_from_env
+    from ppdeploy.serve.http import settings_from_env
 
     return settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
                              max_body_bytes=int(args.max_body_mb * (1 << 20)),
@@ -112,6 +113,8 @@ def run(args) -> int:
         raise ConfigError("--grpc-port is served by the single-process built-in server; drop --workers or --ray")
     if args.grpc_port is not None and not 0 <= args.grpc_port <= 65535:
         raise ConfigError(f"--grpc-port must be a port number (0-65535), got {args.grpc_port}")
+    if args.grpc_port is not None and not all(importlib.util.find_spec(m) for m in ("grpc", "tritonclient")):
+        raise BackendUnavailable("--grpc-port needs grpcio and Triton's gRPC protos", hint=install_hint("grpc"))
     if args.ray:
         if importlib.util.find_spec(RAY_MODULE) is None:
             raise PPDeployError("the Ray Serve variant is not part of this ppdeploy build")

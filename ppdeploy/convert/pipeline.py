@@ -5,6 +5,7 @@ bytes, route, converter version and opset is a cache hit and converts nothing.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from ppdeploy.convert import routes
 from ppdeploy.convert.optimize import optimize_and_check
 from ppdeploy.core.cache import EngineCache
 from ppdeploy.core.errors import ConversionError
+from ppdeploy.core.lazy import install_hint
 from ppdeploy.source.model import ONNX, PDMODEL, ModelSource
 
 log = logging.getLogger("ppdeploy.convert.pipeline")
@@ -46,6 +48,9 @@ def to_onnx(source: ModelSource, *, opset: int | None = None, cache: EngineCache
     cache = cache or EngineCache()
     if source.kind == ONNX:
         return _onnx_passthrough(source, cache, simplify=simplify, rebuild=rebuild)
+    if importlib.util.find_spec("paddle") is None:
+        raise ConversionError(f"converting {source.name} from Paddle needs paddlepaddle and paddle2onnx",
+                              hint=f"{install_hint('paddle')} (or give an .onnx file)")
     route = routes.route_for(source.kind)
     opset = opset or route.default_opset
     if opset < 11:

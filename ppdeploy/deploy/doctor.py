@@ -1,4 +1,8 @@
-"""What this machine can run, and what to install for what it cannot. Used by `ppdeploy doctor`."""
+"""What this machine can build and run, and what to install for what it cannot. Used by `ppdeploy doctor`.
+
+Build and run differ for TensorRT-RTX, whose builder needs no GPU: a CPU-only CI machine builds engines ahead of
+time for a named target (`ppdeploy build --target`) that a GPU server runs. A backend without a separate build
+check builds where it runs."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -17,7 +21,8 @@ from ppdeploy.source import zoo
 ort = lazy_import("onnxruntime", install="onnxruntime")
 
 PACKAGES = ["paddlepaddle", "paddle2onnx", "onnx", "onnxslim", "onnxruntime", "onnxruntime-gpu", "openvino",
-            "tensorrt", "tensorrt-rtx-cu13-bindings", "cuda-python", "nncf", "ray"]
+            "tensorrt", "tensorrt-rtx-cu13-bindings", "cuda-python", "nncf", "ray", "tritonclient", "grpcio",
+            "matplotlib"]
 
 
 def version_of(dist: str) -> str | None:
@@ -36,10 +41,15 @@ def backend_rows() -> dict[str, dict[str, Any]]:
             cls = BACKENDS.get(name)
             row.update(device=cls.device, precisions=[p for p in PRECISIONS if p in cls.precisions],
                        formats=sorted(cls.formats), int8_quantizer=cls.int8_quantizer)
-            reason = get_backend(name).unavailable_reason()
+            backend = get_backend(name)
+            reason = backend.unavailable_reason()
+            build_reason = backend.build_unavailable_reason()
+            targets = list(backend.targets())
         except Exception as exc:
-            reason = str(exc)
-        rows[name] = {"available": reason is None, "reason": reason, **row}
+            reason = build_reason = str(exc)
+            targets = []
+        rows[name] = {"available": reason is None, "reason": reason,
+                      "build": build_reason is None, "build_reason": build_reason, "build_targets": targets, **row}
     return rows
 
 

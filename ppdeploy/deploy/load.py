@@ -187,7 +187,7 @@ def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions, trial: bo
         onnx_path = model_path
         model_parts = {"onnx": sha256_file(model_path), "precision": variant.key_parts}
     parts = {"model": model_parts, "backend": be.key_parts(options), "options": options.key_parts(),
-             "device": device.identity(be.device)}
+             "device": _device_key(be, options)}
     label = f"{source.name} {be.name} {options.precision}"
     entry = prepared.cache.get_or_build("engine", parts, lambda out: be.build(model_path, out, options),
                                         label=label, rebuild=prepared.rebuild)
@@ -237,3 +237,12 @@ def _one_line(exc: BaseException) -> str:
     """The first two lines: what failed, then (for conversions) which op — enough for a log line or a metric."""
     text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return " | ".join(text[:2])[:400] if text else type(exc).__name__
+
+
+def _device_key(backend: Backend, options: BuildOptions) -> dict:
+    """The device part of an engine's cache key: the build target when the engine was built ahead of time for
+    one (`ppdeploy build --target`, `extra: {target: ...}`), so a GPU server finds what CI built; else this
+    machine's device identity."""
+    target = options.extra.get("target")
+    return {"target": target} if target else device.identity(backend.device)
+

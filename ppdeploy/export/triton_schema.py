@@ -18,7 +18,7 @@ from types import ModuleType
 
 from ppdeploy.core.errors import ConfigError, PPDeployError
 
-INSTALL_HINT = "pip install 'tritonclient[http]'  (its wheel ships Triton's model_config.proto compiled for protobuf)"
+INSTALL_HINT = "pip install 'ppdeploy[triton]'  (tritonclient's wheel ships Triton's model_config.proto compiled)"
 
 # numpy dtype name -> Triton DataType enum name
 TRITON_DTYPES = {

@@ -374,6 +374,23 @@ class ModelHost:
             return all(s == READY for s in states)
         return any(s == READY for s in states)
 
+    def tensor_model(self, name: str, version: str | None = None, need_ready: bool = True) -> ServedModel:
+        """The /v2 model `name` (at `version`, if given), or ModelNotFound / ModelNotReady saying why not. HTTP and
+        gRPC both look models up here, so both answer with the same words."""
+        model = self.models.get(name)
+        if model is None:
+            if name in self.tasks:
+                raise ModelNotFound(f"'{name}' is a task pipeline, not a tensor model; POST to "
+                                    f"/v1/{self.tasks[name].task.route}/{name}")
+            raise ModelNotFound(f"unknown model '{name}'" + (f"; this server has {', '.join(sorted(self.models))}"
+                                                          if self.models else ""))
+        if version and version != model.cfg.version:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (available: {model.cfg.version})")
+        if need_ready and model.state != READY:
+            why = "is still loading" if model.state == LOADING else f"is unavailable: {model.reason}"
+            raise ModelNotReady(f"model '{name}' {why}")
+        return model
+
     def task_of(self, task: type[Task], name: str | None) -> TaskService:
         """The service of `task` named `name` (None: the only one there is)."""
         kind = task.name

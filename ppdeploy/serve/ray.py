@@ -34,7 +34,6 @@ from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import ConfigError, InputError, PPDeployError
 from ppdeploy.core.tensors import IOSpec, TensorSpec, validate_inputs
 from ppdeploy.repository.resolve import resolve_configs
-from ppdeploy.serve.app import ServerSettings
 from ppdeploy.serve.app import build_app as build_server_app
 from ppdeploy.serve.batcher import (
     BatcherClosed,
@@ -45,6 +44,7 @@ from ppdeploy.serve.batcher import (
     RequestTimeout,
 )
 from ppdeploy.serve.health import wait_until_ready
+from ppdeploy.serve.http import ServerSettings
 from ppdeploy.serve.merge import Outcome, rows_of, run_merged
 from ppdeploy.serve.models import (
     READY,

@@ -15,7 +15,7 @@ import sys
 from typing import Awaitable, Callable
 
 from ppdeploy.core.errors import ConfigError, PPDeployError
-from ppdeploy.serve.app import ServerSettings
+from ppdeploy.serve.http import ServerSettings
 
 log = logging.getLogger("ppdeploy.serve")
 

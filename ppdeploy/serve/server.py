@@ -7,7 +7,8 @@ import sys
 from typing import Callable
 
 from ppdeploy.repository.config import ModelConfig
-from ppdeploy.serve.app import ServerSettings, build_app
+from ppdeploy.serve.app import build_app
+from ppdeploy.serve.http import ServerSettings
 from ppdeploy.serve.runtime import bind_socket, run_app
 from ppdeploy.serve.workers import serve_workers
 

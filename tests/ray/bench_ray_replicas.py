@@ -80,7 +80,7 @@ def run_ray_layout(replicas: int, threads: int, duration: float, cls_rates, ocr_
     from ray import serve
 
     from ppdeploy.serve import ray as ppray
-    from ppdeploy.serve.app import ServerSettings
+    from ppdeploy.serve.http import ServerSettings
 
     env = {"PPDEPLOY_CACHE": os.environ["PPDEPLOY_CACHE"]} if "PPDEPLOY_CACHE" in os.environ else {}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})

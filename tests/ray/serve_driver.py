@@ -31,7 +31,7 @@ def main(port: int, app: str) -> None:
     from test_ray_serve import configs  # the one list of models the tests check against
 
     from ppdeploy.serve import ray as ppray
-    from ppdeploy.serve.app import ServerSettings
+    from ppdeploy.serve.http import ServerSettings
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PPDEPLOY_CACHE": os.environ["PPDEPLOY_CACHE"]}})

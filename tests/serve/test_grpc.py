@@ -20,8 +20,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from ppdeploy.repository.config import ModelConfig
-from ppdeploy.serve.app import ServerSettings, build_app
+from ppdeploy.serve.app import build_app
 from ppdeploy.serve.grpc import start_grpc_server, stop
+from ppdeploy.serve.http import ServerSettings
 from ppdeploy.serve.runtime import bind_socket
 from ppdeploy.serve.shm import SharedMemoryRegistry
 from tests.serve.conftest import CLS_OUT

@@ -60,7 +60,7 @@ class OnnxRuntimeCUDABackend(Backend):
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("onnxruntime") is None:
-            return "library missing: onnxruntime-gpu is not installed (pip install onnxruntime-gpu)"
+            return "library missing: onnxruntime-gpu is not installed (pip install 'ppdeploy[gpu]')"
         if not _cuda_available(ort):
             return (f"library missing: onnxruntime {ort.__version__} has no CUDAExecutionProvider (it is the CPU "
                     "build; pip uninstall onnxruntime && pip install onnxruntime-gpu)")

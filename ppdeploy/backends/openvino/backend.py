@@ -20,7 +20,7 @@ from ppdeploy.backends.base import Backend, BuildOptions, Runner
 from ppdeploy.backends.openvino import mixed as openvino_mixed
 from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import BuildError, ConfigError, PPDeployError
-from ppdeploy.core.lazy import lazy_import
+from ppdeploy.core.lazy import install_hint, lazy_import
 from ppdeploy.core.tensors import IOSpec, TensorSpec, dims, numpy_dtype
 from ppdeploy.graph import deconv
 
@@ -115,7 +115,7 @@ class OpenVINOBackend(Backend):
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install openvino)"
+            return f"openvino is not installed ({install_hint('openvino')})"
         return None
 
     def version(self) -> str:

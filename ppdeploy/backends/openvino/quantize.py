@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ppdeploy.core.errors import BackendUnavailable, ConversionError, InputError
+from ppdeploy.core.lazy import install_hint
 
 log = logging.getLogger("ppdeploy.precision.build")
 
@@ -31,7 +32,7 @@ def available() -> str | None:
 
     for name in ("nncf", "openvino"):
         if importlib.util.find_spec(name) is None:
-            return f"{name} is not installed (pip install 'ppdeploy[nncf]')"
+            return f"{name} is not installed ({install_hint(name)})"
     return None
 
 

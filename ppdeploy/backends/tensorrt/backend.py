@@ -27,6 +27,7 @@ from ppdeploy.backends.tensorrt.runner import TensorRTRunner
 from ppdeploy.backends.tensorrt.settings import BuilderSettings
 from ppdeploy.core.device import gpu_info
 from ppdeploy.core.errors import BuildError
+from ppdeploy.core.lazy import install_hint
 
 log = logging.getLogger("ppdeploy.backends.tensorrt.backend")
 
@@ -56,8 +57,31 @@ class TensorRTBackend(Backend):
         if problem:
             return f"unsupported GPU: {gpus[0].get('name')}: {problem}"
         if import_cudart() is None:
-            return "library missing: cuda-python is not installed (pip install cuda-python); the runner needs it"
+            return f"library missing: cuda-python is not installed ({install_hint('cuda')}); the runner needs it"
         return None
+
+    def build_unavailable_reason(self, target: str | None = None) -> str | None:
+        """None when an engine can be built here (for `target`, or for this machine's GPU), else why not.
+
+        TensorRT-RTX's builder needs no GPU (it compiles kernels at run time): with a target, or portable across
+        its architectures without one. Full TensorRT times tactics on the GPU, so it builds only on one; its
+        'ampere+' target makes an engine that other Ampere-or-later GPUs run."""
+        trt, reason = self._library()
+        if trt is None:
+            return reason
+        traits = traits_of(self.flavour, trt)
+        if target is not None and traits.target_problem(target):
+            return traits.target_problem(target)
+        if traits.runtime_cache:  # JIT at run time: the builder works without a GPU
+            return None
+        if not gpu_info():
+            return f"no GPU: {self.flavour.label} {trt.__version__} times its kernels on a GPU while building"
+        return None
+
+    def targets(self) -> tuple[str, ...]:
+        """What `build --target` accepts with the installed library (empty when it is not installed)."""
+        trt, _ = self._library()
+        return traits_of(self.flavour, trt).targets() if trt is not None else ()
 
     def version(self) -> str:
         trt, reason = self._library()
@@ -85,6 +109,7 @@ class TensorRTBackend(Backend):
             raise BuildError(reason or "unavailable")
         traits = traits_of(self.flavour, trt)
         meta = read_meta(artifact_dir)
+        _check_target(traits, meta)
         engine_bytes = (Path(artifact_dir) / ENGINE_FILE).read_bytes()
         cuda = CudaMemory()
         logger = make_logger(trt)
@@ -105,6 +130,19 @@ class TensorRTBackend(Backend):
         runner = TensorRTRunner(trt, traits, engine, meta, cuda, cache, cache_path)
         runner._runtime = runtime  # the engine must not outlive its runtime
         return runner
+
+
+def _check_target(traits, meta: dict[str, Any]) -> None:
+    """Refuse an engine built ahead of time for another GPU, before TensorRT fails on it less clearly."""
+    target = meta.get("target")
+    gpus = gpu_info()
+    if target is None or not gpus:
+        return
+    cc = str(gpus[0].get("compute_capability", ""))
+    if not traits.target_runs_on(str(target), cc):
+        raise BuildError(f"this engine was built for target {target}; this GPU ({gpus[0].get('name')}) has compute "
+                         f"capability {cc}", hint=f"rebuild for it: ppdeploy build MODEL --backend "
+                                                  f"{traits.flavour.name} --target {cc}")
 
 
 class TensorRTRTXBackend(TensorRTBackend):

@@ -29,6 +29,7 @@ from ppdeploy.backends.tensorrt.artifact import (
     aux_cache_path,
 )
 from ppdeploy.backends.tensorrt.library import (
+    AMPERE_PLUS,
     Flavour,
     LibraryTraits,
     import_library,
@@ -86,6 +87,19 @@ def _make_progress_monitor(trt: Any, phases: dict[str, float], display: Progress
                                           markup=False)
 
     return Monitor()
+
+
+def _set_target(trt: Any, traits: LibraryTraits, config: Any, target: str) -> None:
+    """Build for `target` instead of this machine's GPU: RTX's one compute capability, TensorRT's AMPERE_PLUS."""
+    problem = traits.target_problem(target)
+    if problem:
+        raise BuildError(problem, hint=f"--target {' | '.join(traits.targets()) or '(none here)'}")
+    if target == AMPERE_PLUS:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        return
+    config.num_compute_capabilities = 1
+    if not config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + target.replace(".", "")), 0):
+        raise BuildError(f"{traits.flavour.label} {traits.version} refused compute capability {target}")
 
 
 def _parse_onnx(trt: Any, traits: LibraryTraits, model_path: Path, logger):
@@ -161,7 +175,9 @@ def build_engine(flavour: Flavour, model_path: Path, out_dir: Path, options: Bui
         # Without this the engine would embed the lean runtime, which RTX does not ship (the build fails) and which
         # TensorRT users install anyway alongside the full library.
         config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
-    if settings.hardware_compatible and traits.hardware_compat_level:
+    if settings.target is not None:
+        _set_target(trt, traits, config, settings.target)
+    elif settings.hardware_compatible and traits.hardware_compat_level:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     for plan in profiles:
         profile = builder.create_optimization_profile()
@@ -200,7 +216,7 @@ def build_engine(flavour: Flavour, model_path: Path, out_dir: Path, options: Bui
         "build_s": round(time.perf_counter() - start, 3),
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
         "timing_cache": str(timing_path) if timing_path else None, "timing_cache_reused": timing_reused,
-        "settings": settings.engine_key(),
+        "settings": settings.engine_key(), "target": settings.target,
         "profiles": [{n: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for n, r in p.items()}
                      for p in profiles],
         "inputs": [asdict(t) for t in inputs], "outputs": [asdict(t) for t in outputs],

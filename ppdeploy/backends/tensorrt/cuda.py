@@ -10,6 +10,7 @@ import numpy as np
 
 from ppdeploy.backends.tensorrt.profiles import nbytes
 from ppdeploy.core.errors import BuildError, InputError
+from ppdeploy.core.lazy import install_hint
 
 
 def import_cudart():
@@ -33,7 +34,7 @@ class CudaMemory:
     def __init__(self, device: int = 0):
         rt = import_cudart()
         if rt is None:
-            raise CudaError("cuda-python is not installed (pip install cuda-python); the TensorRT runner needs it")
+            raise CudaError(f"cuda-python is not installed ({install_hint('cuda')}); the TensorRT runner needs it")
         self.rt = rt
         self._check(rt.cudaSetDevice(device), "cudaSetDevice")
         self._device_ptrs: list[int] = []

@@ -25,7 +25,7 @@ class Flavour:
 TENSORRT = Flavour("tensorrt", "tensorrt", "TensorRT", "pip install tensorrt; versions 10.x and 11.x, NVIDIA GPU needed")
 TENSORRT_RTX = Flavour(
     "tensorrt-rtx", "tensorrt_rtx_bindings", "TensorRT-RTX",
-    "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings (or: pip install 'ppdeploy[tensorrt-rtx]')",
+    "pip install 'ppdeploy[tensorrt-rtx]'",
 )
 
 
@@ -64,6 +64,33 @@ class LibraryTraits:
         if value < self.min_cc:
             return f"{self.flavour.label} {self.version} needs compute capability >= {self.min_cc}, this GPU has {cc}"
         return None
+
+
+    def targets(self) -> tuple[str, ...]:
+        """What `--target` accepts: RTX's compute capabilities, TensorRT's hardware-compatibility level."""
+        if self.supported_cc is not None:
+            return self.supported_cc
+        return (AMPERE_PLUS,) if self.hardware_compat_level else ()
+
+    def target_problem(self, target: str) -> str | None:
+        """None when this library can build an engine for `target`, else why not (with what it accepts)."""
+        accepted = self.targets()
+        if target in accepted:
+            return None
+        what = ", ".join(accepted) if accepted else "none (this version has no hardware-compatible engines)"
+        return f"{self.flavour.label} {self.version} cannot build for target '{target}'; it accepts: {what}"
+
+    def target_runs_on(self, target: str, cc: str) -> bool:
+        """Whether an engine built for `target` runs on a GPU of compute capability `cc`."""
+        if target == AMPERE_PLUS:
+            try:
+                return float(cc) >= 8.0
+            except ValueError:
+                return True
+        return target == cc
+
+
+AMPERE_PLUS = "ampere+"  # TensorRT's HardwareCompatibilityLevel.AMPERE_PLUS: one engine for every GPU from Ampere on
 
 
 def traits_of(flavour: Flavour, trt: Any) -> LibraryTraits:

@@ -20,12 +20,16 @@ class BuilderSettings:
     timing_cache: bool = True  # TensorRT: persist tactic timings beside the engine cache
     runtime_cache: bool = True  # TensorRT-RTX: persist JIT-compiled kernels beside the engine cache
     progress: bool | None = None  # progress bar on stderr; None: when stderr is a terminal
+    # Ahead-of-time build for another GPU: TensorRT-RTX takes a compute capability ("8.9", "12.0") and builds on a
+    # machine without a GPU; TensorRT takes "ampere+" (a hardware-compatible engine, built on any Ampere+ GPU).
+    # The engine's metadata records it and loading checks it; None: the GPU of this machine (RTX: all it supports).
+    target: str | None = None
     # Further optimization profiles beyond BuildOptions.shapes, each {input: {min, opt, max}}; the runner picks the
     # first profile that holds a request's shapes, so list narrow, fast profiles first.
     profiles: tuple[Mapping[str, Mapping[str, Sequence[int]]], ...] = ()
 
     KEYS = ("workspace_mib", "optimization_level", "tf32", "version_compatible", "hardware_compatible",
-            "timing_cache", "runtime_cache", "progress", "profiles")
+            "timing_cache", "runtime_cache", "progress", "profiles", "target")
 
     @classmethod
     def from_options(cls, options: BuildOptions) -> "BuilderSettings":
@@ -39,6 +43,8 @@ class BuilderSettings:
             raise BuildError(f"bad TensorRT builder option: {exc}") from exc
         if not 0 <= int(settings.optimization_level) <= 5:
             raise BuildError(f"optimization_level must be 0..5, got {settings.optimization_level}")
+        if settings.target is not None and not isinstance(settings.target, str):
+            raise BuildError(f"target must be a string like '8.9' or 'ampere+', got {settings.target!r}")
         if int(settings.workspace_mib) < 1:
             raise BuildError(f"workspace_mib must be >= 1, got {settings.workspace_mib}")
         return settings
@@ -50,5 +56,5 @@ class BuilderSettings:
             "tf32": bool(self.tf32), "version_compatible": bool(self.version_compatible),
             "hardware_compatible": bool(self.hardware_compatible),
             "profiles": [ShapeProfile.from_dict(p).to_dict() for p in self.profiles],
-            "strongly_typed": True,
+            "strongly_typed": True, "target": self.target,
         }

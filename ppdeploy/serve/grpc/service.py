@@ -30,6 +30,7 @@ from ppdeploy.serve.batcher import (
     RequestTimeout,
     ServingError,
 )
+from ppdeploy.serve.errors import failure_reason, message
 from ppdeploy.serve.grpc import codec
 from ppdeploy.serve.metrics import ServerMetrics
 from ppdeploy.serve.models import (
@@ -37,7 +38,6 @@ from ppdeploy.serve.models import (
     ModelHost,
     ModelNotFound,
     ModelNotReady,
-    ServedModel,
 )
 
 grpc = lazy_import("grpc", install="grpcio")
@@ -71,22 +71,6 @@ def status_code(exc: BaseException):
     if isinstance(exc, InputError):
         return C.INVALID_ARGUMENT
     return C.INTERNAL
-
-
-def message(exc: BaseException) -> str:
-    """The text the HTTP error body carries for the same error."""
-    return str(exc).replace("\n  hint: ", " (hint: ") + (")" if getattr(exc, "hint", None) else "")
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Triton's failure reason label, as the HTTP app counts it."""
-    if isinstance(exc, (QueueFull, RequestTimeout)):
-        return "REJECTED"
-    if isinstance(exc, (ClientGone, asyncio.CancelledError)):
-        return "CANCELED"
-    if isinstance(exc, InferenceFailed):
-        return "BACKEND"
-    return "OTHER"
 
 
 class InferenceService:
@@ -178,20 +162,6 @@ class InferenceService:
                     **({} if self._worker is None else {"worker": self._worker}),
                 }, separators=(",", ":")))
 
-    def _model(self, name: str, version: str | None, need_ready: bool = True) -> ServedModel:
-        model = self.host.models.get(name)
-        if model is None:
-            if name in self.host.tasks:
-                raise ModelNotFound(f"'{name}' is a task pipeline, not a tensor model; POST an image to /v1/ocr/{name}")
-            raise ModelNotFound(f"unknown model '{name}'" + (f"; this server has {', '.join(sorted(self.host.models))}"
-                                                          if self.host.models else ""))
-        if version and version != model.cfg.version:
-            raise ModelNotFound(f"model '{name}' has no version '{version}' (available: {model.cfg.version})")
-        if need_ready and model.state != READY:
-            why = "is still loading" if model.state == "LOADING" else f"is unavailable: {model.reason}"
-            raise ModelNotReady(f"model '{name}' {why}")
-        return model
-
     # -- health and metadata --------------------------------------------------------------------------------
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -206,7 +176,7 @@ class InferenceService:
     async def ModelReady(self, request, context):
         async def run():
             try:
-                self._model(request.name, request.version)
+                self.host.tensor_model(request.name, request.version)
                 return pb.ModelReadyResponse(ready=True)
             except ModelNotReady:
                 return pb.ModelReadyResponse(ready=False)
@@ -219,14 +189,14 @@ class InferenceService:
 
     async def ModelMetadata(self, request, context):
         async def run():
-            m = self._model(request.name, request.version)
+            m = self.host.tensor_model(request.name, request.version)
             meta = kserve.model_metadata(m.name, m.cfg.version, m.io, m.engine.backend)
             return json_format.ParseDict(meta, pb.ModelMetadataResponse())
         return await self._call(context, "ModelMetadata", run)
 
     async def ModelConfig(self, request, context):
         async def run():
-            m = self._model(request.name, request.version)
+            m = self.host.tensor_model(request.name, request.version)
             conf = kserve.model_config_json(m.cfg, m.io, m.engine.backend, m.batcher.batch_axis)
             return pb.ModelConfigResponse(
                 config=json_format.ParseDict(conf, model_config_pb2.ModelConfig(), ignore_unknown_fields=True))
@@ -235,7 +205,7 @@ class InferenceService:
     async def ModelStatistics(self, request, context):
         async def run():
             if request.name:
-                names = [self._model(request.name, request.version, need_ready=False).name]
+                names = [self.host.tensor_model(request.name, request.version, need_ready=False).name]
             else:
                 names = list(self.host.models)
             peers = getattr(self.handlers, "peers", None)
@@ -263,7 +233,7 @@ class InferenceService:
         start = time.perf_counter_ns()
         model = None
         try:
-            model = self._model(request.model_name, request.model_version)
+            model = self.host.tensor_model(request.model_name, request.model_version)
             decoded = codec.decode_request(request, model.io, self.shm, self._owner(context))
             timeout_ms = decoded.timeout_ms
             remaining = context.time_remaining()
@@ -330,4 +300,4 @@ class InferenceService:
         await self._unimplemented(context, "log settings")
 
 
-__all__ = ["EXTENSIONS", "InferenceService", "failure_reason", "message", "status_code"]
+__all__ = ["EXTENSIONS", "InferenceService", "status_code"]
