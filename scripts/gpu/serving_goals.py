@@ -388,7 +388,7 @@ def ocr_server(rates: list[float], duration: float, workers: int, http_workers: 
 
     from ppdeploy.bench.load import LoadSettings, image_request, run_load
     from ppdeploy.bench.server_process import ServerProcess
-    from ppdeploy.tasks.ocr.pipeline import GPU_SHAPE_BUCKETS
+    from ppdeploy.tasks.ocr.builder import GPU_SHAPE_BUCKETS
 
     page = sorted(next(Path(os.environ["PPDEPLOY_TEST_PAGES"]).glob("synth-*")).glob("*.png"))[0]
     repo = Path(tempfile.mkdtemp()) / "repo"
