@@ -171,7 +171,7 @@ def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec
         if name in inputs:
             raise ProtocolError(f"input '{name}' is given twice")
         datatype = item.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             if datatype == "BF16":
                 raise ProtocolError(f"{where}: datatype BF16 is not supported by this server")
             raise ProtocolError(f"{where}: unknown datatype {json.dumps(datatype)}; "
