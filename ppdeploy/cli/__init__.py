@@ -12,7 +12,7 @@ from ppdeploy.core.errors import PPDeployError
 # One module per command group; each defines register(subparsers) adding one or more sub-commands.
 COMMAND_MODULES = [
     "quickstart", "convert", "build", "verify", "run", "bench", "cache", "doctor",
-    "ocr", "classify", "eval", "serve", "loadtest", "optimize", "export",
+    "ocr", "classify", "detect", "eval", "serve", "loadtest", "optimize", "export",
 ]
 
 

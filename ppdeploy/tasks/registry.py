@@ -11,5 +11,6 @@ from ppdeploy.core.registry import Registry
 TASKS: Registry = Registry("task", ConfigError)
 TASKS.register("ocr", "ppdeploy.tasks.ocr.pipeline:OCRPipeline")
 TASKS.register("classification", "ppdeploy.tasks.classification.task:Classifier")
+TASKS.register("detection", "ppdeploy.tasks.detection.task:Detector")
 
 __all__ = ["TASKS"]

@@ -1,0 +1,1 @@
+"""Synthetic labelled data for detection: PCB-defect boards and document pages with known regions."""
