@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ppdeploy.core.errors import InputError
 from ppdeploy.core.lazy import lazy_import
 from ppdeploy.deploy.load import load_model
+from ppdeploy.deploy.select import REFERENCE_BACKEND
 from ppdeploy.precision.calibration import CalibrationSet, load_image
 from ppdeploy.precision.gate import TaskMetric
 from ppdeploy.tasks.detection.dataset import (
@@ -38,7 +39,7 @@ def model_inputs(model: Any) -> list[tuple[str, tuple[int | None, ...]]]:
         init = {i.name for i in graph.initializer}
         return [(i.name, tuple(d.dim_value or None for d in i.type.tensor_type.shape.dim))
                 for i in graph.input if i.name not in init]
-    runner = load_model(model, backend="onnxruntime", precision="fp32").runner
+    runner = load_model(model, backend=REFERENCE_BACKEND, precision="fp32").runner
     try:
         return [(t.name, t.shape) for t in runner.io.inputs]
     finally:
