@@ -193,3 +193,14 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over the names and bytes of every file in `folder` (recursively), in sorted order: the identity of a
+    data folder in a cache key (a task gate's pages, a calibration set)."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

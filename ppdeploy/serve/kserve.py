@@ -202,7 +202,7 @@ def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec
                                     f"({len(binary) - offset} bytes left)")
             chunk = binary[offset:offset + size]
             offset += size
-            arr = _from_binary(chunk, datatype, shape, where)
+            arr = from_raw(chunk, datatype, shape, where)
         else:
             if "data" not in item:
                 raise ProtocolError(f"{where}: needs 'data' or parameters.binary_data_size")
@@ -248,19 +248,20 @@ def parse_infer_request(body: bytes, header_length: str | int | None, io: IOSpec
     return InferRequest(rid, inputs, outputs, params)
 
 
-def _from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+def from_raw(data: memoryview | bytes, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Raw bytes -> an array of `shape` (a view, not a copy, when aligned and native-order)."""
     count = math.prod(shape)
     if datatype == "BYTES":
+        raw = bytes(data)
         items, pos = [], 0
-        data = bytes(chunk)
-        while pos < len(data):
-            if pos + 4 > len(data):
+        while pos < len(raw):
+            if pos + 4 > len(raw):
                 raise ProtocolError(f"{where}: truncated BYTES element length at byte {pos}")
-            (n,) = struct.unpack_from("<I", data, pos)
+            (n,) = struct.unpack_from("<I", raw, pos)
             pos += 4
-            if pos + n > len(data):
+            if pos + n > len(raw):
                 raise ProtocolError(f"{where}: BYTES element of {n} bytes runs past the data")
-            items.append(data[pos:pos + n])
+            items.append(raw[pos:pos + n])
             pos += n
         if len(items) != count:
             raise ProtocolError(f"{where}: shape {list(shape)} needs {count} elements, the data holds {len(items)}")
@@ -268,13 +269,26 @@ def _from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...], where
         arr[:] = items
         return arr.reshape(shape)
     dtype = DATATYPES[datatype]
-    if len(chunk) != count * dtype.itemsize:
+    if len(data) != count * dtype.itemsize:
         raise ProtocolError(f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
-                            f"binary_data_size is {len(chunk)}")
-    arr = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+                         f"the data has {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if not arr.flags.aligned or not np.little_endian:  # ONNX Runtime & co. want aligned, native-order memory
         arr = arr.astype(dtype.newbyteorder("="))
     return arr
+
+
+def to_raw(arr: np.ndarray, datatype: str) -> bytes | memoryview:
+    """An array in the raw layout (the array's own memory when it is already little-endian and contiguous)."""
+    if datatype == "BYTES":
+        parts = []
+        for v in arr.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    flat = np.ascontiguousarray(arr).astype(DATATYPES[datatype], copy=False)
+    return memoryview(flat.reshape(-1)).cast("B") if flat.size else b""
 
 
 def _from_json(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -342,15 +356,6 @@ def _classify(arr: np.ndarray, k: int, labels: Sequence[str] | None) -> np.ndarr
     return out if arr.ndim > 1 else out[0]
 
 
-def _bytes_payload(arr: np.ndarray) -> bytes:
-    parts = []
-    for v in arr.ravel():
-        b = v if isinstance(v, bytes) else str(v).encode()
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
-
-
 def _json_data(arr: np.ndarray, datatype: str) -> list:
     if datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
@@ -386,12 +391,7 @@ def encode_infer_response_parts(model_name: str, model_version: str, request: In
             out.target.write(arr, datatype, f"output '{out.name}'")
             item["parameters"] = out.target.parameters()
         elif out.binary:
-            if datatype == "BYTES":
-                blob: bytes | memoryview = _bytes_payload(arr)
-            else:
-                # little-endian and C-contiguous; both are no-ops for a native array of the batch's rows
-                flat = np.ascontiguousarray(arr).astype(DATATYPES[datatype], copy=False)
-                blob = memoryview(flat.reshape(-1)).cast("B") if flat.size else b""
+            blob = to_raw(arr, datatype)  # little-endian, C-contiguous: no copy for a native array of the rows
             item["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

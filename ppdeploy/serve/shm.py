@@ -17,10 +17,8 @@ before each element. `from_raw` / `to_raw` convert it.
 from __future__ import annotations
 
 import hashlib
-import math
 import mmap
 import os
-import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -28,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ppdeploy.core.errors import InputError
-from ppdeploy.serve.kserve import DATATYPES
+from ppdeploy.serve.kserve import from_raw, to_raw
 
 SHM_DIR = "/dev/shm"
 MAX_REGIONS_PER_OWNER = 256
@@ -174,50 +172,6 @@ def _release(region: Region) -> None:
         pass  # an input array still views it; the mapping goes when that array does
 
 
-# -- raw tensors ---------------------------------------------------------------------------------------------
-def from_raw(data: memoryview | bytes, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """Raw bytes -> an array of `shape` (a view, not a copy, when aligned and native-order)."""
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        raw = bytes(data)
-        items, pos = [], 0
-        while pos < len(raw):
-            if pos + 4 > len(raw):
-                raise InputError(f"{where}: truncated BYTES element length at byte {pos}")
-            (n,) = struct.unpack_from("<I", raw, pos)
-            pos += 4
-            if pos + n > len(raw):
-                raise InputError(f"{where}: BYTES element of {n} bytes runs past the data")
-            items.append(raw[pos:pos + n])
-            pos += n
-        if len(items) != count:
-            raise InputError(f"{where}: shape {list(shape)} needs {count} elements, the data holds {len(items)}")
-        arr = np.empty(count, dtype=object)
-        arr[:] = items
-        return arr.reshape(shape)
-    dtype = DATATYPES[datatype]
-    if len(data) != count * dtype.itemsize:
-        raise InputError(f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
-                         f"the data has {len(data)}")
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if not arr.flags.aligned or not np.little_endian:  # ONNX Runtime & co. want aligned, native-order memory
-        arr = arr.astype(dtype.newbyteorder("="))
-    return arr
-
-
-def to_raw(arr: np.ndarray, datatype: str) -> bytes | memoryview:
-    """An array in the raw layout (the array's own memory when it is already little-endian and contiguous)."""
-    if datatype == "BYTES":
-        parts = []
-        for v in arr.ravel():
-            b = v if isinstance(v, bytes) else str(v).encode()
-            parts.append(struct.pack("<I", len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    flat = np.ascontiguousarray(arr).astype(DATATYPES[datatype], copy=False)
-    return memoryview(flat.reshape(-1)).cast("B") if flat.size else b""
-
-
 # -- inputs and outputs naming a region ------------------------------------------------------------------------
 def names_region(params: Mapping[str, Any]) -> bool:
     return PARAM_REGION in params
@@ -268,4 +222,4 @@ def output_target(registry: SharedMemoryRegistry, owner: str, params: Mapping[st
 
 
 __all__ = ["OutputTarget", "Region", "RegionExists", "RegionNotFound", "SharedMemoryError", "SharedMemoryRegistry",
-           "from_raw", "names_region", "output_target", "owner_of", "read_input", "to_raw"]
+           "names_region", "output_target", "owner_of", "read_input"]

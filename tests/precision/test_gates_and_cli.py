@@ -127,7 +127,7 @@ def test_build_cli_reports_gate_and_cache(tmp_path, capsys, monkeypatch):
 
 
 def test_task_gate_data_is_part_of_the_precision_cache_key(cls_onnx, precision_cache, tmp_path):
-    from ppdeploy.tasks.ocr.calibrate import folder_digest
+    from ppdeploy.core.cache import folder_digest
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "labels.json").write_text("{}")

@@ -10,7 +10,7 @@ import tritonclient.utils.shared_memory as tshm
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from ppdeploy.core.errors import InputError
-from ppdeploy.serve import shm
+from ppdeploy.serve import kserve, shm
 
 ME, OTHER = shm.owner_of("key-a"), shm.owner_of("key-b")
 
@@ -116,15 +116,15 @@ def test_inputs_are_read_in_place_and_outputs_written(registry, region):
 
 def test_bytes_tensors_use_tritons_layout():
     values = np.array([b"a", b"", "héllo".encode(), b"\x00\xff"], dtype=object).reshape(2, 2)
-    raw = shm.to_raw(values, "BYTES")
+    raw = kserve.to_raw(values, "BYTES")
     assert raw == serialize_byte_tensor(values).item()
-    back = shm.from_raw(raw, "BYTES", (2, 2), "input 's'")
+    back = kserve.from_raw(raw, "BYTES", (2, 2), "input 's'")
     assert back.tolist() == values.tolist() == deserialize_bytes_tensor(raw).reshape(2, 2).tolist()
     with pytest.raises(InputError, match="needs 6 elements"):
-        shm.from_raw(raw, "BYTES", (2, 3), "input 's'")
+        kserve.from_raw(raw, "BYTES", (2, 3), "input 's'")
     with pytest.raises(InputError, match="runs past the data"):
-        shm.from_raw(raw[:-1], "BYTES", (2, 2), "input 's'")
-    odd = shm.from_raw(memoryview(b"\0" + np.arange(3, dtype="<f4").tobytes())[1:], "FP32", (3,), "x")
+        kserve.from_raw(raw[:-1], "BYTES", (2, 2), "input 's'")
+    odd = kserve.from_raw(memoryview(b"\0" + np.arange(3, dtype="<f4").tobytes())[1:], "FP32", (3,), "x")
     assert odd.flags.aligned and odd.tolist() == [0.0, 1.0, 2.0]
 
 

@@ -17,7 +17,13 @@ import numpy as np
 from ppdeploy.core.lazy import lazy_import
 from ppdeploy.core.tensors import IOSpec
 from ppdeploy.serve import shm
-from ppdeploy.serve.kserve import DATATYPES, ProtocolError, kserve_datatype
+from ppdeploy.serve.kserve import (
+    DATATYPES,
+    ProtocolError,
+    from_raw,
+    kserve_datatype,
+    to_raw,
+)
 
 pb = lazy_import("tritonclient.grpc.service_pb2", install="'tritonclient[grpc]'")
 
@@ -99,7 +105,7 @@ def decode_request(req, io: IOSpec, registry: shm.SharedMemoryRegistry, owner: s
                 raise ProtocolError(f"{where}: typed contents cannot be mixed with raw_input_contents")
             if raw_index >= len(raw):
                 raise ProtocolError(f"{where}: raw_input_contents has {len(raw)} entries, too few for the inputs")
-            inputs[name] = shm.from_raw(memoryview(raw[raw_index]), datatype, shape, where)
+            inputs[name] = from_raw(memoryview(raw[raw_index]), datatype, shape, where)
             raw_index += 1
         elif typed:
             inputs[name] = _from_contents(item.contents, datatype, shape, where)
@@ -188,7 +194,7 @@ def encode_response(model_name: str, model_version: str, request_id: str, decode
                     tensor.parameters[key].int64_param = value
             resp.raw_output_contents.append(b"")
         else:
-            data = shm.to_raw(arr, datatype)
+            data = to_raw(arr, datatype)
             resp.raw_output_contents.append(data if isinstance(data, bytes) else data.tobytes())
     return resp
 

@@ -7,12 +7,12 @@ InputError: the set cannot represent it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from pathlib import Path
 from typing import Any, Callable
 
+from ppdeploy.core.cache import folder_digest
 from ppdeploy.core.errors import InputError
 from ppdeploy.core.lazy import lazy_import
 from ppdeploy.deploy.load import load_model
@@ -98,16 +98,6 @@ def detection_calibration(folder: str | Path, preprocess: Preprocess, model: Any
                                                                         "and scale)")
 
 
-def folder_digest(folder: str | Path) -> str:
-    """sha256 over the names and bytes of every file in `folder` (recursively), in sorted order."""
-    digest = hashlib.sha256()
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def detection_map_metric(data: str | Path, build: Callable[[Any], Any]) -> TaskMetric:
     """TaskMetric: mAP@0.5 of `build(candidate_runner)` (a Detector) on the COCO folder `data`."""
     folder = read_coco(data)
@@ -121,4 +111,4 @@ def detection_map_metric(data: str | Path, build: Callable[[Any], Any]) -> TaskM
     return metric
 
 
-__all__ = ["covering_selection", "detection_calibration", "detection_map_metric", "folder_digest", "model_inputs"]
+__all__ = ["covering_selection", "detection_calibration", "detection_map_metric", "model_inputs"]

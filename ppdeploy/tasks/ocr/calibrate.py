@@ -8,13 +8,13 @@ module depends on the stages and the result type, not on the pipeline class.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ppdeploy.core.cache import folder_digest
 from ppdeploy.core.errors import InputError
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.gate import TaskMetric
@@ -89,14 +89,3 @@ def ocr_char_accuracy(data_dir: str | Path, role: str, runners: Mapping[str, Any
     return metric
 
 
-def folder_digest(folder: str | Path) -> str:
-    """sha256 over the names and bytes of every file in `folder` (recursively), in sorted order."""
-    digest = hashlib.sha256()
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-__all__ = ["OCR_ROLES", "folder_digest", "ocr_calibration", "ocr_char_accuracy", "ocr_preprocess"]
