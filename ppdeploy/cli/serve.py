@@ -13,6 +13,7 @@ import sys
 from ppdeploy.core.errors import BackendUnavailable, ConfigError, PPDeployError
 from ppdeploy.core.lazy import install_hint
 from ppdeploy.precision.registry import PRECISIONS
+from ppdeploy.tasks.registry import TASKS
 
 # The Ray Serve variant is optional in a build; its flags are registered only when its module is there.
 RAY_MODULE = "ppdeploy.serve.ray"
@@ -41,9 +42,9 @@ def register(sub) -> None:
     g.add_argument("--head", choices=["ctc_greedy"], default=None,
                    help="output head for a CTC recognizer (with 'ocr': its rec): best class + probability per step "
                         "instead of the whole softmax, ~2200x less to copy back and send (ppdeploy.graph.heads)")
-    g.add_argument("--task", choices=["none", "classification"], default=None,
-                   help="also serve the model as a task route (default: classification when the folder has "
-                        "preprocess.yaml or labels.txt)")
+    g.add_argument("--task", choices=["none", *TASKS.names()], default=None,
+                   help="also serve the model as this task's /v1 route (default: the task that claims the model's "
+                        "folder, e.g. classification for one with preprocess.yaml or labels.txt)")
     o = p.add_argument_group("operations")
     o.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
                    help="also serve Triton's gRPC protocol (tritonclient.grpc) on this port (0: a free one); "

@@ -262,7 +262,7 @@ class ModelConfig(_Strict):
         """A zoo name unchanged; a path made absolute against the config's folder."""
         if self.source is None:
             raise ConfigError(f"{self._where()}: model '{self.name}' has no source")
-        if self.source in zoo.MODELS:
+        if zoo.is_bundled(self.source):
             return self.source
         p = Path(self.source).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
@@ -341,11 +341,11 @@ def _parse_file(path: Path, default_name: str | None) -> tuple[ModelConfig | Non
 def _source_problem(cfg: ModelConfig) -> str | None:
     if cfg.source is None:
         return None
-    if cfg.source in zoo.MODELS:
+    if zoo.is_bundled(cfg.source):
         return None
     p = cfg.source_path()
     if not Path(p).exists():
-        return f"{cfg._where()}: source: '{cfg.source}' is neither a bundled model ({', '.join(zoo.MODELS)}) nor an existing path ({p})"
+        return f"{cfg._where()}: source: '{cfg.source}' is neither a bundled model ({', '.join(zoo.names())}) nor an existing path ({p})"
     return None
 
 

@@ -67,14 +67,14 @@ def _resolve(model: str | None, repo: str | None, d: ServeDefaults) -> list[Mode
         if errors:
             raise ConfigError("\n".join(errors))
         return configs
-    if model not in zoo.MODELS and not Path(model).exists():
-        raise ConfigError(f"'{model}' is neither a bundled model ({', '.join([*zoo.MODELS, *bundles])}) nor an "
+    if not zoo.is_bundled(model) and not Path(model).exists():
+        raise ConfigError(f"'{model}' is neither a bundled model ({', '.join([*zoo.names(), *bundles])}) nor an "
                           f"existing path")
     task = d.task
     if task is None:
         folder = Path(model)
         task = next((name for name in TASKS.where(lambda t: t.claims_folder(folder))), "none")
-    source = model if model in zoo.MODELS else str(Path(model).resolve())
+    source = model if zoo.is_bundled(model) else str(Path(model).resolve())
     return [ModelConfig.for_source(source, name=d.name, task=task, head=d.head, **common)]
 
 

@@ -118,9 +118,8 @@ def load_engine(cfg: ModelConfig, cache_dir: str | Path | None = None,
 
 
 def _source_dir(source: str | Path) -> Path:
-    if isinstance(source, str):  # a zoo name
-        return zoo.model_dir(source)
-    return source if source.is_dir() else source.parent
+    path = zoo.resolve(source) if isinstance(source, str) else source  # a zoo name: its folder, or its file
+    return path if path.is_dir() else path.parent
 
 
 def _connect_engines(cfg: ModelConfig, source: str | Path, shared: list[dict]) -> LoadedEngine:

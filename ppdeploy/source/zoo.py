@@ -73,6 +73,15 @@ def ocr_dictionary() -> Path:
     raise SourceError("ppocr_keys_v1.txt (the OCR dictionary) is not installed", hint=INSTALL_HINT)
 
 
+def is_bundled(name: object) -> bool:
+    """True for a bundled model name: a wheel's Paddle model (MODELS) or a model fetched from a wheel."""
+    return isinstance(name, str) and (name in MODELS or name in wheel_models.MODELS)
+
+
+def names() -> list[str]:
+    return [*MODELS, *wheel_models.MODELS]
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A zoo name → its directory (or, for a model fetched from a wheel, its file); anything else is returned as a
     Path unchanged."""
