@@ -339,7 +339,7 @@ def _flatten(data: list, where: str) -> list:
     return out
 
 
-def _classify(arr: np.ndarray, k: int, labels: Sequence[str] | None) -> np.ndarray:
+def classify(arr: np.ndarray, k: int, labels: Sequence[str] | None) -> np.ndarray:
     """Triton's classification extension: per batch row, the top-k 'score:index[:label]' strings."""
     if arr.ndim == 0:
         raise ProtocolError("classification needs an output with at least one dimension")
@@ -384,7 +384,7 @@ def encode_infer_response_parts(model_name: str, model_version: str, request: In
     for out in request.outputs:
         arr = np.asarray(outputs[out.name])
         if out.class_count:
-            arr = _classify(arr, out.class_count, labels)
+            arr = classify(arr, out.class_count, labels)
         datatype = kserve_datatype(arr.dtype)
         item: dict[str, Any] = {"name": out.name, "datatype": datatype, "shape": list(arr.shape)}
         if out.target is not None:

@@ -20,6 +20,7 @@ from ppdeploy.serve import shm
 from ppdeploy.serve.kserve import (
     DATATYPES,
     ProtocolError,
+    classify,
     from_raw,
     kserve_datatype,
     to_raw,
@@ -158,23 +159,6 @@ def _from_contents(contents, datatype: str, shape: tuple[int, ...], where: str) 
     return arr.reshape(shape)
 
 
-def classify(arr: np.ndarray, k: int, labels: Sequence[str] | None) -> np.ndarray:
-    """Triton's classification extension: per batch row, the top-k 'score:index[:label]' strings."""
-    if arr.ndim == 0:
-        raise ProtocolError("classification needs an output with at least one dimension")
-    rows = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
-    k = min(k, rows.shape[1])
-    idx = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    out = np.empty((rows.shape[0], k), dtype=object)
-    for r in range(rows.shape[0]):
-        for j, c in enumerate(idx[r]):
-            text = f"{float(rows[r, c]):f}:{int(c)}"
-            if labels is not None and c < len(labels):
-                text += f":{labels[c]}"
-            out[r, j] = text.encode()
-    return out if arr.ndim > 1 else out[0]
-
-
 def encode_response(model_name: str, model_version: str, request_id: str, decoded: Decoded,
                     outputs: dict[str, np.ndarray], labels: Sequence[str] | None = None):
     """The ModelInferResponse: raw contents per output, or the output written into its shared-memory region."""
@@ -199,4 +183,4 @@ def encode_response(model_name: str, model_version: str, request_id: str, decode
     return resp
 
 
-__all__ = ["CONTENTS_FIELD", "Decoded", "Requested", "classify", "decode_request", "encode_response", "parameters"]
+__all__ = ["CONTENTS_FIELD", "Decoded", "Requested", "decode_request", "encode_response", "parameters"]
