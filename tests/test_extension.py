@@ -26,6 +26,7 @@ from ppdeploy.repository.config import ModelConfig
 from ppdeploy.serve.app import build_app
 from ppdeploy.tasks.base import Task, TaskContext
 from ppdeploy.tasks.registry import TASKS
+from tests.serve.conftest import post_asgi
 
 GRAPH = "model.onnx"
 
@@ -163,24 +164,6 @@ def test_schema_rejects_them_once_unregistered():
         ModelConfig.for_source("ppocr-cls", name="dir", task="line-direction")
 
 
-async def _post(app, path: str, body: bytes) -> tuple[int, dict]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive():
-        return messages.pop() if messages else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")
-
-
 @pytest.mark.slow
 def test_registered_task_on_registered_backend_is_served_at_its_route(registered, tmp_path):
     from ppdeploy.deploy import load_model
@@ -193,7 +176,7 @@ def test_registered_task_on_registered_backend_is_served_at_its_route(registered
         async with app.router.lifespan_context(app):
             await app.state.host.wait_loaded()
             served = app.state.host.models["dir"]
-            return served.engine.backend, await _post(app, "/v1/direction", b'{"width": 80}')
+            return served.engine.backend, await post_asgi(app, "/v1/direction", b'{"width": 80}')
 
     backend, (status, answer) = asyncio.run(main())
     (probs,) = reference.runner.infer({"x": gray_lines(1, 80)}).values()

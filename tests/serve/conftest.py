@@ -2,6 +2,7 @@
 subprocess is `ppdeploy.bench.server_process.ServerProcess`."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,22 @@ def write_repo(root: Path, configs: dict[str, str]) -> Path:
 
 def random_line_image(rng: np.random.Generator, width: int = 160) -> np.ndarray:
     return rng.standard_normal((1, 3, 48, width), dtype=np.float32)
+
+
+async def post_asgi(app, path: str, body: bytes) -> tuple[int, dict]:
+    """POST a JSON body to the ASGI `app` in-process; (status, decoded JSON answer)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")

@@ -14,6 +14,7 @@ from ppdeploy.repository.config import ModelConfig
 from ppdeploy.serve.app import build_app
 from ppdeploy.tasks.base import Task, TaskContext
 from ppdeploy.tasks.registry import TASKS
+from tests.serve.conftest import post_asgi
 
 
 class MeanTask(Task):
@@ -51,24 +52,6 @@ def mean_task():
     TASKS.unregister(MeanTask.name)
 
 
-async def _post(app, path: str, body: bytes) -> tuple[int, dict]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent = []
-
-    async def receive():
-        return messages.pop() if messages else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")
-
-
 def test_the_schema_takes_a_registered_task_only_while_it_is_registered(mean_task):
     cfg = ModelConfig.for_source("ppocr-cls", name="probe", task="mean-probe", task_options={"scale": 0.5})
     assert cfg.task_class is MeanTask and not cfg.composite
@@ -89,9 +72,9 @@ def test_a_registered_task_is_served_at_its_route(mean_task, cls_runner):
     async def main():
         async with app.router.lifespan_context(app):
             await app.state.host.wait_loaded()
-            return (await _post(app, "/v1/mean", b'{"width": 64}'),
-                    await _post(app, "/v1/mean/probe", b'{"width": 32}'),
-                    await _post(app, "/v1/mean/other", b'{"width": 32}'))
+            return (await post_asgi(app, "/v1/mean", b'{"width": 64}'),
+                    await post_asgi(app, "/v1/mean/probe", b'{"width": 32}'),
+                    await post_asgi(app, "/v1/mean/other", b'{"width": 32}'))
 
     (status, answer), (named, _), (missing, _) = asyncio.run(main())
     (probs,) = cls_runner.infer({"x": np.full((1, 3, 48, 64), 0.25, np.float32)}).values()
