@@ -17,7 +17,7 @@ import json
 import os
 import random
 import signal
-import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -29,10 +29,15 @@ import numpy as np
 
 from ppdeploy.bench.pages import synthetic_pages
 from ppdeploy.bench.server_process import ServerProcess
+from ppdeploy.bench.stats import percentile
 from ppdeploy.core.cache import default_root as default_cache_root
 
 V2_PATH = "/v2/models/ppocr-cls/infer"
 FAULTS = ("kill-worker", "kill-engine", "readonly-cache", "corrupt-cache", "sigterm")
+REFUSED, LOST = 0, 599  # statuses recorded for a refused connection and one lost after the request was sent
+WARMUP_S = 120.0
+RSS_EVERY_S = 5.0
+NOBODY = 65534  # the unprivileged uid/gid the server runs as under `readonly-cache` when we are root
 _MALFORMED = [
     (b'{"inputs": [' * 3000, {}),  # deeply nested
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 48, -1], "data": []}]}', {}),
@@ -54,26 +59,43 @@ class SoakReport:
     count_5xx: int = 0
     count_5xx_outside_faults: int = 0
     wrong_answers: int = 0
+    refused_outside_faults: int = 0
     rss_start_mb: float = 0.0
+    rss_warm_mb: float = 0.0  # at the end of the warm-up (WARMUP_S), or at the start of a shorter run
     rss_end_mb: float = 0.0
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since load start, MB)
     per_minute: list[dict] = field(default_factory=list)
     fault_notes: list[str] = field(default_factory=list)
     sigterm_unanswered: int = 0
 
     @property
+    def rss_growth_pct(self) -> float:
+        return 100.0 * (self.rss_end_mb - self.rss_warm_mb) / self.rss_warm_mb if self.rss_warm_mb else 0.0
+
+    @property
     def ok(self) -> bool:
-        return self.count_5xx_outside_faults == 0 and self.wrong_answers == 0 and self.sigterm_unanswered == 0
+        return (self.count_5xx_outside_faults == 0 and self.wrong_answers == 0 and self.sigterm_unanswered == 0
+                and self.refused_outside_faults == 0)
 
     def markdown(self) -> str:
         lines = [f"Soak: {self.clients} clients, {self.seconds:g} s, --workers {self.workers}, faults: "
                  f"{', '.join(self.faults) or 'none'}", "",
-                 "| minute | requests | p50 ms | p99 ms |", "|---|---|---|---|"]
-        lines += [f"| {m['minute']} | {m['requests']} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} |" for m in self.per_minute]
-        lines += ["", f"- requests: {self.requests}; by status: {self.by_status}",
-                  f"- 5xx: {self.count_5xx} ({self.count_5xx_outside_faults} outside fault windows)",
+                 "| minute | /v1/ocr n | p50 ms | p99 ms | v2 n | p50 ms | p99 ms | RSS MB |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in self.per_minute:
+            cells = [str(m["minute"])]
+            for kind in ("ocr", "v2"):
+                k = m.get(kind) or {}
+                cells += [str(k.get("requests", 0)), f"{k['p50_ms']:.1f}" if k else "-", f"{k['p99_ms']:.1f}" if k else "-"]
+            cells.append(f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"- requests: {self.requests}; by status: {self.by_status} (0: connection refused, never "
+                      "accepted; 599: connection lost after the request was sent)",
+                  f"- 5xx: {self.count_5xx} ({self.count_5xx_outside_faults} outside fault windows); refused "
+                  f"connections outside fault windows: {self.refused_outside_faults}",
                   f"- wrong answers to accepted valid requests: {self.wrong_answers}",
-                  f"- RSS of the server's process tree: {self.rss_start_mb:.0f} MB at start, "
-                  f"{self.rss_end_mb:.0f} MB at the end",
+                  f"- RSS of the server's process tree: {self.rss_start_mb:.0f} MB at start, {self.rss_warm_mb:.0f} MB "
+                  f"after warm-up, {self.rss_end_mb:.0f} MB at the end: {self.rss_growth_pct:+.1f} % after warm-up",
                   *[f"- {n}" for n in self.fault_notes]]
         return "\n".join(lines)
 
@@ -122,7 +144,7 @@ class _Load:
         self.malformed = malformed
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.records: list[tuple[float, float, int, bool]] = []  # (t, ms, status, kind_valid)
+        self.records: list[tuple[float, float, int, str]] = []  # (end time, ms, status, kind: ocr | v2 | bad)
         self.wrong = 0
         self.stop = threading.Event()
         self.in_flight = 0
@@ -134,10 +156,9 @@ class _Load:
                     roll, pick = self.rng.random(), self.rng.randrange(1 << 30)
                     self.in_flight += 1
                 start = time.perf_counter()
-                valid, check = True, None
+                kind, check = "bad", None
                 try:
                     if roll < self.malformed:
-                        valid = False
                         body, headers = _MALFORMED[pick % len(_MALFORMED)]
                         headers = dict(headers)
                         path = "/v1/ocr" if headers.pop("_route", None) else V2_PATH
@@ -145,22 +166,26 @@ class _Load:
                     elif roll < self.malformed + (1 - self.malformed) / 2:
                         i = pick % len(self.pages)
                         r = http.post("/v1/ocr", content=self.pages[i], headers={"Content-Type": "image/png"})
-                        check = ("ocr", i)
+                        kind, check = "ocr", ("ocr", i)
                     else:
                         i = pick % len(self.v2)
                         r = http.post(V2_PATH, content=self.v2[i][0])
-                        check = ("v2", i)
+                        kind, check = "v2", ("v2", i)
                     status = r.status_code
+                except httpx.ConnectError:
+                    status = REFUSED  # never accepted: nothing listens (after SIGTERM, say)
                 except httpx.HTTPError:
-                    status = 599  # connection lost (a killed worker): counted with the 5xx
+                    status = LOST  # accepted, then the connection broke (a killed worker): counted with the 5xx
                 ms = (time.perf_counter() - start) * 1e3
                 wrong = False
                 if status == 200 and check is not None:
                     wrong = not self._correct(check, r)
                 with self.lock:
                     self.in_flight -= 1
-                    self.records.append((time.monotonic(), ms, status, valid))
+                    self.records.append((time.monotonic(), ms, status, kind))
                     self.wrong += wrong
+                if status == REFUSED:
+                    time.sleep(0.05)  # a closed port refuses at once: do not spin
 
     def _correct(self, check: tuple, r: httpx.Response) -> bool:
         kind, i = check
@@ -212,17 +237,24 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
     # the cache faults get a cache of their own (built at the first start); otherwise the user's cache
     own_cache = any(f in faults for f in ("readonly-cache", "corrupt-cache"))
     cache = work / "cache" if own_cache else default_cache_root()
+    env = {"PPDEPLOY_CACHE": str(cache)} if own_cache else {}
+    unprivileged = "readonly-cache" in faults and os.getuid() == 0
+    popen: dict = {}
+    if unprivileged:  # root ignores file modes: serve (and build) as nobody, from a cache nobody owns
+        env["HOME"] = str(work)
+        popen = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+        _chown_tree(work, NOBODY)
     report = SoakReport(clients, seconds, workers, list(faults))
     if "corrupt-cache" in faults:
         if not cache.is_dir():  # fill it first, so there are entries to corrupt
-            ServerProcess(["ocr"], env={"PPDEPLOY_CACHE": str(cache)}).start().stop()
+            ServerProcess(["ocr"], env=env, popen_kwargs=popen).start().stop()
         report.fault_notes.append(f"corrupt-cache: truncated {_corrupt_cache(cache)} cached engine files before "
                                   "the start")
     args = ["ocr", *(["--workers", str(workers)] if workers > 1 else []),
             *(["--engine-process"] if "kill-engine" in faults else []), *extra_args]
-    server = ServerProcess(args, log_path=work / "server.log",
-                           env={"PPDEPLOY_CACHE": str(cache)} if own_cache else None).start()
+    server = ServerProcess(args, log_path=work / "server.log", env=env or None, popen_kwargs=popen).start()
     fault_windows: list[tuple[float, float]] = []
+    sigterm_at: float | None = None
     try:
         assert server.proc is not None and server.url is not None
         page_bytes, v2, refs = _prepare(server.url, work, pages)
@@ -232,57 +264,99 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
         report.rss_start_mb = tree_rss_mb(server.proc.pid)
         threads = [threading.Thread(target=load.client, daemon=True) for _ in range(clients)]
         t0 = time.monotonic()
-        for t in threads:
+        sampler = threading.Thread(target=_sample_rss, args=(server.proc, t0, report.rss_samples, load.stop),
+                                   daemon=True)
+        for t in [*threads, sampler]:
             t.start()
         plan = [f for f in faults if f in ("kill-worker", "kill-engine", "readonly-cache")]
-        for i, fault in enumerate(plan):
-            time.sleep(seconds / (len(plan) + 1) if i == 0 else seconds / (len(plan) + 1))
+        for fault in plan:
+            time.sleep(seconds / (len(plan) + 1))
             start = time.monotonic()
             report.fault_notes.append(_inject(fault, server.proc.pid, cache))
+            if fault == "readonly-cache":
+                report.fault_notes.append(_build_into(cache, env, popen))
             fault_windows.append((start, start + 5.0))
         while time.monotonic() - t0 < seconds * (0.5 if "sigterm" in faults else 1.0):
             time.sleep(0.2)
         report.rss_end_mb = tree_rss_mb(server.proc.pid)
         if "sigterm" in faults:
-            sent = time.monotonic()
+            sigterm_at = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            fault_windows.append((sent, sent + 120))
+            fault_windows.append((sigterm_at, sigterm_at + 120))
             code = server.proc.wait(180)
             load.stop.set()
             for t in threads:
                 t.join(180)
-            accepted_lost = [r for r in load.records if sent <= r[0] and r[2] >= 500 and r[2] != 503]
-            report.sigterm_unanswered = len(accepted_lost)
-            report.fault_notes.append(f"sigterm: exit code {code}; requests answered neither 200 nor 503 after "
-                                      f"the signal: {len(accepted_lost)}")
+            # Owed an answer: every request the server accepted. A refused connection (the port closed) was never
+            # accepted; 503 is the drain's documented answer to requests that arrive while it drains.
+            lost = [r for r in load.records if r[0] >= sigterm_at and r[2] >= 500 and r[2] != 503]
+            report.sigterm_unanswered = len(lost)
+            refused = sum(1 for r in load.records if r[0] >= sigterm_at and r[2] == REFUSED)
+            answered = sum(1 for r in load.records if r[0] >= sigterm_at and r[2] not in (REFUSED, LOST))
+            report.fault_notes.append(
+                f"sigterm: exit code {code}; after the signal {answered} requests were answered (200, 4xx or 503), "
+                f"{len(lost)} accepted ones were not, and {refused} connection attempts were refused (port closed)")
         else:
             load.stop.set()
             for t in threads:
                 t.join(180)
+        sampler.join(RSS_EVERY_S * 2)
     finally:
         if "readonly-cache" in faults and cache.is_dir():
             os.chmod(cache, 0o755)
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
+    _summarize(report, load, fault_windows, t0)
+    return report
+
+
+def _summarize(report: SoakReport, load: _Load, fault_windows: list[tuple[float, float]], t0: float) -> None:
     records = load.records
     report.requests = len(records)
     for _, _, status, _ in records:
         report.by_status[str(status)] = report.by_status.get(str(status), 0) + 1
+    in_fault = [any(a <= r[0] <= b for a, b in fault_windows) for r in records]
     report.count_5xx = sum(1 for r in records if r[2] >= 500)
-    report.count_5xx_outside_faults = sum(
-        1 for r in records if r[2] >= 500 and not any(a <= r[0] <= b for a, b in fault_windows))
+    report.count_5xx_outside_faults = sum(1 for r, f in zip(records, in_fault) if r[2] >= 500 and not f)
+    report.refused_outside_faults = sum(1 for r, f in zip(records, in_fault) if r[2] == REFUSED and not f)
     report.wrong_answers = load.wrong
-    if records:
-        first = min(r[0] for r in records)
-        minutes: dict[int, list[float]] = {}
-        for t, ms, status, valid in records:
-            if status == 200 and valid:
-                minutes.setdefault(int((t - first) // 60), []).append(ms)
-        for m in sorted(minutes):
-            xs = sorted(minutes[m])
-            report.per_minute.append({"minute": m + 1, "requests": len(xs), "p50_ms": statistics.median(xs),
-                                      "p99_ms": xs[min(len(xs) - 1, int(len(xs) * 0.99))]})
-    return report
+    samples = report.rss_samples
+    if samples:
+        warm = [mb for t, mb in samples if t <= WARMUP_S] if report.seconds >= 1.5 * WARMUP_S else []
+        report.rss_warm_mb = warm[-1] if warm else report.rss_start_mb
+    else:
+        report.rss_warm_mb = report.rss_start_mb
+    minutes: dict[int, dict[str, list[float]]] = {}
+    for t, ms, status, kind in records:
+        if status == 200 and kind != "bad":
+            minutes.setdefault(int((t - t0) // 60), {}).setdefault(kind, []).append(ms)
+    for m in sorted(minutes):
+        row: dict = {"minute": m + 1}
+        for kind, xs in minutes[m].items():
+            row[kind] = {"requests": len(xs), "p50_ms": percentile(xs, 50), "p99_ms": percentile(xs, 99)}
+        in_minute = [mb for t, mb in samples if m * 60 <= t < (m + 1) * 60]
+        row["rss_mb"] = in_minute[-1] if in_minute else None
+        report.per_minute.append(row)
+
+
+def _sample_rss(proc, t0: float, out: list[tuple[float, float]], stop: threading.Event) -> None:
+    while not stop.is_set() and proc.poll() is None:
+        out.append((time.monotonic() - t0, tree_rss_mb(proc.pid)))
+        stop.wait(RSS_EVERY_S)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for p in root.rglob("*"):
+        os.chown(p, uid, uid, follow_symlinks=False)
+
+
+def _build_into(cache: Path, env: dict, popen: dict) -> str:
+    """A new build while the cache is read-only (a precision the server did not build): it must fail clearly."""
+    cmd = [sys.executable, "-m", "ppdeploy", "build", "ppocr-cls", "--backend", "onnxruntime", "--precision", "fp16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=600, **popen)
+    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return f"readonly-cache: a new build into it exited {done.returncode}: {tail[:300]}"
 
 
 def _inject(fault: str, server_pid: int, cache: Path) -> str:

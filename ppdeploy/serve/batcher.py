@@ -37,6 +37,8 @@ from ppdeploy.backends.base import Runner
 from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.core.shapes import ShapeProfile
 from ppdeploy.core.tensors import IOSpec, validate_inputs
+from ppdeploy.deploy.trial import trial_shapes
+from ppdeploy.deploy.verify import generate_inputs
 from ppdeploy.serve.merge import NotSplittable, Run, run_merged
 
 log = logging.getLogger("ppdeploy.serve.batcher")
@@ -201,6 +203,8 @@ class DynamicBatcher:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._runners:
+            await self._loop.run_in_executor(None, self._probe_sizes)
         self._wakeup = asyncio.Event()
         self._workers = [asyncio.create_task(self._worker(r), name=f"batcher-{self.name}-{i}")
                          for i, r in enumerate(self._runners)]
@@ -276,31 +280,48 @@ class DynamicBatcher:
         """The outputs' bytes for `feeds`: each output's declared shape with dim 0 as the request's rows and every
         other dynamic dim taken from an input of the same rank that has it dynamic too (a det map from its image);
         an output whose dims stay unknown (a rec's time steps) is scaled from the most bytes per input element it
-        has taken on earlier calls (0 before its first call)."""
+        has taken on any call, the start-up probe (`start`) included."""
         in_elements = sum(int(a.size) for a in feeds.values())
-        by_rank = {}
-        for t in self.io.inputs:
-            arr = feeds.get(t.name)
-            if arr is not None:
-                by_rank.setdefault(arr.ndim, (t, arr))
         total = 0
         for out in self.io.outputs:
-            dims: list[int] | None = []
-            match = by_rank.get(len(out.shape))
-            for i, d in enumerate(out.shape):
-                if d is None and i == 0 and self._batch_axis_ok:
-                    d = rows
-                elif d is None and match is not None and match[0].shape[i] is None:
-                    d = int(match[1].shape[i])
-                if d is None:
-                    dims = None
-                    break
-                dims.append(int(d))
+            dims = self._output_dims(out, feeds, rows)
             if dims is not None:
                 total += math.prod(dims) * _itemsize(out.dtype)
             else:
                 total += int(self._out_ratio.get(out.name, 0.0) * in_elements)
         return total
+
+    def _output_dims(self, out, feeds: Mapping[str, np.ndarray], rows: int) -> list[int] | None:
+        """`out`'s dims for `feeds` as far as the declared shapes tell them; None when one stays unknown."""
+        match = None
+        for t in self.io.inputs:
+            arr = feeds.get(t.name)
+            if arr is not None and arr.ndim == len(out.shape):
+                match = (t, arr)
+                break
+        dims: list[int] = []
+        for i, d in enumerate(out.shape):
+            if d is None and i == 0 and self._batch_axis_ok:
+                d = rows
+            elif d is None and match is not None and match[0].shape[i] is None:
+                d = int(match[1].shape[i])
+            if d is None:
+                return None
+            dims.append(int(d))
+        return dims
+
+    def _probe_sizes(self) -> None:
+        """One call at the trial shape (ppdeploy.deploy.trial) when an output's size cannot be read from its
+        declared shape, so the first request is already held to `max_output_bytes`: a cold server would otherwise
+        estimate 0 bytes for a rec's [N, T, C] output and accept a line 110 000 pixels wide."""
+        feeds = generate_inputs(self.io, seed=0, shapes=trial_shapes(self.io, self._shapes))
+        if all(self._output_dims(o, feeds, 1) is not None for o in self.io.outputs):
+            return
+        try:
+            self._learn_sizes(feeds, self._runners[0].infer(feeds))
+        except Exception as exc:  # the engine passed its trial at load; a failure here only leaves the estimate cold
+            log.warning("model %s: the output-size probe failed (%s); sizes are learnt from the first requests",
+                        self.name, exc)
 
     def _learn_sizes(self, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
         in_elements = max(1, sum(int(a.size) for a in feeds.values()))

@@ -122,8 +122,9 @@ def test_an_input_over_the_element_limit_is_a_413_naming_the_limit(server, cls_r
     _assert_healthy(server, cls_runner)
 
 
-def test_a_rec_line_whose_output_would_be_huge_is_a_413_before_it_runs(rec_runner):
-    """Issue 18's case: a 64 MB PP-OCRv4 rec input of [1, 3, 48, ~110 000] whose output alone is ~360 MB."""
+def test_a_rec_line_whose_output_would_be_huge_is_a_413_before_it_runs_even_on_a_cold_server(rec_runner):
+    """Issue 18's case: a 64 MB PP-OCRv4 rec input of [1, 3, 48, ~110 000] whose output alone is ~360 MB. The
+    batcher's start-up probe sizes rec's [N, T, C] output, so the very first request is held to the limit."""
     calls = []
 
     class Counting(Runner):
@@ -138,17 +139,18 @@ def test_a_rec_line_whose_output_would_be_huge_is_a_413_before_it_runs(rec_runne
 
     async def main():
         b = DynamicBatcher("rec", [Counting()], BatcherSettings(max_batch_size=4))
-        await b.start()
-        small = await b.infer({"x": np.zeros((1, 3, 48, 320), np.float32)})  # the first call sizes the output
-        assert small.outputs[REC_OUT].shape == (1, 40, 6625)
-        with pytest.raises(RequestTooLarge) as err:
+        await b.start()  # probes once at the trial shape
+        assert len(calls) == 1
+        with pytest.raises(RequestTooLarge) as err:  # the first request
             await b.infer({"x": np.zeros((1, 3, 48, 110_000), np.float32)})
+        small = await b.infer({"x": np.zeros((1, 3, 48, 320), np.float32)})
+        assert small.outputs[REC_OUT].shape == (1, 40, 6625)
         await b.close()
         return err.value
 
     err = asyncio.run(main())
     assert err.status == 413 and "limits.max_output_bytes" in str(err) and "MiB" in str(err)
-    assert len(calls) == 1  # refused before the engine saw it
+    assert len(calls) == 2 and calls[1]["x"] == (1, 3, 48, 320)  # the probe and the small line: the wide one never ran
 
 
 def test_engine_errors_are_classified_by_whose_fault_they_are(cls_runner):
