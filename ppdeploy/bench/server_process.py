@@ -28,15 +28,13 @@ class ServerProcess:
     """
 
     def __init__(self, serve_args: Sequence[str], *, env: Mapping[str, str] | None = None, wait_ready: bool = True,
-                 ready_timeout_s: float = 300.0, log_path: Path | None = None, access_log: bool = False,
-                 popen_kwargs: Mapping | None = None):
+                 ready_timeout_s: float = 300.0, log_path: Path | None = None, access_log: bool = False):
         self.serve_args = [str(a) for a in serve_args]
         self.env = dict(env or {})
         self.wait_ready = wait_ready
         self.ready_timeout_s = ready_timeout_s
         self.log_path = log_path
         self.access_log = access_log
-        self.popen_kwargs = dict(popen_kwargs or {})  # e.g. user=/group= to serve unprivileged
         self.url: str | None = None
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
@@ -48,7 +46,7 @@ class ServerProcess:
         if not self.access_log:
             cmd.append("--no-access-log")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, **self.popen_kwargs)
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         found = threading.Event()
 
         def pump() -> None:  # keep reading stderr so the child never blocks on a full pipe

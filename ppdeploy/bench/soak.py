@@ -37,7 +37,6 @@ FAULTS = ("kill-worker", "kill-engine", "readonly-cache", "corrupt-cache", "sigt
 REFUSED, LOST = 0, 599  # statuses recorded for a refused connection and one lost after the request was sent
 WARMUP_S = 120.0
 RSS_EVERY_S = 5.0
-NOBODY = 65534  # the unprivileged uid/gid the server runs as under `readonly-cache` when we are root
 _MALFORMED = [
     (b'{"inputs": [' * 3000, {}),  # deeply nested
     (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 48, -1], "data": []}]}', {}),
@@ -238,21 +237,15 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
     own_cache = any(f in faults for f in ("readonly-cache", "corrupt-cache"))
     cache = work / "cache" if own_cache else default_cache_root()
     env = {"PPDEPLOY_CACHE": str(cache)} if own_cache else {}
-    unprivileged = "readonly-cache" in faults and os.getuid() == 0
-    popen: dict = {}
-    if unprivileged:  # root ignores file modes: serve (and build) as nobody, from a cache nobody owns
-        env["HOME"] = str(work)
-        popen = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
-        _chown_tree(work, NOBODY)
     report = SoakReport(clients, seconds, workers, list(faults))
     if "corrupt-cache" in faults:
         if not cache.is_dir():  # fill it first, so there are entries to corrupt
-            ServerProcess(["ocr"], env=env, popen_kwargs=popen).start().stop()
+            ServerProcess(["ocr"], env=env).start().stop()
         report.fault_notes.append(f"corrupt-cache: truncated {_corrupt_cache(cache)} cached engine files before "
                                   "the start")
     args = ["ocr", *(["--workers", str(workers)] if workers > 1 else []),
             *(["--engine-process"] if "kill-engine" in faults else []), *extra_args]
-    server = ServerProcess(args, log_path=work / "server.log", env=env or None, popen_kwargs=popen).start()
+    server = ServerProcess(args, log_path=work / "server.log", env=env or None).start()
     fault_windows: list[tuple[float, float]] = []
     sigterm_at: float | None = None
     try:
@@ -274,7 +267,7 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
             start = time.monotonic()
             report.fault_notes.append(_inject(fault, server.proc.pid, cache))
             if fault == "readonly-cache":
-                report.fault_notes.append(_build_into(cache, env, popen))
+                report.fault_notes.append(_build_into(cache, env))
             fault_windows.append((start, start + 5.0))
         while time.monotonic() - t0 < seconds * (0.5 if "sigterm" in faults else 1.0):
             time.sleep(0.2)
@@ -303,7 +296,7 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
         sampler.join(RSS_EVERY_S * 2)
     finally:
         if "readonly-cache" in faults and cache.is_dir():
-            os.chmod(cache, 0o755)
+            _writable_again(cache)
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
     _summarize(report, load, fault_windows, t0)
@@ -345,16 +338,10 @@ def _sample_rss(proc, t0: float, out: list[tuple[float, float]], stop: threading
         stop.wait(RSS_EVERY_S)
 
 
-def _chown_tree(root: Path, uid: int) -> None:
-    os.chown(root, uid, uid)
-    for p in root.rglob("*"):
-        os.chown(p, uid, uid, follow_symlinks=False)
-
-
-def _build_into(cache: Path, env: dict, popen: dict) -> str:
+def _build_into(cache: Path, env: dict) -> str:
     """A new build while the cache is read-only (a precision the server did not build): it must fail clearly."""
     cmd = [sys.executable, "-m", "ppdeploy", "build", "ppocr-cls", "--backend", "onnxruntime", "--precision", "fp16"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=600, **popen)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
     tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
     return f"readonly-cache: a new build into it exited {done.returncode}: {tail[:300]}"
 
@@ -375,10 +362,22 @@ def _inject(fault: str, server_pid: int, cache: Path) -> str:
         os.kill(victims[0], signal.SIGKILL)
         return f"kill-engine: SIGKILL to engine pid {victims[0]}"
     if fault == "readonly-cache":
+        mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(cache), str(cache)], capture_output=True,
+                                 text=True)
+        if mounted.returncode == 0:
+            return f"readonly-cache: {cache} bind-mounted read-only over itself"
         os.chmod(cache, 0o555)
-        who = "as root, which ignores file modes: this fault has no effect" if os.getuid() == 0 else "serving on"
-        return f"readonly-cache: {cache} made read-only ({who})"
+        who = "as root, which ignores file modes: this fault has no effect" if os.getuid() == 0 else "file modes"
+        return f"readonly-cache: {cache} made read-only ({who}; mount refused: {mounted.stderr.strip()[:120]})"
     raise ValueError(fault)
+
+
+def _writable_again(cache: Path) -> None:
+    # os.path.ismount misses a bind mount within one file system: look the path up in the mount table
+    mounted = any(line.split()[1] == str(cache.resolve()) for line in Path("/proc/mounts").read_text().splitlines())
+    if mounted:
+        subprocess.run(["umount", str(cache)], check=False)
+    os.chmod(cache, 0o755)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.errors import PPDeployError, storage_error
 
 # One module per command group; each defines register(subparsers) adding one or more sub-commands.
 COMMAND_MODULES = [
@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except PPDeployError as exc:
         print(f"ppdeploy {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        refused = storage_error(exc)  # a read-only or full cache / output folder: the user's to fix
+        if refused is None:
+            raise
+        print(f"ppdeploy {args.command}: error: {refused}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
