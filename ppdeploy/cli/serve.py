@@ -54,6 +54,9 @@ def register(sub) -> None:
     o.add_argument("--task-threads", type=int, default=4, help="threads running task pipelines (pre/post-processing)")
     o.add_argument("--max-task-queue", type=int, default=64,
                    help="image requests waiting for a pipeline thread before 429")
+    o.add_argument("--max-task-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="429 (with Retry-After) when a new image request would wait longer than this for a pipeline "
+                        "thread, judged from the recent time per request; 0: no limit")
     o.add_argument("--engine-process", action="store_true",
                    help="run each model instance's engine in its own process, fed through shared memory (with "
                         "--repo: every model, as if its config set engine_process: true)")
@@ -99,7 +102,7 @@ def settings_from_args(args):
     return settings_from_env(host=args.host, port=args.port, api_key=args.api_key,
                              max_body_bytes=int(args.max_body_mb * (1 << 20)),
                              max_image_pixels=args.max_image_pixels, task_threads=args.task_threads,
-                             max_task_queue=args.max_task_queue, strict_readiness=not args.no_strict_readiness,
+                             max_task_queue=args.max_task_queue, max_task_wait_s=args.max_task_wait, strict_readiness=not args.no_strict_readiness,
                              drain_timeout_s=args.drain_timeout, workers=args.workers, grpc_port=args.grpc_port)
 
 

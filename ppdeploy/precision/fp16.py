@@ -67,11 +67,13 @@ def convert(model, keep_nodes: Sequence[str] = (), keep_ops: Sequence[str] | Non
 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    model = copy.deepcopy(model)
+    omit_empty_resize_inputs(model)
     try:
         with warnings.catch_warnings():  # one warning per clamped weight; the count goes nowhere useful
             warnings.simplefilter("ignore")
             converted = convert_float_to_float16(
-                copy.deepcopy(model), keep_io_types=True,
+                model, keep_io_types=True,
                 op_block_list=list(default_keep_ops() if keep_ops is None else keep_ops),
                 node_block_list=list(keep_nodes),
             )
@@ -80,6 +82,28 @@ def convert(model, keep_nodes: Sequence[str] = (), keep_ops: Sequence[str] | Non
     except Exception as exc:  # the converter raises ValueError/KeyError on graphs it cannot handle
         raise ConversionError(f"FP16 conversion failed: {exc}",
                               hint="try --precision bf16 (a backend setting) or keep FP32") from exc
+
+
+def omit_empty_resize_inputs(model) -> int:
+    """Give Resize's optional `roi`/`scales` as omitted (empty name) where they are empty tensors, in place; returns
+    how many inputs were dropped.
+
+    paddle2onnx feeds `Resize` an empty FP32 initializer for the `roi` and `scales` it does not use (PP-YOLOE+'s
+    upsampling gives `sizes`). The FP16 converter turns such an empty tensor into FP16 plus a Cast back, which ONNX
+    Runtime then reads as a `scales` given next to `sizes` and refuses ("Either `sizes` or `scales` must be
+    provided, but not both"). An omitted input means the same as the empty one and survives the conversion."""
+    from onnx import numpy_helper
+
+    empty = {t.name for t in model.graph.initializer if numpy_helper.to_array(t).size == 0}
+    dropped = 0
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for i in (1, 2):  # roi, scales
+            if i < len(node.input) and node.input[i] in empty:
+                node.input[i] = ""
+                dropped += 1
+    return dropped
 
 
 def drop_fp16_round_trips(model) -> int:

@@ -2,6 +2,7 @@
 subprocess is `ppdeploy.bench.server_process.ServerProcess`."""
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -55,12 +56,18 @@ async def post_asgi(app, path: str, body: bytes) -> tuple[int, dict]:
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent = []
+    answered = asyncio.Event()
 
-    async def receive():
-        return messages.pop() if messages else {"type": "http.disconnect"}
+    async def receive():  # as a server does: after the body, the next message is the disconnect, once answered
+        if messages:
+            return messages.pop()
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
 
     await app(scope, receive, send)
     return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")

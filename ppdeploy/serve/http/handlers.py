@@ -5,6 +5,7 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 import time
 
 from starlette.requests import Request
@@ -15,7 +16,6 @@ from ppdeploy.core.errors import InputError, PPDeployError
 from ppdeploy.serve import kserve, shm
 from ppdeploy.serve.batcher import (
     InferenceFailed,
-    QueueFull,
 )
 from ppdeploy.serve.errors import failure_reason, status_of
 from ppdeploy.serve.http.bodies import (
@@ -28,6 +28,7 @@ from ppdeploy.serve.http.bodies import (
 )
 from ppdeploy.serve.http.responses import error_response, json_response
 from ppdeploy.serve.http.settings import ServerSettings
+from ppdeploy.serve.http.task_queue import TaskQueue, flag_disconnect
 from ppdeploy.serve.metrics import ServerMetrics
 from ppdeploy.serve.models import (
     READY,
@@ -52,7 +53,7 @@ class Handlers:
         self.metrics = metrics
         self.settings = settings
         self.draining = False
-        self.task_in_flight = 0
+        self.tasks = TaskQueue(settings.task_threads, settings.max_task_queue, settings.max_task_wait_s)
         # --workers N: the sibling workers (ppdeploy.serve.workers.Peers). Readiness, /metrics and /stats answer
         # for the whole server, whichever worker the client reached.
         self.peers = None
@@ -226,16 +227,20 @@ class Handlers:
             if service.state != READY:
                 why = "is still loading" if service.state == "LOADING" else f"is unavailable: {service.reason}"
                 raise ModelNotReady(f"{task.name} model '{service.name}' {why}")
-            # Task requests wait for a pipeline thread; bound that wait like the model queues are bounded.
-            if self.task_in_flight >= self.settings.max_task_queue + self.settings.task_threads:
-                raise QueueFull(f"{self.task_in_flight} image requests are already in progress", 1)
-            self.task_in_flight += 1
+            # Task requests wait for a pipeline thread; bound that wait (ppdeploy.serve.http.task_queue).
+            self.tasks.admit()
             try:
                 data, content_type = await self._task_body(request)
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self.host.task_pool, service.run, data, content_type, self.settings.max_image_pixels)
+                gone = threading.Event()
+                watcher = asyncio.ensure_future(flag_disconnect(request.receive, gone))
+                try:
+                    work = functools.partial(service.run, data, content_type, self.settings.max_image_pixels)
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self.host.task_pool, self.tasks.run, work, gone)
+                finally:
+                    watcher.cancel()
             finally:
-                self.task_in_flight -= 1
+                self.tasks.release()
         except Exception as exc:
             if not isinstance(exc, PPDeployError):
                 log.exception("%s request failed", label)

@@ -18,6 +18,7 @@ class ServerSettings:
     max_image_pixels: int = 50_000_000
     task_threads: int = 4
     max_task_queue: int = 64  # image requests waiting for a pipeline thread before 429
+    max_task_wait_s: float = 30.0  # 429 when a new image request would wait longer for a thread (0: no limit)
     strict_readiness: bool = True
     drain_timeout_s: float = 30.0
     cache_dir: str | None = None
