@@ -24,6 +24,10 @@ def test_a_request_whose_client_left_is_dropped_when_a_thread_takes_it():
         q.run(lambda: ran.append(1), gone)
     assert ran == [] and q.dropped == 1
     assert q.run(lambda: "read", threading.Event()) == "read" and q.service_s > 0
+    late = TaskQueue(threads=1, max_queue=8, max_wait_s=1.0)
+    with pytest.raises(QueueFull, match="waited 3 s"):  # the admission estimate lagged: refused, not run late
+        late.run(lambda: ran.append(1), threading.Event(), admitted=time.monotonic() - 3.0)
+    assert ran == [] and late.run(lambda: "on time", threading.Event(), admitted=time.monotonic()) == "on time"
 
 
 def test_admission_refuses_by_expected_wait_and_by_count():

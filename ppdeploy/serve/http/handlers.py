@@ -236,7 +236,7 @@ class Handlers:
                 try:
                     work = functools.partial(service.run, data, content_type, self.settings.max_image_pixels)
                     result = await asyncio.get_running_loop().run_in_executor(
-                        self.host.task_pool, self.tasks.run, work, gone)
+                        self.host.task_pool, self.tasks.run, work, gone, time.monotonic())
                 finally:
                     watcher.cancel()
             finally:

@@ -7,7 +7,8 @@ requests keep queueing behind them (the soak's first runs: /v1/ocr answered noth
 tensor routes went on). So, as Triton's queue policy bounds a request's time in the queue:
 - a request is refused at once (429, Retry-After) when the expected wait — the requests ahead of it times the
   recent time a request takes on a thread, over the threads — exceeds `max_wait_s`;
-- a request whose client disconnected while it waited is dropped when a thread picks it up, not run;
+- a request whose client disconnected while it waited is dropped when a thread picks it up, not run, and one that
+  waited more than twice `max_wait_s` (the estimate lagged) gets 429 then rather than a late answer;
 - before the first request has finished (no time per request yet), at most two per thread are admitted.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ppdeploy.serve.http.bodies import until_disconnect
 
 T = TypeVar("T")
 SMOOTHING = 0.2  # weight of the newest request in the moving average of the time on a thread
+LATE_FACTOR = 2.0  # a request that waited this many times max_wait_s is refused when a thread takes it
 COLD_WAITING = 2  # requests admitted per thread before the first one has finished (one running, one waiting)
 
 
@@ -59,11 +61,19 @@ class TaskQueue:
     def release(self) -> None:
         self.in_flight -= 1
 
-    def run(self, work: Callable[[], T], gone: threading.Event) -> T:
-        """On a pool thread: `work()`, unless the client has gone while the request waited."""
+    def run(self, work: Callable[[], T], gone: threading.Event, admitted: float | None = None) -> T:
+        """On a pool thread: `work()`, unless the client has gone while the request waited, or it waited more than
+        LATE_FACTOR times `max_wait_s` (admitted at `time.monotonic()` = `admitted`): the estimate at admission lags
+        when the time per request grows (a cold server, more load), and such a request's client has likely given
+        up; it gets 429 with Retry-After instead of a late answer."""
         if gone.is_set():
             self.dropped += 1
             raise ClientGone("client disconnected while the request waited for a pipeline thread")
+        waited = time.monotonic() - admitted if admitted is not None else 0.0
+        if self.max_wait_s > 0 and waited > LATE_FACTOR * self.max_wait_s:
+            self.dropped += 1
+            raise QueueFull(f"the request waited {waited:.0f} s for a pipeline thread, more than "
+                            f"{LATE_FACTOR:g} x --max-task-wait ({self.max_wait_s:g} s)", self._retry_after())
         start = time.perf_counter()
         try:
             return work()
