@@ -135,6 +135,12 @@ class Backend(abc.ABC):
     # True when its engine re-plans (and allocates) on every new input shape, so callers should bucket shapes
     # (pad to multiples) to keep the number of plans small; see tasks/ocr/builder.py GPU_SHAPE_BUCKETS.
     replans_per_shape: ClassVar[bool] = False
+    # Where a detector's NMS runs by default when its graph has ONNX NonMaxSuppression: True, in the engine; False,
+    # on the host (the detection task cuts the graph before NMS: graph.heads `nms_host`, an output head, so the
+    # choice is in the cache key). Host unless measured faster in the engine: on CPU host NMS (OpenCV) was faster
+    # with ONNX Runtime and OpenVINO (scripts/detection/nms_placement.py, BENCHMARKS.md), and TensorRT-RTX cannot
+    # run NonMaxSuppression at all.
+    nms_in_graph: ClassVar[bool] = False
 
     def precision_unavailable(self, precision: str) -> str | None:
         """None when it can run `precision` here; otherwise why not. The class-level `precisions` says what it runs

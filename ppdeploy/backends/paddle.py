@@ -27,20 +27,40 @@ def _model_files(artifact_dir: Path) -> tuple[Path, Path]:
 class PaddleRunner(Runner):
     backend = "paddle"
 
-    def __init__(self, predictor, io: IOSpec, options: BuildOptions):
+    def __init__(self, predictor, io: IOSpec, options: BuildOptions, without_onednn=None):
+        """without_onednn: makes the same predictor with oneDNN off, for a graph oneDNN cannot run (see _infer)."""
         super().__init__(io, options.shapes)
+        self._without_onednn = without_onednn
+        self._use(predictor)
+
+    def _use(self, predictor) -> None:
         self._predictor = predictor
         self._inputs = {n: predictor.get_input_handle(n) for n in predictor.get_input_names()}
         self._outputs = {n: predictor.get_output_handle(n) for n in predictor.get_output_names()}
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
+    def _feed_and_run(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+        """-> (time after copying the inputs, time after the run)."""
         for name, arr in feeds.items():
             self._inputs[name].reshape(list(arr.shape))
             self._inputs[name].copy_from_cpu(arr)
-        t1 = time.perf_counter()
+        copied = time.perf_counter()
         self._predictor.run()
-        t2 = time.perf_counter()
+        return copied, time.perf_counter()
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            t1, t2 = self._feed_and_run(feeds)
+        except Exception as exc:
+            # Some PIR graphs load with oneDNN but fail on the first run, e.g. nearest_interp's f64 `scale` array
+            # ("ConvertPirAttribute2RuntimeAttribute not support pir::ArrayAttribute<pir::DoubleAttribute>" in
+            # onednn_instruction.cc; PaddleDetection exports): run them with oneDNN off, once decided for good.
+            if self._without_onednn is None or "onednn" not in str(exc).lower():
+                raise
+            self._use(self._without_onednn())
+            self._without_onednn = None
+            start = time.perf_counter()
+            t1, t2 = self._feed_and_run(feeds)
         out = {name: handle.copy_to_cpu() for name, handle in self._outputs.items()}
         t3 = time.perf_counter()
         self.last_timings.update(h2d=(t1 - start) * 1e3, compute=(t2 - t1) * 1e3, d2h=(t3 - t2) * 1e3)
@@ -81,7 +101,8 @@ class PaddleBackend(Backend):
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(options.resolved_threads())
         config.disable_glog_info()
-        if options.extra.get("mkldnn", True):
+        onednn = options.extra.get("mkldnn", True)
+        if onednn:
             config.enable_mkldnn()
         else:
             config.disable_mkldnn()
@@ -89,7 +110,16 @@ class PaddleBackend(Backend):
             predictor = pi.create_predictor(config)
         except Exception as exc:
             raise BuildError(f"Paddle Inference could not load {model}: {str(exc).strip()[-800:]}") from exc
-        return PaddleRunner(predictor, _io_spec(predictor, model), options)
+
+        def without_onednn():
+            plain = pi.Config(str(model), str(params))
+            plain.disable_gpu()
+            plain.set_cpu_math_library_num_threads(options.resolved_threads())
+            plain.disable_glog_info()
+            plain.disable_mkldnn()
+            return pi.create_predictor(plain)
+
+        return PaddleRunner(predictor, _io_spec(predictor, model), options, without_onednn if onednn else None)
 
 
 def _io_spec(predictor, model_file: Path) -> IOSpec:

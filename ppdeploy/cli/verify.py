@@ -41,6 +41,7 @@ def verify_model(args):
     )
     from ppdeploy.source import zoo
     from ppdeploy.source.model import detect
+    from ppdeploy.tasks.registry import TASKS
 
     source = detect(args.model)
     ref_backend = "paddle" if source.is_paddle else "onnxruntime"
@@ -65,7 +66,14 @@ def verify_model(args):
             example = {s.name: (args.batch,) + tuple(d or 224 for d in s.shape[1:]) for s in reference.io.inputs}
         feeds = generate_inputs(reference.io, seed=args.seed, shapes=example)
     tol = Tolerance(args.atol, args.rtol, args.min_cosine)
-    report = verify(runners, reference, feeds, tolerance=tol, model=source.name, reference_name=ref_backend)
+    unordered = set()  # e.g. a detector's NMS rows: compared as a set
+    for _, task in TASKS.items():
+        if task.role_of(args.model) is not None:
+            unordered |= task.unordered_outputs(reference.io)
+            if not (args.input or args.images):
+                feeds = task.example_feeds(reference.io, feeds)
+    report = verify(runners, reference, feeds, tolerance=tol, model=source.name, reference_name=ref_backend,
+                    unordered=unordered)
     report.backends.extend(failures)
     return report
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -100,8 +100,25 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance) 
                             within and cosine >= tol.min_cosine)
 
 
+def align_rows(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """`got`'s rows reordered to match `ref`'s one to one (each reference row, in turn, takes the nearest unused row
+    by max abs difference): for outputs whose rows form a set, such as NMS rows, whose order on equal scores is not
+    defined and differs between engines. Arrays of other ranks or of different shapes are returned unchanged."""
+    if ref.ndim != 2 or got.shape != ref.shape or len(ref) < 2:
+        return got
+    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    free = np.ones(len(got64), bool)
+    order = np.empty(len(ref64), np.int64)
+    for i, row in enumerate(ref64):
+        dist = np.where(free, np.abs(got64 - row).max(axis=1), np.inf)
+        order[i] = int(np.argmin(dist))
+        free[order[i]] = False
+    return got[order]
+
+
 def compare_outputs(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], tol: Tolerance,
-                    backend: str) -> BackendComparison:
+                    backend: str, unordered: Collection[str] = ()) -> BackendComparison:
+    """unordered: reference output names whose rows are compared as a set (align_rows)."""
     result = BackendComparison(backend)
     ref_items, out_items = list(reference.items()), list(outputs.items())
     if len(ref_items) != len(out_items):
@@ -109,6 +126,8 @@ def compare_outputs(reference: Mapping[str, np.ndarray], outputs: Mapping[str, n
         return result
     for i, (name, ref) in enumerate(ref_items):
         got = outputs[name] if name in outputs else out_items[i][1]
+        if name in unordered:
+            got = align_rows(np.asarray(ref), np.asarray(got))
         result.outputs.append(compare_arrays(name, ref, got, tol))
     return result
 
@@ -171,7 +190,9 @@ def load_inputs(paths: Sequence[str | Path], io: IOSpec) -> dict[str, np.ndarray
 
 
 def verify(runners: Mapping[str, Runner], reference: Runner, feeds: Mapping[str, np.ndarray], *,
-           tolerance: Tolerance = Tolerance(), model: str = "model", reference_name: str = "paddle") -> VerifyReport:
+           tolerance: Tolerance = Tolerance(), model: str = "model", reference_name: str = "paddle",
+           unordered: Collection[str] = ()) -> VerifyReport:
+    """unordered: the reference's outputs whose rows form a set (a task says which: Task.unordered_outputs)."""
     ref_out = reference.infer(dict(feeds))
     results = []
     for name, runner in runners.items():
@@ -180,5 +201,5 @@ def verify(runners: Mapping[str, Runner], reference: Runner, feeds: Mapping[str,
         except Exception as exc:  # one backend failing must still leave a report for the others
             results.append(BackendComparison(name, error=str(exc).splitlines()[0][:300]))
             continue
-        results.append(compare_outputs(ref_out, out, tolerance, name))
+        results.append(compare_outputs(ref_out, out, tolerance, name, unordered))
     return VerifyReport(model, reference_name, tolerance, {k: list(v.shape) for k, v in feeds.items()}, results)

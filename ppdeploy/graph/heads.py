@@ -19,8 +19,10 @@ onnx = lazy_import("onnx", install="onnx")
 helper = lazy_import("onnx.helper", install="onnx")
 
 CTC_GREEDY = "ctc_greedy"
-HEADS = (CTC_GREEDY,)
+NMS_HOST = "nms_host"
+HEADS = (CTC_GREEDY, NMS_HOST)
 CTC_INDEX, CTC_PROB = "ctc_index", "ctc_prob"
+NMS_BOXES, NMS_SCORES = "nms_boxes", "nms_scores"
 VERSION = 1  # part of the cache key: bump when a head's graph changes
 
 
@@ -33,7 +35,10 @@ def add_head(src: Path, dst: Path, head: str) -> None:
     """Write `src` with `head` appended to `dst` (checked with onnx.checker)."""
     check_head(head)
     model = onnx.load(str(src))
-    _add_ctc_greedy(model, src.name)
+    if head == NMS_HOST:
+        model = _cut_before_nms(model, src.name)
+    else:
+        _add_ctc_greedy(model, src.name)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -75,3 +80,52 @@ def _add_ctc_greedy(model, what: str) -> None:
         for dim in dims[:2]:  # N and T as the model declares them
             value.type.tensor_type.shape.dim.add().CopyFrom(dim)
         graph.output.append(value)
+
+
+def _cut_before_nms(model, what: str):
+    """`nms_host`: a detector with ONNX NonMaxSuppression in its graph ends at that node's inputs instead, decoded
+    boxes B x N x 4 (`nms_boxes`) and scores B x C x N (`nms_scores`), for NMS on the host (the detection task
+    does it). For engines without NonMaxSuppression (TensorRT-RTX has no implementation of it, nor the
+    EfficientNMS_TRT plugin) or where the host is faster; the rest of the graph after NMS is dropped."""
+    nms = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
+    if len(nms) != 1:
+        raise ConversionError(f"the {NMS_HOST} head needs a graph with one NonMaxSuppression node; {what} has "
+                              f"{len(nms)}")
+    boxes, scores = nms[0].input[0], nms[0].input[1]
+    model = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    graph = model.graph
+    graph.node.extend([helper.make_node("Identity", [boxes], [NMS_BOXES], name="nms_host_boxes"),
+                       helper.make_node("Identity", [scores], [NMS_SCORES], name="nms_host_scores")])
+    del graph.output[:]
+    for name, source, dims in ((NMS_BOXES, boxes, ("batch", "anchors", 4)),
+                               (NMS_SCORES, scores, ("batch", "classes", "anchors"))):
+        value = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        inferred = known.get(source)
+        inferred_dims = list(inferred.type.tensor_type.shape.dim) if inferred is not None else []
+        for i, fallback in enumerate(dims):  # rank 3 always; a dim inference left unknown gets a symbolic name
+            dim = value.type.tensor_type.shape.dim.add()
+            if len(inferred_dims) == 3 and (inferred_dims[i].dim_value or inferred_dims[i].dim_param):
+                dim.CopyFrom(inferred_dims[i])
+            elif isinstance(fallback, int):
+                dim.dim_value = fallback
+            else:
+                dim.dim_param = fallback
+        graph.output.append(value)
+    # keep only what the new outputs need
+    needed, kept = {NMS_BOXES, NMS_SCORES}, []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    used = needed
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [i for i in graph.input if i.name in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.value_info[:]
+    return model

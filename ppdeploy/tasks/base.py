@@ -92,6 +92,18 @@ class Task(abc.ABC):
     def metric(cls, role: str, data: str | Path, runners: Mapping[str, Any], **options: Any) -> TaskMetric:
         raise InputError(f"task '{cls.name}' has no task metric for the precision gates")
 
+    @classmethod
+    def unordered_outputs(cls, io: Any) -> frozenset[str]:
+        """Outputs (of a model with this IOSpec) whose rows form a set, so `verify` compares them regardless of
+        order (a detector's NMS rows: engines order equal scores differently)."""
+        return frozenset()
+
+    @classmethod
+    def example_feeds(cls, io: Any, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Generated inputs (random, for `verify`) made plausible where the task's preprocessing fixes some of them
+        (a detector's scale_factor and im_shape); the image tensors stay as given."""
+        return dict(feeds)
+
     # -- repository and serving --------------------------------------------------------------------------------
     @classmethod
     def check_config(cls, pipeline: Mapping[str, str], options: Mapping[str, Any]) -> None:

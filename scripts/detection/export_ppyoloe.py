@@ -12,7 +12,8 @@ nothing, so they are re-initialised at random (seeded).
 
   pip install --no-deps --target DIR paddledet==2.6.0 ; pip install --target DIR2 --no-deps typeguard
       terminaltables motmetrics lap pandas        (its imports; numpy<1.24 / opencv<=4.6 pins are not needed)
-  PYTHONPATH=DIR:DIR2 python scripts/detection/export_ppyoloe.py OUT [--no-nms] [--size 640]
+  PYTHONPATH=DIR:DIR2 python scripts/detection/export_ppyoloe.py OUT [--no-nms] [--raw-out OUT2] [--size 640]
+  (tests/tasks/detection/conftest.py does exactly this, into the test cache, when paddledet is not importable)
 Writes OUT/inference.json + .pdiparams and OUT/infer_cfg.yml (PaddleDetection's format, 80 COCO-sized classes).
 """
 from __future__ import annotations
@@ -108,6 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
     ap.add_argument("--no-nms", action="store_true", help="exclude NMS: outputs decoded boxes BxNx4 and scores BxCxN")
+    ap.add_argument("--raw-out", default=None,
+                    help="also export the same weights without NMS (exclude_nms) to this folder, in the same process")
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--classes", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
@@ -115,14 +118,15 @@ def main() -> None:
     import paddle
 
     patch_paddledet()
-    model = build(args.classes, args.no_nms, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = [paddle.static.InputSpec([1, 3, args.size, args.size], "float32", "image"),
             paddle.static.InputSpec([1, 2], "float32", "scale_factor")]
-    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(out / "inference"))
-    (out / "infer_cfg.yml").write_text(infer_cfg(args.size, args.classes), encoding="utf-8")
-    print("exported", out, sorted(p.name for p in out.iterdir()))
+    exports = [(Path(args.out), args.no_nms)] + ([(Path(args.raw_out), True)] if args.raw_out else [])
+    for out, no_nms in exports:  # paddle.seed(seed) in build: the same weights each time
+        model = build(args.classes, no_nms, args.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(out / "inference"))
+        (out / "infer_cfg.yml").write_text(infer_cfg(args.size, args.classes), encoding="utf-8")
+        print("exported", out, sorted(p.name for p in out.iterdir()))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class TensorRTBackend(Backend):
     int8_quantizer = "onnxruntime"
     triton_platform = "tensorrt_plan"
     device = "gpu"
+    # TensorRT-RTX 1.7 parses ONNX NonMaxSuppression but has no implementation of it ("has no runners that
+    # implement it") and registers no EfficientNMS_TRT plugin; full TensorRT is not measured here: NMS on the host
+    nms_in_graph = False
     flavour: Flavour = TENSORRT
 
     def _library(self) -> tuple[Any | None, str | None]:

@@ -7,8 +7,8 @@
   anchor centre to the left, top, right, bottom sides). Scores come first, then boxes (PaddleDetection's order);
   each level's stride is found from its anchor count and the input size.
 - "decoded": PP-YOLOE exported with `exclude_nms`: boxes BxNx4 (x1, y1, x2, y2) and scores BxCxN.
-"raw" and "decoded" go through host NMS: OpenCV's `cv2.dnn.NMSBoxesBatched` (per-class NMS in one call), after a
-vectorized score threshold and per-class top-k, as PaddleDetection's MultiClassNMS does.
+"raw" and "decoded" go through host NMS: OpenCV's `cv2.dnn.NMSBoxes` once per class, after a vectorized score
+threshold and per-class top-k, as PaddleDetection's MultiClassNMS does.
 """
 from __future__ import annotations
 
@@ -132,9 +132,18 @@ def host_nms(boxes: np.ndarray, scores: np.ndarray, options: NMSOptions) -> np.n
     anchor, cls, conf = anchor[keep], cls[keep], conf[keep]
     b = boxes[anchor].astype(np.float64)
     xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
-    picked = cv2.dnn.NMSBoxesBatched(xywh, conf.astype(np.float32), cls.astype(np.int32),
-                                     float(options.score_threshold), float(options.iou_threshold))
-    picked = np.asarray(picked, np.int64).reshape(-1)
+    conf32 = conf.astype(np.float32)
+    # One NMSBoxes call per class rather than one NMSBoxesBatched over all: the batched call offsets boxes per class
+    # and compares every candidate with every other, which on a detector with many classes and thousands of
+    # candidates (PP-YOLOE+'s 80) costs several times the per-class calls, for the same kept boxes.
+    bounds = np.r_[np.flatnonzero(np.diff(cls)) + 1, cls.size]
+    picked_parts, start = [], 0
+    for end in bounds:
+        kept = cv2.dnn.NMSBoxes(xywh[start:end], conf32[start:end], float(options.score_threshold),
+                                float(options.iou_threshold))
+        picked_parts.append(np.asarray(kept, np.int64).reshape(-1) + start)
+        start = end
+    picked = np.concatenate(picked_parts)
     picked = picked[np.argsort(-conf[picked], kind="stable")][: options.keep_top_k]
     return np.concatenate([cls[picked, None].astype(np.float32), conf[picked, None].astype(np.float32),
                            boxes[anchor[picked]].astype(np.float32)], axis=1)

@@ -21,12 +21,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ppdeploy.core.errors import ConfigError, InputError
+from ppdeploy.backends.registry import BACKENDS
+from ppdeploy.core.errors import ConfigError, InputError, PPDeployError
 from ppdeploy.core.lazy import lazy_import
 from ppdeploy.deploy.load import load_model
+from ppdeploy.deploy.select import chain_for, first_runnable
+from ppdeploy.graph import heads
 from ppdeploy.precision.calibration import CalibrationSet
 from ppdeploy.precision.gate import TaskMetric
 from ppdeploy.source import wheel_models as zoo
+from ppdeploy.source.model import detect as detect_source
 from ppdeploy.tasks.base import Task, TaskContext
 from ppdeploy.tasks.detection.calibrate import (
     detection_calibration,
@@ -126,8 +130,8 @@ def model_side_options(model: Any) -> dict[str, Any]:
     """Options a model carries with it: a zoo preset, infer_cfg.yml / labels.txt beside it, ONNX metadata labels."""
     out: dict[str, Any] = {}
     path: Path | None = None
-    if isinstance(model, str) and model in zoo.MODELS:
-        out.update(zoo.MODELS[model].preset)
+    if isinstance(model, str) and model in zoo.DETECTION:
+        out.update(zoo.DETECTION[model].preset)
         path = zoo.model_path(model)
     elif isinstance(model, (str, Path)):
         path = Path(model)
@@ -137,7 +141,7 @@ def model_side_options(model: Any) -> dict[str, Any]:
         onnx_files = sorted(path.glob("*.onnx"))
         if len(onnx_files) == 1 and not (path / INFER_CFG).is_file():
             path = onnx_files[0]
-    for bundled in zoo.MODELS.values():
+    for bundled in zoo.DETECTION.values():
         if path.name == bundled.filename:
             out = {**bundled.preset, **out}
     folder = path if path.is_dir() else path.parent
@@ -155,7 +159,41 @@ def model_side_options(model: Any) -> dict[str, Any]:
 
 def model_file(model: Any) -> Any:
     """A zoo name -> its file (load_model takes paths); anything else unchanged."""
-    return zoo.model_path(model) if isinstance(model, str) and model in zoo.MODELS else model
+    return zoo.model_path(model) if isinstance(model, str) and model in zoo.DETECTION else model
+
+
+NMS_PLACEMENTS = ("auto", "graph", "host")
+
+
+def graph_has_nms(model: Any) -> bool:
+    """Whether the model's own graph runs NMS (Paddle multiclass_nms*, ONNX NonMaxSuppression); read from the files,
+    before any engine is built."""
+    try:
+        source = detect_source(model)
+    except PPDeployError:
+        return False
+    if source.is_paddle:
+        return b"multiclass_nms" in source.model_file.read_bytes()
+    graph = onnx.load(str(source.model_file), load_external_data=False).graph
+    return any(n.op_type == "NonMaxSuppression" for n in graph.node)
+
+
+def nms_placement(model: Any, backend: str, nms: str = "auto") -> str:
+    """"graph", "host", or "none" (the model has no NMS in its graph: the task runs it on the host anyway).
+
+    "auto" follows the first backend the chain will try (`Backend.nms_in_graph`); Paddle Inference runs the
+    original program, NMS included, whatever is asked."""
+    if nms not in NMS_PLACEMENTS:
+        raise ConfigError(f"nms must be one of {', '.join(NMS_PLACEMENTS)}, got {nms!r}")
+    if not graph_has_nms(model):
+        return "none"
+    first = first_runnable(backend) or chain_for(backend)[0][0]
+    cls = BACKENDS.get(first)
+    if cls.consumes == "paddle":
+        return "graph"
+    if nms == "auto":
+        return "graph" if cls.nms_in_graph else "host"
+    return nms
 
 
 class Detector(Task):
@@ -170,12 +208,17 @@ class Detector(Task):
 
     def __init__(self, model: Any = DEFAULT_MODEL, backend: str = "auto", precision: str = "fp32",
                  threads: int | None = None, cache_dir: str | Path | None = None,
-                 extra: Mapping[str, Any] | None = None, **options: Any):
-        """extra: backend switches for load_model (e.g. {"mkldnn": False}: Paddle Inference without oneDNN)."""
+                 extra: Mapping[str, Any] | None = None, nms: str = "auto", calib: Any = None, **options: Any):
+        """extra: backend switches for load_model (e.g. {"mkldnn": False}: Paddle Inference without oneDNN).
+        nms: where a model with NMS in its graph runs it: "graph" (the engine), "host" (the graph is cut before NMS
+        and OpenCV's NMSBoxesBatched runs it), or "auto" (the first backend's `nms_in_graph`).
+        calib: INT8 calibration (a CalibrationSet, e.g. Detector.calibration("model", folder, model=...))."""
         side = model_side_options(model)
         side.update({k: v for k, v in options.items() if v is not None})
+        self.nms_placement = nms_placement(model_file(model), backend, nms)
         self.deployment = load_model(model_file(model), backend=backend, precision=precision, threads=threads,
-                                     cache_dir=cache_dir, extra=extra)
+                                     cache_dir=cache_dir, extra=extra, calib=calib,
+                                     head=heads.NMS_HOST if self.nms_placement == "host" else None)
         try:
             self._init(self.deployment.runner, side)
         except BaseException:
@@ -325,7 +368,7 @@ class Detector(Task):
     @classmethod
     def role_of(cls, model: str) -> str | None:
         """A bundled detector, or a folder with PaddleDetection's infer_cfg.yml."""
-        if model in zoo.MODELS or (Path(model) / INFER_CFG).is_file():
+        if model in zoo.DETECTION or (Path(model) / INFER_CFG).is_file():
             return "model"
         return None
 
@@ -361,8 +404,32 @@ class Detector(Task):
 
         return detection_map_metric(data, build)
 
+    @classmethod
+    def unordered_outputs(cls, io: Any) -> frozenset[str]:
+        """NMS rows in the graph: engines order detections of equal score differently."""
+        try:
+            layout = inspect_outputs(io)
+        except ConfigError:
+            return frozenset()
+        return frozenset(layout.names[:1]) if layout.has_nms else frozenset()
+
+    @classmethod
+    def example_feeds(cls, io: Any, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """scale_factor 1 and im_shape the image's size (random ones give boxes of negative size, which engines'
+        NMS treat differently, so a verify on them would compare nonsense)."""
+        out = dict(feeds)
+        image = next((v for v in out.values() if np.ndim(v) == 4), None)
+        if image is not None:
+            n, _, h, w = np.shape(image)
+            if "scale_factor" in out:
+                out["scale_factor"] = np.ones((n, 2), np.asarray(out["scale_factor"]).dtype)
+            if "im_shape" in out:
+                out["im_shape"] = np.tile(np.asarray([h, w], np.asarray(out["im_shape"]).dtype), (n, 1))
+        return out
+
     def encode(self, result: DetectionResult) -> dict[str, Any]:
         return result.to_dict()
 
 
-__all__ = ["DEFAULT_MODEL", "Detector", "DetectorOptions", "model_file", "model_side_options", "option_names"]
+__all__ = ["DEFAULT_MODEL", "NMS_PLACEMENTS", "Detector", "DetectorOptions", "graph_has_nms", "model_file",
+           "model_side_options", "nms_placement", "option_names"]
