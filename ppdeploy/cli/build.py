@@ -144,8 +144,11 @@ def task_gate_from_args(args) -> dict[str, Any]:
     if args.calib and Path(args.calib).resolve() == Path(args.gate_data).resolve():
         raise InputError("--gate-data must not be the calibration folder: the gate would judge on calibration data")
     task, role = found
-    runners = {r: _fp32_ort_runner(model, args) for r, model in task.default_models.items()}
-    metric = task.metric(role, args.gate_data, runners)
+    # FP32 runners of the other stages (the candidate takes `role`); a model that is not the task's default for
+    # its role is named, so the metric reads its own side files (a detector's infer_cfg.yml and labels)
+    runners = {r: _fp32_ort_runner(model, args) for r, model in task.default_models.items() if r != role}
+    own = {} if args.model == task.default_models.get(role) else {"model": args.model}
+    metric = task.metric(role, args.gate_data, runners, **own)
     name = getattr(metric, "__name__", f"{task.name}_metric").split("[")[0]  # e.g. ocr_char_accuracy
     return {"task_metric": metric, "task_name": f"{name}[{Path(args.gate_data).resolve()}]"}
 
@@ -250,4 +253,8 @@ def format_summary(dep, report: dict) -> str:
     timings = getattr(dep, "timings", {}) or {}
     if timings:
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    speed = getattr(dep, "speed_vs_fp32", None)  # measured at build, kept in the engine's cache entry
+    if speed and speed.get("ratio"):
+        lines.append(f"  speed vs FP32 on {dep.backend}: {speed['ratio']:.2f}x ({speed['ms']:.1f} ms against "
+                     f"{speed['fp32_ms']:.1f} ms, median of {speed['calls']} calls at {speed.get('input')})")
     return "\n".join(lines)

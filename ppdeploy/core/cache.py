@@ -184,6 +184,15 @@ class EngineCache:
                 shutil.rmtree(kind_dir)
         return removed
 
+    def annotate(self, entry: Path, name: str, value: Any) -> dict:
+        """Record `value` under notes[name] in the entry's sidecar and return the updated metadata. Notes are facts
+        learnt after the build (an engine's measured speed against FP32): not part of the key, not checked, kept
+        with the entry and removed with it."""
+        meta = self._read_meta(entry)
+        meta.setdefault("notes", {})[name] = json.loads(canonical_json(value))
+        _atomic_write(entry / SIDECAR, json.dumps(meta, indent=2, sort_keys=True))
+        return meta
+
     @staticmethod
     def _read_meta(entry: Path) -> dict:
         return json.loads((entry / SIDECAR).read_text())

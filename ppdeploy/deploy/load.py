@@ -18,8 +18,14 @@ from ppdeploy.backends.base import Backend, BuildOptions, Runner
 from ppdeploy.backends.registry import BACKENDS, get_backend
 from ppdeploy.core import device
 from ppdeploy.core.cache import EngineCache, sha256_file
-from ppdeploy.core.errors import BackendUnavailable, BuildError, PPDeployError
+from ppdeploy.core.errors import (
+    BackendUnavailable,
+    BuildError,
+    PPDeployError,
+    storage_error,
+)
 from ppdeploy.core.shapes import ShapeProfile
+from ppdeploy.deploy import speed
 from ppdeploy.deploy.prepared import Prepared, backend_options
 from ppdeploy.deploy.select import (
     FAILED,
@@ -30,7 +36,8 @@ from ppdeploy.deploy.select import (
     format_attempts,
     record,
 )
-from ppdeploy.deploy.trial import describe, trial_inference
+from ppdeploy.deploy.trial import describe, trial_inference, trial_shapes
+from ppdeploy.deploy.verify import generate_inputs
 from ppdeploy.graph.heads import check_head
 from ppdeploy.precision.registry import PRECISIONS
 from ppdeploy.source import zoo
@@ -52,6 +59,9 @@ class Deployment:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: convert, precision, build, load
     precision_report: dict | None = None
     head: str | None = None  # output head appended to the graph (ppdeploy.graph.heads)
+    # A reduced-precision engine's measured speed against FP32 on the same backend (ppdeploy.deploy.speed), as
+    # recorded in its cache entry: {"ratio": FP32 time / its time, "ms", "fp32_ms", "calls", "input"}.
+    speed_vs_fp32: dict | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,6 +69,7 @@ class Deployment:
             "cache_hit": self.cache_hit, "onnx": str(self.onnx_path) if self.onnx_path else None,
             "engine": str(self.engine_dir) if self.engine_dir else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "speed_vs_fp32": self.speed_vs_fp32,
             "attempts": [a.to_dict() for a in self.attempts],
         }
 
@@ -133,6 +144,9 @@ def load_model(
             continue
         except Exception as exc:  # any failure of one backend is that backend's; KeyboardInterrupt etc. go through
             attempts.append(record(Attempt(name, FAILED, _reason(exc), time.perf_counter() - start)))
+            refused = storage_error(exc)
+            if refused is not None:  # a read-only or full cache: every other backend would hit it too
+                raise refused from exc
             if explicit:
                 why = exc if isinstance(exc, PPDeployError) else describe(exc)
                 raise BuildError(f"backend {name} failed for {source.name}: {why}") from exc
@@ -170,12 +184,12 @@ def _head_mismatch(be: Backend, head: str | None) -> str | None:
 
 def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions, trial: bool = True) -> Deployment:
     source = prepared.source
-    precision_report = None
+    precision_report, quantizer, requested = None, None, options
     if be.consumes == "paddle":
         model_path, model_parts, onnx_path = source.model_file, {"source": source.digest()}, None
     else:
         variant = prepared.for_precision(options.precision, be)
-        model_path, precision_report = variant.model_path, variant.report
+        model_path, precision_report, quantizer = variant.model_path, variant.report, variant.quantizer
         if variant.format not in be.formats:
             builders = BACKENDS.where(lambda cls: variant.format in cls.formats)
             raise BackendUnavailable(f"the {options.precision} model was quantized by {variant.quantizer} into the "
@@ -218,8 +232,41 @@ def _deploy_on(be: Backend, prepared: Prepared, options: BuildOptions, trial: bo
         runner = load_and_try()
     timings["build"] = entry.build_s
     cache_hit = entry.hit and (be.consumes == "paddle" or prepared.conversion_hit)
+    speed_record = None
+    if options.precision != "fp32" and be.consumes != "paddle":
+        try:
+            speed_record = _speed_vs_fp32(be, prepared, requested, entry, runner, label, quantizer)
+        except BaseException:
+            runner.close()
+            raise
     return Deployment(runner, be.name, source, options.precision, [], onnx_path, entry.path, cache_hit, timings,
-                      precision_report, prepared.head)
+                      precision_report, prepared.head, speed_record)
+
+
+def _speed_vs_fp32(be: Backend, prepared: Prepared, options: BuildOptions, entry: Any, runner: Runner, label: str,
+                   quantizer: str | None) -> dict | None:
+    """The engine's speed against FP32 on the same backend (ppdeploy.deploy.speed): read from its cache entry, or
+    measured now (the FP32 engine built through the same cache) and recorded there; a warning when it does not pay."""
+    record = (entry.meta.get("notes") or {}).get(speed.SPEED_NOTE)
+    if record is None:
+        try:
+            reference = _deploy_on(be, prepared, replace(options, precision="fp32"), trial=False)
+        except Exception as exc:  # the comparison is a report, never a reason to fail the engine that works
+            log.info("%s: no FP32 engine to time against (%s)", label, _reason(exc))
+            return None
+        try:
+            feeds = generate_inputs(runner.io, seed=0,
+                                    shapes=trial_shapes(runner.io, options.shapes, _example(prepared.source, runner)))
+            record = speed.measure(runner, reference.runner, feeds)
+        finally:
+            reference.close()
+        prepared.cache.annotate(entry.path, speed.SPEED_NOTE, record)
+    cause = speed.likely_cause(options.precision, be.device, quantizer, be.int8_quantizer,
+                               set(device.cpu_info()["flags"]))
+    text = speed.warning_text(label, options.precision, record, cause)
+    if text:
+        log.warning(text)
+    return record
 
 
 def _example(source: ModelSource, runner: Runner) -> dict[str, tuple[int, ...]] | None:

@@ -1,8 +1,12 @@
 """The model one `load_model` call prepares once and every backend of its chain builds from: converted lazily,
 given its output head, and adjusted to each precision (and INT8 quantizer) a backend asks for.
 
-The INT8 quantizer choice lives here and only here (`quantizer_for`): the backend's own quantizer when its library
-is installed, else ONNX Runtime's QDQ graph, which every ONNX backend runs.
+The INT8 quantizer choice lives here and only here (`quantizer_for`): the backend's own quantizer (for OpenVINO, NNCF),
+in its variant that runs what stays unquantized at the fastest precision the backend runs here (INT8 + BF16 on CPUs with
+avx512_bf16/AMX). When the backend's own quantizer is missing the choice is refused with the `pip install` that adds
+it, never replaced by another quantizer's graph: ONNX Runtime's QDQ graph runs slower than FP32 on OpenVINO
+(BENCHMARKS.md), and a slower "INT8" is worse than an error. A backend without a quantizer of its own (TensorRT, the
+ONNX Runtime ones) builds from the QDQ graph, which is its native INT8 form.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from ppdeploy.backends.base import Backend, BuildOptions
 from ppdeploy.backends.registry import BACKENDS
 from ppdeploy.convert.pipeline import to_onnx
 from ppdeploy.core.cache import EngineCache, sha256_file
-from ppdeploy.core.errors import PPDeployError
+from ppdeploy.core.errors import BackendUnavailable, PPDeployError
 from ppdeploy.graph import heads
 from ppdeploy.precision import build as precision_build
 from ppdeploy.precision.registry import DEFAULT_QUANTIZER, QUANTIZERS
@@ -26,14 +30,41 @@ AUTO = "auto"
 
 def quantizer_for(backend: type[Backend] | Backend, precision_options: Mapping[str, Any] | None = None) -> str:
     """The INT8 quantizer `backend` builds from: the one `precision_options` names, or for none / "auto" the
-    backend's native quantizer (`Backend.int8_quantizer`) when its libraries are installed, else the default."""
+    backend's native quantizer (`Backend.int8_quantizer`, DEFAULT_QUANTIZER when it has none) in its fastest variant
+    here (`fastest_variant`). BackendUnavailable, with the reason and the `pip install`, when the native quantizer's
+    libraries are missing: no silent fallback to a graph the backend runs slower than FP32."""
     chosen = (precision_options or {}).get("quantizer")
     if chosen not in (None, AUTO):
         return QUANTIZERS.canonical(chosen)
-    native = backend.int8_quantizer
-    if native and native != DEFAULT_QUANTIZER and QUANTIZERS.get(native).unavailable_reason() is None:
-        return native
-    return DEFAULT_QUANTIZER
+    native = backend.int8_quantizer or DEFAULT_QUANTIZER
+    quant = QUANTIZERS.get(native)
+    reason = quant.unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(
+            f"INT8 on {backend.name} is built by its own quantizer ({native}), which cannot run here: {reason}; "
+            f"another quantizer's graph would run slower than FP32 on {backend.name}",
+            hint=f"{_pip_of(reason) or 'install it'}, or pass precision_options={{'quantizer': 'onnxruntime'}} "
+                 "(--quantizer onnxruntime) knowingly, or use another precision/backend")
+    return fastest_variant(backend, native)
+
+
+def fastest_variant(backend: type[Backend] | Backend, native: str) -> str:
+    """`native`, or its variant (same artifact format, registered in QUANTIZERS) whose unquantized ops run at a
+    reduced precision `backend` runs on this machine (`Backend.precision_unavailable`), e.g. NNCF INT8 with BF16 for
+    the rest on a CPU with avx512_bf16/AMX. The gate then judges the variant as it will run."""
+    instance = backend() if isinstance(backend, type) else backend
+    base = QUANTIZERS.get(native)
+    for name, quant in QUANTIZERS.items():
+        if (quant.format == base.format and quant.run_precision not in (base.run_precision, "fp32")
+                and quant.unavailable_reason() is None and instance.precision_unavailable(quant.run_precision) is None):
+            return name
+    return native
+
+
+def _pip_of(reason: str) -> str | None:
+    """The `pip install ...` named inside an unavailable reason ("nncf is not installed (pip install ...)")."""
+    start = reason.find("pip install")
+    return reason[start:].rstrip(")") if start >= 0 else None
 
 
 def backend_options(options: BuildOptions, backend: str) -> BuildOptions:
@@ -127,7 +158,8 @@ class Prepared:
             self.timings["precision"] = time.perf_counter() - start
             self._precision[step] = res
         res = self._precision[step]
-        # BF16 is a backend setting, so its FP32 regions are too (an FP16 graph has its kept nodes built in).
-        kept = tuple(res.kept_fp32) if res.backend_hint == "bf16" else ()
+        # BF16 is a backend setting, so its FP32 regions are too, also for INT8 graphs whose unquantized ops run at
+        # BF16 (FP16 and plain INT8 graphs have their kept nodes built in).
+        kept = tuple(res.kept_fp32) if "bf16" in (res.backend_hint, res.inference_precision) else ()
         return Variant(res.onnx_path, res.key_parts(), res.report, res.format,
                        res.report.get("quantizer") if res.report else None, res.inference_precision, kept)

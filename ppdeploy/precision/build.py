@@ -87,8 +87,10 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
           quantizer: str = DEFAULT_QUANTIZER) -> PrecisionResult:
     """Produce the `precision` variant of `onnx_path`, gated against FP32 (see module doc).
 
-    keep_fp32: what stays FP32. FP16: node names (added to the automatic repair's findings) and/or regions; BF16:
-        regions only. The one region is "encoder", everything before the first upsampling (precision/regions.py).
+    keep_fp32: what stays FP32. FP16: node names (added to the automatic repair's findings) and/or regions; BF16 and
+        INT8: regions only (INT8: the region's compute ops are never quantized, and where the quantizer runs the rest
+        at BF16 the region also stays FP32 there). The one region is "encoder", everything before the first
+        upsampling (graph/regions.py).
     exclude: node names never quantized in INT8 graphs (added to the automatic exclusions).
     metric: output agreement metric for the gate (auto|ctc|top1|mask_iou|rel_l2).
     task_metric: `runner -> score` over a whole task (e.g. OCR character accuracy with this model's runner
@@ -112,8 +114,9 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
         plain = QUANTIZERS.where(lambda q: q.format == quant.format and q.run_precision == "fp32")
         raise BackendUnavailable(f"quantizer {quantizer} runs the unquantized ops at BF16, which this CPU lacks "
                                  "(no avx512_bf16/AMX)", hint=f"use quantizer {' or '.join(plain) or DEFAULT_QUANTIZER}")
-    if precision == "int8" and keep_fp32:
-        raise InputError("keep_fp32 is for FP16 and BF16; INT8 leaves ops in float with exclude=[...]")
+    if precision == "int8" and regions.split_keep(keep_fp32)[1]:
+        raise InputError(f"keep_fp32 under INT8 takes a region ({', '.join(regions.REGIONS)}), not node names",
+                         hint="INT8 leaves single nodes in float with exclude=[...]")
     if precision == "bf16" and regions.split_keep(keep_fp32)[1]:
         raise InputError(f"keep_fp32 under BF16 takes a region ({', '.join(regions.REGIONS)}), not node names",
                          hint="BF16 is OpenVINO's inference precision, set per op by region: keep_fp32=['encoder']")
@@ -149,6 +152,9 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
                  "task_data": getattr(task_metric, "data_hash", None), "data": gate_data.hash, "repair": repair},
         "versions": _versions(precision),
     }
+    if precision == "int8":  # what the quantizer does, and the libraries it does it with
+        parts["quantizer_version"] = quant.version
+        parts["versions"].update(_library_versions(quant.libraries))
 
     def make_gates(reference: Path) -> tuple[Any, OutputGate]:
         outputs = OutputGate(reference, gate_data, budget, metric)
@@ -165,7 +171,7 @@ def apply(onnx_path: Path, precision: str, *, cache: EngineCache, calib: Calibra
                 record.update(_build_fp16(model, onnx_path, make_gates, work, out / GRAPH, keep_fp32, repair))
             elif precision == "int8":
                 record.update(_build_int8(onnx_path, calib_part, method, cache, make_gates, work, out,
-                                          exclude, repair, quant))
+                                          exclude, repair, quant, regions.split_keep(keep_fp32)[0]))
             else:
                 record.update(bf16.build(onnx_path, make_gates, keep_fp32))
         record["data"] = {"gate": task_name if task_metric else gate_data.source,
@@ -216,20 +222,34 @@ def gate_sample(gate) -> dict:
     return samples.samples[0]
 
 
-def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exclude, repair, quant) -> dict:
+def _build_int8(onnx_path, calib_part, method, cache, make_gates, work, out, exclude, repair, quant,
+                keep_regions=()) -> dict:
     gate, proxy = make_gates(onnx_path)
     candidate, quantizable, hit = quant.candidates(onnx_path, calib_part, method, cache, work)
-    result = int8.search(candidate, quantizable, gate, proxy, exclude=exclude, auto_exclude=repair,
-                         backend_hint=quant.gate_hint)
+    kept: list[str] = []
+    if keep_regions:  # the region's compute ops are never quantized: excluded up front, outside the search's pool
+        kept = quant.region_nodes(onnx_path, work, keep_regions)
+        quantizable = [n for n in quantizable if n not in set(kept)]
+    # Where the quantizer runs the unquantized ops at BF16, the kept regions stay FP32 there too, in the gate as in
+    # the engine (ppdeploy.deploy.prepared passes them on to the backend).
+    extra = {"keep_fp32": list(keep_regions)} if keep_regions and quant.run_precision == "bf16" else None
+    result = int8.search(candidate, quantizable, gate, proxy, exclude=[*exclude, *kept], auto_exclude=repair,
+                         backend_hint=quant.gate_hint, backend_extra=extra)
     target, fraction = quant.save(result.path, out)
-    return {"graph": target.name, "gate": result.report.to_dict(), "excluded": result.excluded, "method": method,
+    return {"graph": target.name, "gate": result.report.to_dict(),
+            "excluded": [n for n in result.excluded if n not in set(kept)], "method": method,
             "quantizer": quant.name, "calibration_cache_hit": hit, "int8": fraction,
+            "kept_fp32": sorted(keep_regions), "kept_nodes": len(kept),
             "search": {"evaluations": result.evaluations, "sensitivity": result.sensitivity}}
 
 
 def _versions(precision: str) -> dict[str, str]:
+    return _library_versions(LIBRARIES[precision])
+
+
+def _library_versions(names) -> dict[str, str]:
     out = {}
-    for name in LIBRARIES[precision]:
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

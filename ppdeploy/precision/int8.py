@@ -236,16 +236,16 @@ class SearchResult:
 
 def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantizable: Sequence[str], gate: Gate,
            proxy: Gate, *, exclude: Sequence[str] = (), groups: int = SENSITIVITY_GROUPS, auto_exclude: bool = True,
-           backend_hint: str | None = None) -> SearchResult:
+           backend_hint: str | None = None, backend_extra: dict | None = None) -> SearchResult:
     """Quantize; if `gate` fails, exclude the costliest node groups (ranked on `proxy`) until it passes.
 
     `candidate(excluded, only)` writes an INT8 graph (quantizing only `only` when given) and returns its path;
     `backend_hint` says what runs candidates in the gates (precision.runners.candidate_runner: None is ONNX Runtime,
-    a quantizer name the backend that builds its format).
+    a quantizer name the backend that builds its format); `backend_extra`: that backend's switches (keep_fp32).
     """
     base = list(exclude)
     first_path = candidate(base, None)
-    first = gate.evaluate(first_path, backend_hint)
+    first = gate.evaluate(first_path, backend_hint, backend_extra)
     if first.passed:
         return SearchResult(first_path, base, first, [], gate.evaluations)
     if not auto_exclude:
@@ -256,7 +256,7 @@ def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantiz
     node_groups = graph.chunk(pool, groups)
     sensitivity = []
     for i, group in enumerate(node_groups):
-        rep = proxy.evaluate(candidate(base, group), backend_hint)
+        rep = proxy.evaluate(candidate(base, group), backend_hint, backend_extra)
         sensitivity.append({"group": i, "nodes": group, "loss": round(rep.loss, 6)})
         log.info("int8: group %d/%d (%d nodes, %s..) alone costs %.4f", i + 1, len(node_groups), len(group),
                  group[0], rep.loss)
@@ -270,7 +270,7 @@ def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantiz
     def judge(k: int) -> GateReport:
         if k not in tried:
             path = candidate(excluded_top(k), None)
-            tried[k] = (path, gate.evaluate(path, backend_hint))
+            tried[k] = (path, gate.evaluate(path, backend_hint, backend_extra))
         return tried[k][1]
 
     # Smallest k whose exclusion passes, assuming more exclusion never hurts (true up to gate noise, and
@@ -291,6 +291,15 @@ def search(candidate: Callable[[list[str], Sequence[str] | None], Path], quantiz
     log.info("int8: excluded %d node(s) in %d group(s) to pass: %s", len(excluded) - len(base), hi, report.summary())
     evaluations = gate.evaluations + (proxy.evaluations if proxy is not gate else 0)
     return SearchResult(path, excluded, report, sensitivity, evaluations)
+
+
+def onnx_region_nodes(prepared: Path, keep_regions: Sequence[str]) -> list[str]:
+    """The nodes of the `keep_regions` (graph/regions.py) in a prepared graph (its node names, as quantized)."""
+    import onnx
+
+    from ppdeploy.graph import regions
+
+    return regions.expand_onnx(onnx.load(str(prepared), load_external_data=False), keep_regions, str(prepared))
 
 
 def ort_candidates(prepared: Path, ranges: Path, method: str, work: Path,

@@ -24,12 +24,19 @@ class Quantizer:
     candidates: Callable[..., tuple[Candidate, list[str], bool | None]]
     # (accepted candidate, output dir) -> (graph written into the output dir, INT8 coverage facts)
     save: Callable[[Path, Path], tuple[Path, dict[str, Any]]]
-    # None when its libraries are importable, else why not (an "auto" choice falls back when it is not None).
+    # None when its libraries are importable, else why not (an "auto" choice is refused when it is not None).
     unavailable_reason: Callable[[], str | None]
+    # (onnx_path, work dir after `candidates`, region names) -> names of the nodes of those regions (graph/regions.py)
+    # in its candidates' own naming: what keep_fp32=["encoder"] leaves unquantized.
+    region_nodes: Callable[[Path, Path, Sequence[str]], list[str]] | None = None
     # Calibration methods it offers, its default first.
     methods: tuple[str, ...] = ("minmax",)
     # The precision the ops it leaves unquantized run at ("bf16" needs a CPU with avx512_bf16/AMX).
     run_precision: str = "fp32"
+    # Of what it does to a graph beyond its libraries' versions (part of the INT8 cache key): bump when it changes.
+    version: int = 1
+    # Distributions whose version enters the INT8 cache key.
+    libraries: tuple[str, ...] = ()
 
     def method(self, wanted: str | Sequence[str] | None) -> str | None:
         """The calibration method to use: `wanted` if it offers it, or the first of a preference list it offers

@@ -56,12 +56,12 @@ def candidate_runner(onnx_path: Path, backend_hint: str | None = None, threads: 
                      extra: dict | None = None) -> Runner:
     """backend_hint: None (a graph ONNX Runtime judges), "bf16" (the graph at BF16), or the name of the quantizer
     that wrote the graph (run in its format at its run precision). extra: switches for that backend (keep_fp32)."""
-    if extra and backend_hint != "bf16":
+    quantizer = QUANTIZERS.get(backend_hint) if backend_hint not in (None, "bf16") else None
+    if extra and backend_hint != "bf16" and (quantizer is None or quantizer.run_precision != "bf16"):
         raise ValueError(f"backend switches {sorted(extra)} given for a candidate run by "
                          f"{backend_hint or 'onnxruntime'}")
     if backend_hint is None:
         return ort_runner(onnx_path, threads)
     if backend_hint == "bf16":
         return backend_runner(onnx_path, "bf16", "onnx", threads, extra)
-    quantizer = QUANTIZERS.get(backend_hint)
-    return backend_runner(onnx_path, quantizer.run_precision, quantizer.format, threads)
+    return backend_runner(onnx_path, quantizer.run_precision, quantizer.format, threads, extra)

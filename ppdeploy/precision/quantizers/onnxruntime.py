@@ -25,8 +25,12 @@ def _save(accepted: Path, out: Path):
     return target, int8.quantized_fraction(target)
 
 
+def _region_nodes(onnx_path: Path, work: Path, keep_regions) -> list[str]:
+    return int8.onnx_region_nodes(work / "prepared.onnx", keep_regions)
+
+
 def _unavailable() -> str | None:
     return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed (pip install onnxruntime)"
 
 
-QUANTIZER = Quantizer("onnxruntime", "onnx", _candidates, _save, _unavailable, methods=int8.METHODS)
+QUANTIZER = Quantizer("onnxruntime", "onnx", _candidates, _save, _unavailable, _region_nodes, methods=int8.METHODS)

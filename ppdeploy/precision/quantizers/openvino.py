@@ -20,4 +20,9 @@ def save(accepted: Path, out: Path):
     return target, nncf_int8.int8_fraction(target)
 
 
-QUANTIZER = Quantizer("openvino", FORMAT, candidates, save, nncf_int8.available, methods=nncf_int8.METHODS)
+def region_nodes(onnx_path: Path, work: Path, keep_regions) -> list[str]:
+    return nncf_int8.region_nodes(onnx_path, keep_regions)
+
+
+QUANTIZER = Quantizer("openvino", FORMAT, candidates, save, nncf_int8.available, region_nodes,
+                      methods=nncf_int8.METHODS, version=nncf_int8.VERSION, libraries=nncf_int8.LIBRARIES)

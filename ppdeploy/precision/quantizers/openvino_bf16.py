@@ -7,4 +7,5 @@ from ppdeploy.precision.quantizer import Quantizer
 from ppdeploy.precision.quantizers import openvino
 
 QUANTIZER = Quantizer("openvino-bf16", openvino.FORMAT, openvino.candidates, openvino.save, nncf_int8.available,
-                      methods=nncf_int8.METHODS, run_precision="bf16")
+                      openvino.region_nodes, methods=nncf_int8.METHODS, run_precision="bf16",
+                      version=nncf_int8.VERSION, libraries=nncf_int8.LIBRARIES)
