@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ppdeploy.backends.base import default_threads
 from ppdeploy.bench.offline import MeasureSettings
-from ppdeploy.bench.peers import PEERS, OCRSettings, PeerProcess
+from ppdeploy.bench.peers import PEERS, REFERENCES, OCRSettings, PeerProcess, peers_for
 from ppdeploy.bench.report import BASELINE_BACKEND, markdown_table
 from ppdeploy.bench.stats import stage_means, summarize
 from ppdeploy.core.cache import default_root
@@ -28,11 +28,12 @@ from ppdeploy.core.device import cpu_supports_bf16
 from ppdeploy.core.errors import PPDeployError
 from ppdeploy.tasks.ocr.builder import OCR, keep_fp32_for, rec_guard_precision
 from ppdeploy.tasks.ocr.metrics import score_dataset
+from ppdeploy.tasks.ocr.models import DEFAULT_SET, MODEL_SETS, model_set, set_options
 from ppdeploy.tasks.ocr.pipeline import OCROptions
 
 log = logging.getLogger("ppdeploy.bench.ocr")
 
-REFERENCE = "rapidocr-paddle"
+GENERATION_LABELS = {name: s.label for name, s in MODEL_SETS.items()}
 
 
 @dataclass
@@ -49,19 +50,24 @@ class OCRConfig:
     rec_guard: str | None = "auto"  # see OCR: an FP32 rec re-reads the lines a reduced-precision rec is unsure of
     rec_guard_margin: float | None = None  # None: OCR's default (tasks/ocr/guard.py DEFAULT_MARGIN)
     keep_fp32: str | dict[str, list[str]] | None = "auto"  # see OCR: "auto" keeps a BF16 detector's encoder in FP32
+    models: str = DEFAULT_SET  # the model generation (OCR(models=...)); compared with that generation's peers
 
     @classmethod
     def parse(cls, spec: str) -> "OCRConfig":
-        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.4][,keep_fp32=off]' (precision
-        defaults to fp32; a number as the guard is its margin; keep_fp32=off runs a BF16 detector all in BF16)."""
+        """'det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16[,guard=off|guard=0.4][,keep_fp32=off][,models=ppocrv6]'
+        (precision defaults to fp32; a number as the guard is its margin; keep_fp32=off runs a BF16 detector all in
+        BF16; models picks the model generation)."""
         backend: dict[str, str] = {}
         precision: dict[str, str] = {}
         guard: str | None = "auto"
         margin: float | None = None
         keep: str | None = "auto"
+        models = DEFAULT_SET
         for part in (p.strip() for p in spec.split(",") if p.strip()):
             key, sep, value = part.partition("=")
-            if key == "keep_fp32" and value in ("off", "auto"):
+            if key == "models" and sep:
+                models = model_set(value).name
+            elif key == "keep_fp32" and value in ("off", "auto"):
                 keep = None if value == "off" else value
             elif key == "guard" and sep and _is_number(value):
                 margin = float(value)
@@ -73,7 +79,8 @@ class OCRConfig:
             else:
                 raise PPDeployError(f"bad OCR pipeline spec part {part!r} in {spec!r}",
                                     hint="e.g. det=openvino:fp32,cls=onnxruntime,rec=openvino:bf16,guard=off")
-        return cls(backend, precision, rec_guard=guard, rec_guard_margin=margin, keep_fp32=keep)
+        return cls(backend or "auto", precision or "fp32", rec_guard=guard, rec_guard_margin=margin, keep_fp32=keep,
+                   models=models)
 
     @property
     def label(self) -> str:
@@ -90,7 +97,8 @@ class OCRConfig:
 
         kept = keep_fp32_for(self.keep_fp32, {s: self.stage_precision(s) for s in ("det", "cls", "rec")})
         suffix += "".join(f" + FP32 {stage} {' '.join(regions)}" for stage, regions in kept.items())
-        return f"ppdeploy {part(self.backend)} {part(self.precision)}{suffix}"
+        generation = "" if self.models == DEFAULT_SET else f"{GENERATION_LABELS.get(self.models, self.models)} "
+        return f"ppdeploy {generation}{part(self.backend)} {part(self.precision)}{suffix}"
 
     def stage_backend(self, stage: str) -> str:
         return self.backend if isinstance(self.backend, str) else self.backend.get(stage, "auto")
@@ -129,6 +137,7 @@ class OCREntry:
     agreement: dict[str, Any] | None = None  # vs the reference
     accuracy: dict[str, Any] | None = None  # vs labels, when the pages are labelled
     samples_ms: list[float] = field(default_factory=list)
+    models: str = DEFAULT_SET  # the model generation it ran
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -172,11 +181,12 @@ class Reading:
 
 class _PpdeployContestant:
     def __init__(self, config: OCRConfig, images: Sequence[bytes], threads: int | None, options: dict[str, Any]):
-        self.entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False)
+        self.entry = OCREntry(config.label, "ppdeploy", _flat(config.backend), _flat(config.precision), False,
+                              models=config.models)
         self.images = images
         t0 = time.perf_counter()
         calib = {s: {"calib": c} for s, c in (config.calib or {}).items() if config.stage_precision(s) != "fp32"}
-        self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads,
+        self.ocr = OCR(backend=config.backend, precision=config.precision, threads=threads, models=config.models,
                        rec_guard=config.rec_guard, load_options=calib, keep_fp32=config.keep_fp32, **options,
                        **({"rec_guard_margin": config.rec_guard_margin} if config.rec_guard_margin is not None else {}))
         self.entry.load_s = round(time.perf_counter() - t0, 3)
@@ -200,7 +210,7 @@ class _PeerContestant:
     def __init__(self, name: str, image_paths: Sequence[Path], threads: int | None, ocr_settings: OCRSettings,
                  cache_root: Path):
         peer = PEERS[name]
-        self.entry = OCREntry(name, "peer", peer.backend, _peer_precision(peer.backend), False)
+        self.entry = OCREntry(name, "peer", peer.backend, _peer_precision(peer.backend), False, models=peer.models)
         self.proc = PeerProcess(name, image_paths, cache_root=cache_root, settings=ocr_settings, threads=threads)
         self.entry.load_s = round(self.proc.info.get("load_s", 0.0), 3)
         self.entry.versions = self.proc.info.get("versions", {})
@@ -279,11 +289,15 @@ def _flat(v: str | dict[str, str]) -> str:
 
 
 def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labels: Sequence[Any] | None = None,
-              peers: Sequence[str] = tuple(PEERS),
+              peers: Sequence[str] | None = None,
               threads: int | None = None, settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=4, min_time_s=5.0),
               cache_root: Path | None = None, ocr_options: dict[str, Any] | None = None,
               on_entry: Callable[[OCREntry], None] | None = None) -> dict[str, Any]:
-    """Run ppdeploy configs and peers over the same images; return a JSON-ready dict with agreement filled in."""
+    """Run ppdeploy configs and peers over the same images; return a JSON-ready dict with agreement filled in.
+    peers: None runs those of every model generation the configs use (ppdeploy.bench.peers.peers_for). Each entry's
+    agreement is against its own generation's reference (REFERENCES)."""
+    if peers is None:
+        peers = [p for gen in dict.fromkeys(c.models for c in configs) for p in peers_for(gen)]
     if not image_paths:
         raise PPDeployError("no images to benchmark OCR on")
     # Everyone gets the same explicit thread count: left unset, Paddle Inference (rapidocr-paddle) would use
@@ -291,12 +305,17 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
     threads = threads or default_threads()
     images = [Path(p).read_bytes() for p in image_paths]
     options = dict(ocr_options or {})
-    ocr_settings = OCRSettings.from_ocr_options(OCROptions.from_kwargs(**options))
+    generations = list(dict.fromkeys([*(c.models for c in configs), *(PEERS[p].models for p in peers if p in PEERS)]))
+    # per generation: the options its models need (PP-OCRv6 det: mean/std 0.5) under the ones given, for peers too
+    settings_by_models = {gen: OCRSettings.from_ocr_options(OCROptions.from_kwargs(**set_options(gen, options)))
+                          for gen in generations or [DEFAULT_SET]}
+    ocr_settings = settings_by_models.get(DEFAULT_SET) or next(iter(settings_by_models.values()))
     cache_root = Path(cache_root) if cache_root else default_root()
     contestants: list[Any] = []
     entries: list[OCREntry] = []
     try:
-        starters = [(name, lambda n=name: _PeerContestant(n, image_paths, threads, ocr_settings, cache_root))
+        starters = [(name, lambda n=name: _PeerContestant(n, image_paths, threads,
+                                                          settings_by_models[PEERS[n].models], cache_root))
                     for name in peers]
         starters += [(cfg.label, lambda c=cfg: _PpdeployContestant(c, images, threads, options)) for cfg in configs]
         for label, start in starters:
@@ -308,7 +327,9 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
                     log.exception("starting %s failed", label)
                 kind = "peer" if label in PEERS else "ppdeploy"
                 entries.append(OCREntry(label, kind, PEERS[label].backend if kind == "peer" else "?", "?", False,
-                                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+                                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                        models=PEERS[label].models if kind == "peer" else
+                                        next(c.models for c in configs if c.label == label)))
             if on_entry:
                 on_entry(entries[-1])
         if contestants:
@@ -320,11 +341,9 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
             except Exception:
                 log.exception("closing %s failed", c.entry.name)
         gc.collect()
-    ref = next((e for e in entries if e.name == REFERENCE and e.ok), None)
-    if ref is None:  # no peer reference: agreement against ppdeploy on Paddle Inference fp32, if it ran
-        ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == BASELINE_BACKEND and e.precision == "fp32"
-                    and e.ok), None)
+    refs = {gen: _reference(entries, gen) for gen in dict.fromkeys(e.models for e in entries)}
     for e in entries:
+        ref = refs.get(e.models)
         if e.ok and ref is not None:
             e.agreement = line_agreement(ref.texts, e.texts)
         if e.ok and labels is not None:
@@ -334,19 +353,34 @@ def bench_ocr(image_paths: Sequence[Path], configs: Sequence[OCRConfig], *, labe
         "threads": threads,
         "settings": asdict(settings),
         "ocr_settings": ocr_settings.to_dict(),
-        "reference": ref.name if ref else None,
+        "ocr_settings_by_models": {gen: st.to_dict() for gen, st in settings_by_models.items()},
+        "reference": refs[DEFAULT_SET].name if refs.get(DEFAULT_SET) else None,
+        "references": {gen: ref.name if ref else None for gen, ref in refs.items()},
         "labelled": labels is not None,
         "entries": [e.to_dict() for e in entries],
     }
 
 
+def _reference(entries: Sequence[OCREntry], models: str) -> OCREntry | None:
+    """The generation's reference peer; without it (PP-OCRv4 only) ppdeploy on Paddle Inference fp32, if it ran."""
+    ref = next((e for e in entries if e.name == REFERENCES.get(models) and e.ok), None)
+    if ref is None and models == DEFAULT_SET:
+        ref = next((e for e in entries if e.kind == "ppdeploy" and e.backend == BASELINE_BACKEND
+                    and e.precision == "fp32" and e.ok and e.models == models), None)
+    return ref
+
+
 def ocr_markdown(result: dict[str, Any]) -> str:
     entries = [e for e in result["entries"]]
-    base = next((e for e in entries if e["name"] == REFERENCE and e["ok"]), None)
-    peers_ok = [e for e in entries if e["kind"] == "peer" and e["ok"]]
-    fastest_peer = min(peers_ok, key=lambda e: e["latency_ms"]["mean"]) if peers_ok else None
+    generations = list(dict.fromkeys(e.get("models", DEFAULT_SET) for e in entries))
+    bases, fastest = {}, {}
+    for gen in generations:  # speed-ups are against the peers running the same models
+        bases[gen] = next((e for e in entries if e["name"] == REFERENCES.get(gen) and e["ok"]), None)
+        ok = [e for e in entries if e["kind"] == "peer" and e["ok"] and e.get("models", DEFAULT_SET) == gen]
+        fastest[gen] = min(ok, key=lambda e: e["latency_ms"]["mean"]) if ok else None
     rows = []
     for e in entries:
+        base, fastest_peer = bases[e.get("models", DEFAULT_SET)], fastest[e.get("models", DEFAULT_SET)]
         if not e["ok"]:
             rows.append([e["name"], e["backend"], e["precision"], None, None, None, None, None, None, None, None, None,
                          ("rejected by its accuracy gate: " if "accuracy gate" in str(e["error"]) else "could not run: ")
@@ -372,9 +406,18 @@ def ocr_markdown(result: dict[str, Any]) -> str:
             f"{agree * 100:.1f} %" if agree is not None else None,
             f"{e['accuracy']['char_accuracy'] * 100:.2f} %" if e.get("accuracy") else None, stage_txt,
         ])
-    fastest = f"fastest peer = {fastest_peer['name']}" if fastest_peer else "no peer ran"
+    refs = result.get("references") or {DEFAULT_SET: result.get("reference")}
+    several = len(generations) > 1
+    named = [f"{GENERATION_LABELS.get(g, g)}: {fastest[g]['name']}" if several else fastest[g]["name"]
+             for g in generations if fastest[g]]
+    fastest_txt = f"fastest peer = {', '.join(named)}" if named else "no peer ran"
+    ref_names = " / ".join(refs.get(g) or REFERENCES.get(g, "ref") for g in generations)
+    lines_ref = " / ".join(refs.get(g) or "ref" for g in generations)
+    per_generation = (" Each pipeline is compared with the peers running its own model generation (PP-OCRv4 or "
+                      "PP-OCRv6): speed-ups and `lines =` against that generation's reference.") if several else ""
     return markdown_table(
         ["pipeline", "backend", "precision", "pages timed", "s/page mean", "s/page p90", "CPU s/page", "pages/s",
-         f"× vs {REFERENCE}", "× vs fastest peer", f"lines = {result.get('reference') or 'ref'}", "char acc. vs labels",
+         f"× vs {ref_names}", "× vs fastest peer", f"lines = {lines_ref}", "char acc. vs labels",
          "stages (mean ms)"],
-        rows) + f"\n\n({fastest}; speed-up = ratio of mean s/page, measured in interleaved rounds in this run; CPU s/page sums all threads of the reading process.)"
+        rows) + (f"\n\n({fastest_txt}; speed-up = ratio of mean s/page, measured in interleaved rounds in this run; "
+                 f"CPU s/page sums all threads of the reading process.{per_generation})")

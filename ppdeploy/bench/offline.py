@@ -205,8 +205,9 @@ def sample_shape_for(model: str, io, overrides: Mapping[str, Sequence[int]] | No
         if spec.name in overrides:
             out[spec.name] = tuple(int(d) for d in overrides[spec.name])
             continue
-        if isinstance(model, str) and model in zoo.MODELS and len(io.inputs) == 1:
-            out[spec.name] = tuple(zoo.MODELS[model].example_shape[1:])
+        example = zoo.example_shape(model)
+        if example is not None and len(io.inputs) == 1:
+            out[spec.name] = tuple(example[1:])
             continue
         rest = spec.shape[1:]
         if any(d is None for d in rest):

@@ -29,20 +29,29 @@ def make_engine(package: str, overrides: dict):
 
     default_cfg = Path(module.__file__).parent / "config.yaml"
     config = yaml.safe_load(default_cfg.read_text())
-    for section, values in overrides.items():
-        config.setdefault(section, {}).update(values)
+    merge(config, overrides)
     # RapidOCR resolves relative model paths against its package dir; keep them relative.
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
         cfg_path = f.name
     engine = module.RapidOCR(config_path=cfg_path)
-    if config["Det"].get("limit_type") == "max":
+    if config["Det"].get("limit_type") == "max" and "engine_type" not in config["Det"]:
         # RapidOCR's "max" mode ignores limit_side_len and picks 960/1500/2000 from the image size itself;
-        # pin it to the configured value so the peer detects at the same resolution as ppdeploy.
+        # pin it to the configured value so the peer detects at the same resolution as ppdeploy. (rapidocr >= 3,
+        # whose sections name their engine_type, honours the limit itself.)
         det = engine.text_det
         pre = importlib.import_module(f"{package}.ch_ppocr_det.utils").DetPreProcess
         det.get_preprocess = lambda _max_wh: pre(det.limit_side_len, det.limit_type, det.mean, det.std)
     return engine, config
+
+
+def merge(config: dict, overrides: dict) -> None:
+    """Overrides into the config, nested sections key by key (EngineConfig.onnxruntime keeps its other keys)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merge(config[key], value)
+        else:
+            config[key] = value
 
 
 def versions(package: str) -> dict:
@@ -59,9 +68,15 @@ def versions(package: str) -> dict:
 
 def run_once(engine, data: bytes) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    result, elapse = engine(data)
+    out = engine(data)
     wall_ms = (time.perf_counter() - wall0) * 1e3
     cpu_ms = (time.process_time() - cpu0) * 1e3
+    if isinstance(out, tuple):  # rapidocr 1.x: ([(box, text, score)], [det, cls, rec] seconds)
+        result, elapse = out
+    else:  # rapidocr >= 3: an output object (boxes None when nothing was read)
+        boxes = [] if getattr(out, "boxes", None) is None else out.boxes
+        result = list(zip(boxes, out.txts or (), out.scores or ()))
+        elapse = getattr(out, "elapse_list", None)
     stages = {n: float(v) * 1e3 for n, v in zip(("det", "cls", "rec"), elapse or []) if v is not None}
     lines = [{"text": item[1], "score": float(item[2]), "box": [[float(x), float(y)] for x, y in item[0]]}
              for item in result or []]

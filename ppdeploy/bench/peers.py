@@ -1,5 +1,6 @@
 """The tools users would pick instead of ppdeploy for OCR, measured in the same run on the same images:
-RapidOCR on Paddle Inference, on ONNX Runtime and on OpenVINO.
+for PP-OCRv4, RapidOCR 1.4 on Paddle Inference, on ONNX Runtime and on OpenVINO; for PP-OCRv6, rapidocr 3.10 on
+its ONNX Runtime and on its OpenVINO engine (one package, the engine chosen per section in its config).
 
 Each peer runs in its own virtual environment under the cache directory, created on first use, because
 their pins conflict with ppdeploy's (rapidocr-openvino 1.4.4 wants openvino<=2024.0.0). A peer venv sees
@@ -35,8 +36,13 @@ class Peer:
     requirements: tuple[str, ...]  # installed --no-deps into the peer venv
     threads_key: str  # RapidOCR's per-section thread setting for this engine
     backend: str  # the inference library underneath
+    models: str = "ppocrv4"  # the model generation it runs (ppdeploy.tasks.ocr.models)
+    engine: str | None = None
+    """rapidocr >= 3: the `engine_type` of its Det/Cls/Rec sections (its thread setting then lives in
+    EngineConfig.<engine>); None for the 1.x packages, one per engine, which read it from each section."""
 
 
+RAPIDOCR3 = ("rapidocr==3.10.0", "omegaconf", "antlr4-python3-runtime", "colorlog", "six", "tqdm", "requests")
 PEERS: dict[str, Peer] = {
     "rapidocr-paddle": Peer("rapidocr-paddle", "rapidocr_paddle", ("rapidocr-paddle==1.4.5",),
                             "cpu_math_library_num_threads", "Paddle Inference"),
@@ -46,7 +52,19 @@ PEERS: dict[str, Peer] = {
     "rapidocr-openvino": Peer("rapidocr-openvino", "rapidocr_openvino",
                               ("rapidocr-openvino==1.4.4", "openvino==2024.0.0", "openvino-telemetry", "numpy<2"),
                               "inference_num_threads", "OpenVINO"),
+    # rapidocr 3.10's declared dependencies are listed too: --no-deps skips them, ppdeploy's environment has most.
+    "rapidocr-3.10-onnxruntime": Peer("rapidocr-3.10-onnxruntime", "rapidocr", RAPIDOCR3, "intra_op_num_threads",
+                                      "ONNX Runtime", "ppocrv6", "onnxruntime"),
+    "rapidocr-3.10-openvino": Peer("rapidocr-3.10-openvino", "rapidocr", RAPIDOCR3, "inference_num_threads",
+                                   "OpenVINO", "ppocrv6", "openvino"),
 }
+REFERENCES = {"ppocrv4": "rapidocr-paddle", "ppocrv6": "rapidocr-3.10-onnxruntime"}
+"""Per model generation, the peer whose lines the others are compared with: PaddleOCR's own pre/post-processing on
+Paddle Inference for PP-OCRv4; for PP-OCRv6, which has no Paddle-format file, rapidocr 3.10 on ONNX Runtime."""
+
+
+def peers_for(models: str) -> list[str]:
+    return [name for name, peer in PEERS.items() if peer.models == models]
 
 
 @dataclass(frozen=True)
@@ -86,7 +104,7 @@ class OCRSettings:
 def rapidocr_overrides(settings: OCRSettings, threads: int | None, peer: Peer) -> dict[str, dict[str, Any]]:
     """RapidOCR config sections that make it run the same settings as ppdeploy's OCR."""
     t = threads if threads else -1
-    return {
+    sections = {
         "Global": {
             "text_score": settings.drop_score,
             "use_cls": settings.use_cls,
@@ -111,6 +129,13 @@ def rapidocr_overrides(settings: OCRSettings, threads: int | None, peer: Peer) -
         "Cls": {"cls_thresh": settings.cls_thresh, "cls_batch_num": settings.cls_batch_size, peer.threads_key: t},
         "Rec": {"rec_batch_num": settings.rec_batch_size, peer.threads_key: t},
     }
+    if peer.engine is not None:  # rapidocr >= 3: one engine setting per section, threads under EngineConfig
+        for name in ("Global", "Det", "Cls", "Rec"):
+            sections[name].pop(peer.threads_key)
+        for name in ("Det", "Cls", "Rec"):
+            sections[name]["engine_type"] = peer.engine
+        sections["EngineConfig"] = {peer.engine: {peer.threads_key: t}}
+    return sections
 
 
 def peer_env_dir(cache_root: Path, peer: Peer) -> Path:

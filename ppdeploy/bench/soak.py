@@ -295,10 +295,12 @@ def run_soak(clients: int, seconds: float, *, workers: int = 1, faults: tuple[st
                 t.join(180)
         sampler.join(RSS_EVERY_S * 2)
     finally:
-        if "readonly-cache" in faults and cache.is_dir():
-            _writable_again(cache)
-        if server.proc is not None and server.proc.poll() is None:
-            server.stop()
+        try:
+            if "readonly-cache" in faults and cache.is_dir():
+                _writable_again(cache)
+        finally:
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
     _summarize(report, load, fault_windows, t0)
     return report
 

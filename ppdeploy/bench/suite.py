@@ -8,7 +8,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ppdeploy.bench import environment, report
+from ppdeploy.bench import environment, examples, report
+from ppdeploy.bench.detection import (
+    PCB_DETECTOR,
+    DetConfig,
+    bench_detection,
+    default_peers,
+    detection_data,
+    detection_markdown,
+    write_detection_run,
+)
 from ppdeploy.bench.load import (
     LoadSettings,
     fetch_v2_inputs,
@@ -33,6 +42,7 @@ log = logging.getLogger("ppdeploy.bench")
 
 CPU_BACKENDS = ("onnxruntime", "openvino", "paddle")
 OCR_MODELS = ("ppocrv4-det", "ppocrv4-rec", "ppocr-cls")
+OCR_V6_MODELS = ("ppocrv6-det", "ppocrv6-rec", "ppocrv6-cls")
 
 
 @dataclass
@@ -114,6 +124,10 @@ def write_ocr_run(result: dict[str, Any], env: dict[str, Any], out_dir: Path, *,
 def ocr_section(result: dict[str, Any], out_dir: Path, cdf: Path | None, bars: Path | None, relative_to: Path) -> str:
     s = result["ocr_settings"]
     settings_txt = ", ".join(f"{k}={v}" for k, v in s.items())
+    for gen, other in (result.get("ocr_settings_by_models") or {}).items():  # what another generation's models need
+        changed = {k: v for k, v in other.items() if s.get(k) != v}
+        if changed:
+            settings_txt += f" (for {gen}, pipelines and peers: " + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")"
     lines = [
         f"{result.get('pages_source') or str(len(result['images'])) + ' page image(s)'}, "
         f"{result['threads'] or 'default'} threads. Every pipeline (ppdeploy and "
@@ -190,8 +204,13 @@ class SuitePlan:
     # then FP32 det, and BF16 rec without its guard.
     ocr_pipelines: tuple[str, ...] = ("det=openvino:bf16,cls=openvino:bf16,rec=openvino:bf16",
                                       "det=openvino,cls=openvino:bf16,rec=openvino:bf16",
-                                      "det=openvino,cls=openvino:bf16,rec=openvino:bf16,guard=off")
-    peers: tuple[str, ...] = ("rapidocr-paddle", "rapidocr-onnxruntime", "rapidocr-openvino")
+                                      "det=openvino,cls=openvino:bf16,rec=openvino:bf16,guard=off",
+                                      # PP-OCRv6 (ONNX from rapidocr 3.10; no Paddle Inference) against its peers
+                                      "det=onnxruntime,cls=onnxruntime,rec=onnxruntime,models=ppocrv6",
+                                      "det=openvino,cls=openvino,rec=openvino,models=ppocrv6",
+                                      "det=openvino:bf16,cls=openvino:bf16,rec=openvino:bf16,models=ppocrv6")
+    peers: tuple[str, ...] = ("rapidocr-paddle", "rapidocr-onnxruntime", "rapidocr-openvino",
+                              "rapidocr-3.10-onnxruntime", "rapidocr-3.10-openvino")
     pages: int = 4
     models: bool = True
     ocr: bool = True
@@ -201,6 +220,18 @@ class SuitePlan:
     precision_precisions: tuple[str, ...] = ("fp32", "bf16", "int8")
     precision_pages: int = 3
     precision_settings: MeasureSettings = MeasureSettings(warmup=1, min_runs=3, min_time_s=1.0, max_time_s=30.0)
+    # Detection (ppdeploy.bench.detection): each detector end to end on labelled images, mAP next to every row,
+    # against its peers (rapid_layout for layout-cdla, Paddle Inference for Paddle models); the PCB detector's FP32
+    # against its BF16 and INT8 on the same backends. PP-YOLOE+-s is not here: it needs paddledet (see README).
+    detection: bool = True
+    detection_models: tuple[str, ...] = ("layout-cdla", str(PCB_DETECTOR))
+    detection_configs: tuple[tuple[str, str], ...] = (
+        ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8"),
+        ("openvino", "int8"))
+    detection_images: int = 20
+    detection_settings: MeasureSettings = MeasureSettings(warmup=2, min_runs=40, min_time_s=5.0, max_time_s=60.0)
+    # The brief's first example (ppdeploy.bench.examples.resnet50: paddle.vision resnet50, random init, jit.save)
+    example_models: bool = True
     # Serving: `ppdeploy serve` in a child process, open-loop load per offered rate
     serving: bool = True
     serving_duration_s: float = 10.0
@@ -213,6 +244,9 @@ class SuitePlan:
         cases = expand_cases(OCR_MODELS, self.backends, ["fp32"], [1], t)
         cases += [c for c in expand_cases(["ppocrv4-rec"], self.backends, ["fp32"], self.rec_batches, t) if c.batch != 1]
         cases += [ModelCase(m, b, p, 1, self.threads) for m, b, p in self.precision_cases]
+        if self.example_models:
+            cases += expand_cases([str(examples.resnet50())], self.backends, ["fp32"], [1], t)
+        cases += expand_cases(OCR_V6_MODELS, self.precision_backends, ["fp32"], [1], t)  # ONNX: no Paddle Inference
         return cases
 
 
@@ -242,6 +276,9 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
                             + models_section(rows, out_dir, plots, md_dir))
     md_path = Path(markdown_path)
     update_benchmarks_md(md_path, blocks, env)  # each part is saved as soon as it is measured
+    if plan.detection:
+        blocks["detection"] = run_detection(plan, out_dir, md_dir, env, files, progress)
+        update_benchmarks_md(md_path, blocks, env)
     optimized = None
     if plan.precision:
         try:
@@ -275,6 +312,32 @@ def run_suite(out_dir: Path, markdown_path: Path, plan: SuitePlan, *, data_dir: 
     update_benchmarks_md(md_path, blocks, env)
     files["benchmarks_md"] = Path(markdown_path)
     return files
+
+
+def run_detection(plan: SuitePlan, out_dir: Path, md_dir: Path, env: dict[str, Any], files: dict[str, Path],
+                  progress=None) -> str:
+    """One ppdeploy.bench.detection run per detector of the plan; the markdown of the detection block."""
+    tick = progress("detectors", len(plan.detection_models)) if progress else None
+    configs = [DetConfig(b, p) for b, p in plan.detection_configs]
+    parts = []
+    for model in plan.detection_models:
+        name = Path(model).name
+        try:
+            data = detection_data(model, count=plan.detection_images)
+            result = bench_detection(model, data, configs, peers=default_peers(model), threads=plan.threads,
+                                     settings=plan.detection_settings)
+            dfiles = write_detection_run(result, env, out_dir, prefix=f"detection_{name}", with_samples=False)
+            files.update({f"detection_{name}_{k}": v for k, v in dfiles.items()})
+            parts += [f"#### {name}", "", f"{result['images']} labelled images ({_rel(data, md_dir)}); "
+                      f"{result['timing_note']}.", "", detection_markdown(result), ""]
+            link = report.image_link(dfiles.get("cdf"), md_dir, f"{name}: ms per image")
+            if link:
+                parts += [link, ""]
+        except PPDeployError as exc:
+            parts += [f"#### {name}", "", f"Not measured: {exc}", ""]
+        if tick:
+            tick()
+    return "\n".join(parts)
 
 
 def _run_precision(plan: SuitePlan, out_dir: Path, md_dir: Path, blocks: dict[str, str], files: dict[str, Path],
@@ -404,6 +467,10 @@ other machines (GPU, serving, Ray) live outside the markers and survive a regene
 ## Precision
 
 {_block("precision")}
+
+## Detection
+
+{_block("detection")}
 
 ## Serving
 

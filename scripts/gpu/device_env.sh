@@ -12,10 +12,15 @@ if [ -f /tmp/rtxparts/rtx.so.xz.part0 ] && [ -f /tmp/rtxparts/rtx.so.xz.part1 ] 
     && cat /tmp/rtxparts/rtx.so.xz.part0 /tmp/rtxparts/rtx.so.xz.part1 | xz -dc > /tmp/site/tensorrt_rtx_libs/libtensorrt_rtx.so.1 \
     && echo "TensorRT-RTX ready in /tmp/site"
 fi
-[ -d .gpu-carry/whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/whl/*.whl
+# .gpu-carry/whl (server + OCR post-processing), whl-serve (uvloop, httptools), whl-rapid (rapidocr 3.10 + deps): each
+# folder a call carried is installed; what an earlier call installed stays in /tmp/site on a warm machine.
+for w in .gpu-carry/whl .gpu-carry/whl-*; do
+  [ -d "$w" ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$w"/*.whl 2>&1 \
+    | grep -v -i "warning" || true
+done
 # Carried data is copied to /tmp/gpu-carry so a later call on the same warm machine can use it without carrying it.
 mkdir -p /tmp/gpu-carry
-for d in onnx pages dict; do [ -d ".gpu-carry/$d" ] && cp -rn ".gpu-carry/$d" /tmp/gpu-carry/; done
+for d in onnx pages dict det; do [ -d ".gpu-carry/$d" ] && cp -rn ".gpu-carry/$d" /tmp/gpu-carry/; done
 [ -d /tmp/gpu-carry/onnx ] && export PPDEPLOY_TEST_ONNX_DIR=/tmp/gpu-carry/onnx
 [ -d /tmp/gpu-carry/pages ] && export PPDEPLOY_TEST_PAGES=/tmp/gpu-carry/pages
 [ -f /tmp/gpu-carry/dict/ppocr_keys_v1.txt ] && export E2E_DICT=/tmp/gpu-carry/dict/ppocr_keys_v1.txt

@@ -18,7 +18,8 @@ served twice, in-process and with its engine in a child process fed through shar
 side by side with the rates interleaved over them; the raw runner is timed in-process and through the engine
 process (the IPC cost alone). GOAL_VARIANTS=inproc,engine_process picks the variants (default both); GOAL_RATES_REC /
 GOAL_RATES_CLS / GOAL_RATES_OCR (comma-separated) and GOAL_SECONDS / GOAL_OCR_SECONDS override the ladders and the
-seconds per point; GOAL_OCR_WORKERS=1,4 serves /v1/ocr once per HTTP worker count.
+seconds per point; GOAL_OCR_WORKERS=1,4 serves /v1/ocr once per HTTP worker count; GOAL_OCR_HEAD=ctc_greedy gives
+the served rec the greedy head (made at load), GOAL_OCR_BATCH its models' max_batch_size (default 8).
 
 Several HTTP workers (`ppdeploy serve --workers N`, ppdeploy.serve.workers): variant `workers` serves each config with
 GOAL_WORKERS (default 4) worker processes sharing one engine process per model (engine_process: true: the engine
@@ -394,9 +395,12 @@ def ocr_server(rates: list[float], duration: float, workers: int, http_workers: 
     repo = Path(tempfile.mkdtemp()) / "repo"
     models = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": os.environ.get("GOAL_OCR_REC", "ppocrv4-rec")}
     for stage, key in models.items():
-        cfg = {"name": stage, "source": str(ONNX / f"{key}.onnx"), "backends": [BACKEND], "max_batch_size": 8,
+        cfg = {"name": stage, "source": str(ONNX / f"{key}.onnx"), "backends": [BACKEND],
+               "max_batch_size": int(os.environ.get("GOAL_OCR_BATCH", 8)),
                "dynamic_batching": {"max_queue_delay_ms": 1.0, "inline_max_ms": 0},
                "backend_options": GPU_SHAPE_BUCKETS[stage] if BACKEND == "onnxruntime-cuda" else {}}
+        if stage == "rec" and os.environ.get("GOAL_OCR_HEAD"):  # e.g. ctc_greedy, made at load (run 13)
+            cfg["head"] = os.environ["GOAL_OCR_HEAD"]
         (repo / stage).mkdir(parents=True)
         (repo / stage / "config.yaml").write_text(yaml.safe_dump(cfg))
     task = {"name": "ocr", "task": "ocr", "pipeline": {"det": "det", "cls": "cls", "rec": "rec"}}

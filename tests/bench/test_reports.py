@@ -168,7 +168,7 @@ def test_ocr_pipeline_spec_parsing():
     off = OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8,guard=off")
     assert off.rec_guard is None and off.label.endswith("(no rec guard)")
     assert "guard" not in OCRConfig.parse("det=openvino,cls=openvino,rec=openvino").label
-    assert OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8").label.endswith("(no rec guard)")  # not by default
+    assert OCRConfig.parse("det=openvino,cls=openvino,rec=openvino:int8").label.endswith("+ FP32 rec guard")  # by default now (issue 21)
     narrow = OCRConfig.parse("det=openvino,rec=openvino:bf16,guard=0.2")
     assert narrow.rec_guard == "auto" and narrow.rec_guard_margin == 0.2
     assert narrow.label.endswith("+ FP32 rec guard (margin 0.2)")

@@ -19,7 +19,7 @@ from ppdeploy.tasks.ocr.textline import fill_batch
 
 
 def test_det_resize_follows_paddleocr_limits():
-    opts = DetOptions()
+    opts = DetOptions(limit_side_len=960, limit_type="max")
     img = np.zeros((1000, 2000, 3), np.uint8)
     resized, rh, rw = resize_for_det(img, opts)
     assert resized.shape[:2] == (480, 960)  # long side to 960, both multiples of 32
@@ -29,6 +29,23 @@ def test_det_resize_follows_paddleocr_limits():
     assert strip.shape[:2] == (32, 960)  # never below 32
     mn, _, _ = resize_for_det(np.zeros((100, 200, 3), np.uint8), DetOptions(limit_type="min", limit_side_len=736))
     assert mn.shape[:2] == (736, 1472)
+
+
+def test_adaptive_rule_rescales_only_text_outside_the_comfortable_range():
+    from ppdeploy.tasks.ocr.det import median_line_height, next_ratio
+
+    opts = DetOptions()  # long side <= 960, then text boxes kept within 24-40 px of the detector's input
+    page = (4000, 3000)
+    first = 960 / 4000
+    assert next_ratio(page, first, 30 / first, opts) is None  # 30 px as the detector saw it: comfortable
+    small = next_ratio(page, first, 10.0, opts)  # 10 px text shrunk to 2.4 px: enlarge, up to the 4096 cap
+    assert small == pytest.approx(4096 / 4000)
+    big = next_ratio((400, 300), 1.0, 90.0, opts)  # an unshrunk sign with 90 px lines: shrink toward ~31 px
+    assert 90 * big == pytest.approx((24 * 40) ** 0.5, rel=1e-6)
+    assert next_ratio(page, first, None, opts) == 1.0  # nothing found on a shrunk page: look at full size
+    assert next_ratio((400, 300), 1.0, None, opts) is None
+    quads = np.array([[[0, 0], [100, 0], [100, 10], [0, 10]], [[0, 0], [50, 0], [50, 30], [0, 30]]], np.float32)
+    assert median_line_height(quads) == pytest.approx(20.0) and median_line_height(np.zeros((0, 4, 2))) is None
 
 
 def test_db_postprocess_finds_text_regions_in_original_pixels():
@@ -125,6 +142,8 @@ def test_options_are_paddleocr_defaults_and_validated():
     assert (o.det.limit_side_len, o.det.limit_type, o.det.thresh, o.det.box_thresh, o.det.unclip_ratio) == \
         (960, "max", 0.3, 0.6, 1.5)
     assert (o.det.use_dilation, o.det.score_mode, o.det.max_candidates, o.det.min_size) == (False, "fast", 1000, 3)
+    # plus the adaptive resolution, chosen on the tuning split (tests/tasks/test_ocr_defaults.py)
+    assert (o.det.adaptive, o.det.adaptive_min_px, o.det.adaptive_max_px) == (True, 24.0, 40.0)
     assert (o.cls.thresh, o.cls.image_height, o.cls.image_width, o.cls.batch_size) == (0.9, 48, 192, 6)
     assert (o.rec.image_height, o.rec.image_width, o.rec.batch_size, o.drop_score) == (48, 320, 6, 0.5)
     o = OCROptions.from_kwargs(det_box_thresh=0.5, rec_batch_size=12, drop_score=0.3, cls_thresh=None)
@@ -134,6 +153,8 @@ def test_options_are_paddleocr_defaults_and_validated():
         OCROptions.from_kwargs(det_treshold=0.2)
     with pytest.raises(ConfigError, match="limit_type"):
         OCROptions.from_kwargs(det_limit_type="median")
+    with pytest.raises(ConfigError, match="adaptive_min_px"):
+        OCROptions.from_kwargs(det_adaptive_min_px=50.0)
     with pytest.raises(ConfigError, match="batch_size"):
         OCROptions.from_kwargs(rec_batch_size=0)
 

@@ -2,12 +2,17 @@
 
 CJK fonts come from Debian packages: fonts-wqy-microhei, fonts-wqy-zenhei, fonts-arphic-uming,
 fonts-noto-cjk; Latin ones from fonts-dejavu-core and fonts-liberation2. `PPDEPLOY_FONT` overrides the CJK choice.
+
+`cjk_fonts` / `latin_fonts` are short fixed lists (the original synthetic pages depend on their order);
+`font_faces` is every installed face (each face of a .ttc, every weight and slant) for varied evaluation sets.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 CJK_CANDIDATES = (
@@ -52,3 +57,46 @@ def latin_fonts() -> list[Path]:
 def find_cjk_font() -> Path | None:
     fonts = cjk_fonts()
     return fonts[0] if fonts else None
+
+
+SKIP_FAMILIES = ("Math",)  # symbol / math faces: no running text
+
+
+@dataclass(frozen=True)
+class FontFace:
+    """One face of an installed font file (a .ttc holds several; `index` picks one)."""
+
+    path: Path
+    index: int
+    family: str
+    style: str
+    cjk: bool  # covers Simplified Chinese (fontconfig lang zh-cn)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} {self.style}"
+
+
+@lru_cache(maxsize=1)
+def font_faces() -> tuple[FontFace, ...]:
+    """Every installed face fontconfig knows, sorted by (path, index) so a seeded choice is reproducible on
+    machines with the same fonts. Without fc-list: the fixed CJK and Latin lists, face 0 of each."""
+    faces: list[FontFace] = []
+    if shutil.which("fc-list"):
+        try:
+            out = subprocess.run(["fc-list", "--format", "%{file}\t%{index}\t%{family[0]}\t%{style[0]}\t%{lang}\n"],
+                                 capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for row in out.splitlines():
+            parts = row.split("\t")
+            if len(parts) != 5 or not parts[0].lower().endswith((".ttf", ".ttc", ".otf", ".otc")):
+                continue
+            path, index, family, style, langs = parts
+            if any(skip in family for skip in SKIP_FAMILIES):
+                continue
+            faces.append(FontFace(Path(path), int(index or 0), family, style, "zh-cn" in langs.split("|")))
+    if not faces:
+        faces = [FontFace(p, 0, p.stem, "", True) for p in cjk_fonts()]
+        faces += [FontFace(p, 0, p.stem, "", False) for p in latin_fonts()]
+    return tuple(sorted(set(faces), key=lambda f: (str(f.path), f.index)))

@@ -8,6 +8,9 @@ Options (keyword arguments of `OCR` and `OCRPipeline.from_runners`; defaults are
   det_limit_side_len=960, det_limit_type="max", det_thresh=0.3, det_box_thresh=0.6, det_unclip_ratio=1.5,
   det_use_dilation=False, det_score_mode="fast", det_max_candidates=1000, det_min_size=3,
   det_mean=(0.485, 0.456, 0.406), det_std=(0.229, 0.224, 0.225),
+  det_adaptive=True, det_adaptive_min_px=24, det_adaptive_max_px=40, det_adaptive_max_side=4096,
+  det_adaptive_passes=2 (ppdeploy's own: a page whose text is too small or too big for the detector is detected
+  again at a better scale; det_adaptive=False is PaddleOCR's single pass),
   cls_thresh=0.9, cls_batch_size=6, cls_image_height=48, cls_image_width=192,
   rec_batch_size=6, rec_image_height=48, rec_image_width=320, rec_dictionary=None, rec_use_space_char=True,
   drop_score=0.5 (lines whose recognition score is below it are dropped), max_pixels=100e6 (input limit).
@@ -19,7 +22,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +39,11 @@ from ppdeploy.tasks.ocr.guard import GuardedRecRunner
 from ppdeploy.tasks.ocr.rec import RecOptions, TextRecognizer
 from ppdeploy.tasks.ocr.result import TIMING_KEYS, OCRLine, OCRResult
 from ppdeploy.tasks.ocr.synth import SynthOptions, generate
+from ppdeploy.tasks.ocr.throughput import (
+    DEFAULT_INFLIGHT,
+    PageOutcome,
+    ThroughputExecutor,
+)
 
 STAGES = ("det", "cls", "rec")
 DEFAULT_MODELS = {"det": "ppocrv4-det", "cls": "ppocr-cls", "rec": "ppocrv4-rec"}
@@ -142,31 +150,64 @@ class OCRPipeline(Task):
         """The pipeline on an already-decoded HxWx3 BGR uint8 image (no decode timing)."""
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         start = time.perf_counter()
-        det = self.detector(bgr)
-        timings.update(det.timings)
-        lines: list[OCRLine] = []
+        boxes, crops = self.detect_and_crop(bgr, timings)
+        texts: list[tuple[str, float]] = []
         guarded = 0
-        if len(det.boxes):
-            t = time.perf_counter()
-            crops = crop_all(bgr, det.boxes)
-            timings["crop"] = (time.perf_counter() - t) * 1e3
-            if self.classifier is not None:
-                t = time.perf_counter()
-                crops, _ = self.classifier(crops)
-                timings["cls"] = (time.perf_counter() - t) * 1e3
+        if crops:
             texts, rec_timings = self.recognizer(crops)
             guarded = rec_timings.guard_lines
             timings.update({k: v for k, v in dataclasses.asdict(rec_timings).items() if k in timings})
-            for box, (text, score) in zip(det.boxes, texts):
-                if score >= self.options.drop_score:
-                    lines.append(OCRLine(text, score, box.astype(np.int32).tolist()))
+        lines = self.lines_of(boxes, texts)
         timings["total"] = (time.perf_counter() - start) * 1e3
         return OCRResult(lines, timings, width=int(bgr.shape[1]), height=int(bgr.shape[0]), guarded_lines=guarded)
 
+    def detect_and_crop(self, bgr: np.ndarray, timings: dict[str, float]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The stages before rec: det, then each box cut out (and turned upright by cls). Returns the boxes (reading
+        order) and their crops; adds det_pre/det_infer/det_post/crop/cls milliseconds to `timings`. The throughput
+        mode (ppdeploy.tasks.ocr.throughput) runs this and `lines_of` as `predict_bgr` does, so both read alike."""
+        det = self.detector(bgr)
+        timings.update(det.timings)
+        if not len(det.boxes):
+            return det.boxes, []
+        t = time.perf_counter()
+        crops = crop_all(bgr, det.boxes)
+        timings["crop"] = (time.perf_counter() - t) * 1e3
+        if self.classifier is not None:
+            t = time.perf_counter()
+            crops, _ = self.classifier(crops)
+            timings["cls"] = (time.perf_counter() - t) * 1e3
+        return det.boxes, crops
+
+    def lines_of(self, boxes: np.ndarray, texts: Sequence[tuple[str, float]]) -> list[OCRLine]:
+        """The page's lines: each box with its (text, score), those scored below drop_score left out."""
+        return [OCRLine(text, score, box.astype(np.int32).tolist())
+                for box, (text, score) in zip(boxes, texts) if score >= self.options.drop_score]
+
     __call__ = predict
 
-    def predict_many(self, images: Iterable[ImageInput]) -> list[OCRResult]:
-        return [self.predict(img) for img in images]
+    def predict_many(self, images: Iterable[ImageInput], *, inflight: int = DEFAULT_INFLIGHT) -> list[OCRResult]:
+        """`predict` on each image, in order, in throughput mode (see `iter_predict`); the first page that fails
+        raises its error (`iter_predict` reports it and goes on)."""
+        results = []
+        for outcome in self.iter_predict(images, inflight=inflight):
+            if outcome.error is not None:
+                raise outcome.error
+            results.append(outcome.result)
+        return results
+
+    def iter_predict(self, images: Iterable[ImageInput], *, inflight: int = DEFAULT_INFLIGHT) -> Iterator[PageOutcome]:
+        """One PageOutcome (result, or the error that page met) per image, in input order, each as soon as it is
+        ready. With inflight > 1, up to that many pages go through the stages at once and rec batches of equal width
+        are shared between pages (ppdeploy.tasks.ocr.throughput): the same lines as `predict`, more pages per
+        second; inflight=1 reads one page at a time in the calling thread."""
+        if inflight > 1:
+            yield from ThroughputExecutor(self, inflight=inflight).run(images)
+            return
+        for index, image in enumerate(images):
+            try:
+                yield PageOutcome(index, image, self.predict(image))
+            except Exception as exc:  # this page's: the others go on
+                yield PageOutcome(index, image, error=exc)
 
     def close(self) -> None:
         for dep in self.deployments.values():
@@ -190,7 +231,7 @@ class OCRPipeline(Task):
                                 use_cls=runners.get("cls") is not None, rec_guard=runners.get("rec_guard"), **options)
 
     def execute(self, inputs: Sequence[ImageInput]) -> list[OCRResult]:
-        return [self.predict(image) for image in inputs]
+        return [self.predict(inputs[0])] if len(inputs) == 1 else self.predict_many(inputs)
 
     def finalize(self) -> None:
         self.close()

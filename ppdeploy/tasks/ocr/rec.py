@@ -125,28 +125,39 @@ class TextRecognizer:
             )
 
     def __call__(self, crops: list[np.ndarray]) -> tuple[list[tuple[str, float]], RecTimings]:
-        opts = self.options
         timings = RecTimings()
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         for idx, width in self._batches(crops):  # one batch at a time: a page of long lines stays small in memory
-            t0 = time.perf_counter()
-            batch = fill_batch([crops[i] for i in idx], opts.image_height, width)
-            t1 = time.perf_counter()
-            out = self.runner.infer({self.input_name: batch})
-            guard_ms = getattr(self.runner, "last_guard_ms", 0.0)
-            t2 = time.perf_counter()
-            if CTC_INDEX in out:  # by name, per call: a runner swapped in place (bench.optimize) may change outputs
-                decoded = ctc_best_path_decode(out[CTC_INDEX], out[CTC_PROB], self.characters)
-            else:
-                decoded = ctc_greedy_decode(next(iter(out.values())), self.characters)
+            decoded = self.read_batch([crops[i] for i in idx], width, timings)
             for i, res in zip(idx, decoded):
                 results[i] = res
-            timings.rec_pre += (t1 - t0) * 1e3
-            timings.rec_infer += (t2 - t1) * 1e3 - guard_ms
-            timings.rec_guard += guard_ms
-            timings.guard_lines += getattr(self.runner, "last_guard_rows", 0)
-            timings.rec_post += (time.perf_counter() - t2) * 1e3
         return results, timings
+
+    def read_batch(self, crops: list[np.ndarray], width: int, timings: RecTimings) -> list[tuple[str, float]]:
+        """One inference call: `crops` padded to `width` (as `plan` decided), (text, score) per crop; its
+        milliseconds and guard re-reads are added to `timings`."""
+        t0 = time.perf_counter()
+        batch = fill_batch(crops, self.options.image_height, width)
+        t1 = time.perf_counter()
+        out = self.runner.infer({self.input_name: batch})
+        guard_ms = getattr(self.runner, "last_guard_ms", 0.0)
+        t2 = time.perf_counter()
+        if CTC_INDEX in out:  # by name, per call: a runner swapped in place (bench.optimize) may change outputs
+            decoded = ctc_best_path_decode(out[CTC_INDEX], out[CTC_PROB], self.characters)
+        else:
+            decoded = ctc_greedy_decode(next(iter(out.values())), self.characters)
+        timings.rec_pre += (t1 - t0) * 1e3
+        timings.rec_infer += (t2 - t1) * 1e3 - guard_ms
+        timings.rec_guard += guard_ms
+        timings.guard_lines += getattr(self.runner, "last_guard_rows", 0)
+        timings.rec_post += (time.perf_counter() - t2) * 1e3
+        return decoded
+
+    def plan(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
+        """The batches `__call__` reads `crops` in: (crop indices, batch width) each. A crop's text depends on the
+        width it is padded to, so the throughput mode, which merges batches of several pages, merges only batches
+        of equal width (ppdeploy.tasks.ocr.throughput)."""
+        return self._batches(crops)
 
     def _batches(self, crops: list[np.ndarray]) -> list[tuple[list[int], int]]:
         """PaddleOCR's batches: crops sorted by aspect ratio, `batch_size` at a time, each batch padded to the width
