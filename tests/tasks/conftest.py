@@ -38,3 +38,16 @@ def ocr_for():
 @pytest.fixture(scope="session")
 def ocr_ort(ocr_for):
     return ocr_for("onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def labelled(synth_pages):
+    """The synthetic labelled pages as (BGR images, [(text, box)] per page): what the agreement tests score."""
+    import cv2
+
+    from ppdeploy.tasks.ocr.dataset import read_labelled_folder
+
+    data = read_labelled_folder(synth_pages)
+    images = [cv2.imread(str(item.path)) for item in data]
+    gts = [[(line.text, line.box) for line in item.lines] for item in data]
+    return images, gts

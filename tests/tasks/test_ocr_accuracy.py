@@ -19,7 +19,6 @@ import json
 
 import pytest
 
-from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
 
 pytestmark = pytest.mark.slow
@@ -57,16 +56,6 @@ def single_pass(ocr):
     options = dataclasses.replace(ocr.options, det=dataclasses.replace(ocr.options.det, adaptive=False))
     return OCRPipeline.from_runners(det=ocr.detector.runner, rec=ocr.recognizer.runner, cls=ocr.classifier.runner,
                                     options=options)
-
-
-@pytest.fixture(scope="module")
-def labelled(synth_pages):
-    import cv2
-
-    data = read_labelled_folder(synth_pages)
-    images = [cv2.imread(str(item.path)) for item in data]
-    gts = [[(line.text, line.box) for line in item.lines] for item in data]
-    return images, gts
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 
 import pytest
 
-from ppdeploy.tasks.ocr.dataset import read_labelled_folder
 from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
 
 pytestmark = pytest.mark.slow
@@ -45,16 +44,6 @@ def lines_of(result) -> list[tuple[str, list]]:
     if result.boxes is None or result.txts is None:
         return []
     return [(text, box.tolist()) for box, text in zip(result.boxes, result.txts)]
-
-
-@pytest.fixture(scope="module")
-def labelled(synth_pages):
-    import cv2
-
-    data = read_labelled_folder(synth_pages)
-    images = [cv2.imread(str(item.path)) for item in data]
-    gts = [[(line.text, line.box) for line in item.lines] for item in data]
-    return images, gts
 
 
 @pytest.fixture(scope="module")
