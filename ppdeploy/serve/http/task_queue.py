@@ -75,11 +75,10 @@ class TaskQueue:
             raise QueueFull(f"the request waited {waited:.0f} s for a pipeline thread, more than "
                             f"{LATE_FACTOR:g} x --max-task-wait ({self.max_wait_s:g} s)", self._retry_after())
         start = time.perf_counter()
-        try:
-            return work()
-        finally:
-            took = time.perf_counter() - start
-            self.service_s = took if self.service_s == 0.0 else (1 - SMOOTHING) * self.service_s + SMOOTHING * took
+        answer = work()  # a request that fails (a bad image, say) fails fast: it says nothing of a page's time
+        took = time.perf_counter() - start
+        self.service_s = took if self.service_s == 0.0 else (1 - SMOOTHING) * self.service_s + SMOOTHING * took
+        return answer
 
     def _retry_after(self) -> int:
         return max(1, math.ceil(self.expected_wait_s() / 2))
