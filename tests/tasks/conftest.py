@@ -51,3 +51,15 @@ def labelled(synth_pages):
     images = [cv2.imread(str(item.path)) for item in data]
     gts = [[(line.text, line.box) for line in item.lines] for item in data]
     return images, gts
+
+
+def score_against_reference(backend, preds, gts, ref_preds, ref_metrics):
+    """(ppdeploy's metrics, its text agreement with the reference, the JSON report both agreement tests print)."""
+    from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
+
+    metrics = score_dataset(preds, gts)
+    agreement = text_agreement(preds, ref_preds)
+    report = {"backend": backend, "ppdeploy": metrics.to_dict(), "reference": ref_metrics.to_dict(),
+              "same_text": agreement.rate, "lines": agreement.reference_lines,
+              "differences": agreement.differences[:10]}
+    return metrics, agreement, report

@@ -20,6 +20,7 @@ import json
 import pytest
 
 from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
+from tests.tasks.conftest import score_against_reference
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +78,7 @@ def test_backend_matches_paddleocr_reference(backend, ocr_for, labelled, referen
     assert set(ocr.backends.values()) == {backend}
     single = single_pass(ocr)
     preds = [[(line.text, line.box) for line in single.predict(img).lines] for img in images]
-    metrics = score_dataset(preds, gts)
-    agreement = text_agreement(preds, ref_preds)
-    report = {"backend": backend, "ppdeploy": metrics.to_dict(), "reference": ref_metrics.to_dict(),
-              "same_text": agreement.rate, "lines": agreement.reference_lines,
-              "differences": agreement.differences[:10]}
+    metrics, agreement, report = score_against_reference(backend, preds, gts, ref_preds, ref_metrics)
     with capsys.disabled():
         print("\n" + json.dumps(report, ensure_ascii=False))
 

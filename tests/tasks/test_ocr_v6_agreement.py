@@ -15,6 +15,7 @@ import json
 import pytest
 
 from ppdeploy.tasks.ocr.metrics import score_dataset, text_agreement
+from tests.tasks.conftest import score_against_reference
 
 pytestmark = pytest.mark.slow
 
@@ -93,11 +94,7 @@ def test_v6_matches_rapidocr_310(backend, v6_for, labelled, reference, capsys):
     ocr = v6_for(backend)
     assert set(ocr.backends.values()) == {backend}
     preds = [[(line.text, line.box) for line in ocr.predict(img).lines] for img in images]
-    metrics = score_dataset(preds, gts)
-    agreement = text_agreement(preds, ref_preds)
-    report = {"backend": backend, "ppdeploy": metrics.to_dict(), "reference": ref_metrics.to_dict(),
-              "same_text": agreement.rate, "lines": agreement.reference_lines,
-              "differences": agreement.differences[:10]}
+    metrics, agreement, report = score_against_reference(backend, preds, gts, ref_preds, ref_metrics)
     with capsys.disabled():
         print("\n" + json.dumps(report, ensure_ascii=False))
 
